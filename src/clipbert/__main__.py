@@ -1,0 +1,3 @@
+from clipbert.cli import main
+
+raise SystemExit(main())
