@@ -1,0 +1,43 @@
+"""Shared test helpers: run the `clipbert` command in a subprocess from this checkout's src/."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SHARED_SQA = SHARED / "data" / "sqa3d"
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")]).rstrip(
+        os.pathsep
+    )
+    return env
+
+
+def run_cli(*args: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m clipbert ARGS`; with check, fail the test showing stderr on non-zero exit."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "clipbert", *map(str, args)],
+        capture_output=True, text=True, env=cli_env(), cwd=cwd,
+    )
+    if check and proc.returncode != 0:
+        pytest.fail(f"clipbert {' '.join(map(str, args))} failed:\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+needs_shared = pytest.mark.skipif(
+    not SHARED_SQA.is_dir(), reason="../shared/data is absent (real SQA3D files)"
+)
