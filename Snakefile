@@ -1,0 +1,25 @@
+# SQA3D ClipBERT: ScanNet .sens -> frames -> mp4 -> LMDB, SQA3D -> jsonl, training, inference.
+# `snakemake --cores 2` runs the embedded demo to results/test_acc.json; see README.md.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "config/schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/demo.smk"
+include: "rules/scans.smk"
+include: "rules/video.smk"
+include: "rules/sqa.smk"
+include: "rules/model.smk"
+
+
+rule all:
+    input:
+        "results/test_acc.json",
+    default_target: True

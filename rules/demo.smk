@@ -1,0 +1,19 @@
+# The embedded demo: synthetic ScanNet-format scans and SQA3D-format questions.
+
+
+rule demo_data:
+    """Generate the demo scans, questions, scene lists and WordPiece vocabulary."""
+    output:
+        sens=[sens_path(s) for s in SCENES] if DEMO else [],
+        sqa=sqa_files("questions") + sqa_files("sqa_annotations") if DEMO else [],
+        answers=f"{WORK}/demo/sqa_task/answer_dict.json",
+        vocab=f"{WORK}/demo/vocab.txt",
+    params:
+        out_dir=f"{WORK}/demo",
+        scenes=config["data"]["demo"]["scenes"],
+        seed=config["data"]["demo"]["seed"],
+        frames=config["data"]["demo"]["frames"],
+    log:
+        "logs/demo_data.log",
+    script:
+        "../workflow_scripts/demo_data.py"

@@ -1,0 +1,30 @@
+# ScanNet .sens decoding and frame downsampling, one job per scene.
+
+
+rule sens_index:
+    """One streaming pass over a scan: header and every frame's offset, pose and timestamps."""
+    input:
+        sens_path("{scene}"),
+    output:
+        f"{WORK}/index/{{scene}}.json",
+    log:
+        "logs/sens_index/{scene}.log",
+    script:
+        "../workflow_scripts/sens_index.py"
+
+
+rule frames:
+    """Every stride-th colour frame as its original JPEG bytes (+ optional depth and poses)."""
+    input:
+        sens=sens_path("{scene}"),
+        index=rules.sens_index.output[0],
+    output:
+        directory(f"{WORK}/frames/{{scene}}"),
+    params:
+        stride=config["frames"]["stride"],
+        depth=config["frames"]["depth"],
+        poses=config["frames"]["poses"],
+    log:
+        "logs/frames/{scene}.log",
+    script:
+        "../workflow_scripts/frames.py"

@@ -1,0 +1,19 @@
+# SQA3D annotations -> ClipBERT jsonl.
+
+
+rule sqa_convert:
+    """Questions + annotations -> {train,val,test}.jsonl, the answer map and statistics."""
+    input:
+        questions=sqa_files("questions"),
+        annotations=sqa_files("sqa_annotations"),
+        answers=f"{SQA_DIR}/answer_dict.json",
+    output:
+        jsonl=expand(f"{WORK}/sqa/{{split}}.jsonl", split=SPLITS),
+        ans2label=f"{WORK}/sqa/train_ans2label.json",
+        stats=f"{WORK}/sqa/stats.json",
+    params:
+        sqa_dir=SQA_DIR,
+    log:
+        "logs/sqa_convert.log",
+    script:
+        "../workflow_scripts/sqa_convert.py"

@@ -1,0 +1,30 @@
+# mp4 encoding per scene and the video LMDB (ClipBERT's vis_db).
+
+
+rule encode_video:
+    """Encode one scene's kept frames as an mp4 (faithful: 224x224 squashed, 20 fps, mpeg4)."""
+    input:
+        rules.frames.output[0],
+    output:
+        f"{WORK}/videos/{{scene}}.mp4",
+    params:
+        size=config["video"]["size"],
+        fps=config["video"]["fps"],
+        codec=config["video"]["codec"],
+        keep_aspect=config["video"]["keep_aspect"],
+    log:
+        "logs/encode_video/{scene}.log",
+    script:
+        "../workflow_scripts/encode_video.py"
+
+
+rule pack_lmdb:
+    """All videos in one LMDB: key = scene id, value = the mp4 bytes."""
+    input:
+        [video_path(s) for s in SCENES],
+    output:
+        directory(f"{WORK}/vis_db"),
+    log:
+        "logs/pack_lmdb.log",
+    script:
+        "../workflow_scripts/pack_lmdb.py"

@@ -1,0 +1,144 @@
+"""Inference and scoring: predictions per question, accuracy overall and per answer type, the
+`unknown` ceiling and the majority-answer baseline on the same questions."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import torch
+
+from clipbert.errors import ClipbertError
+from clipbert.fsutil import read_jsonl, write_json, write_jsonl
+
+ANSWER_TYPES = ("what", "is", "how", "can", "which", "others")
+
+
+def pct(correct: int, total: int) -> float:
+    return round(100.0 * correct / total, 2) if total else 0.0
+
+
+def score(rows: list[dict], predicted: list[str]) -> dict:
+    """Top-1 exact match against the jsonl answers; `unknown` gold answers are always wrong."""
+    if len(rows) != len(predicted):
+        raise ValueError(f"{len(rows)} questions but {len(predicted)} predictions")
+    right: collections.Counter = collections.Counter()
+    count: collections.Counter = collections.Counter()
+    for row, pred in zip(rows, predicted, strict=True):
+        t = row.get("answer_type", "others")
+        count[t] += 1
+        if row["answer"] != "unknown" and pred == row["answer"]:
+            right[t] += 1
+    n = len(rows)
+    return {
+        "overall": pct(sum(right.values()), n),
+        "per_type": {t: pct(right[t], count[t]) for t in ANSWER_TYPES if count[t]},
+        "counts": {t: count[t] for t in ANSWER_TYPES if count[t]},
+        "n_questions": n,
+    }
+
+
+def majority_baseline(rows: list[dict]) -> dict:
+    """The most frequent answer of each type, chosen on these very questions: the strongest
+    possible blind answer-prior, so a model must beat it by looking."""
+    by_type: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for row in rows:
+        if row["answer"] != "unknown":
+            by_type[row.get("answer_type", "others")][row["answer"]] += 1
+    majority = {t: c.most_common(1)[0][0] for t, c in by_type.items()}
+    preds = [majority.get(row.get("answer_type", "others"), "") for row in rows]
+    result = score(rows, preds)
+    return {"overall": result["overall"], "per_type": result["per_type"], "answers": majority}
+
+
+def label_answers(labels: list[int], ans2label: dict[str, int]) -> list[str]:
+    """Map predicted labels back to answers; a never-used label (>= vocabulary) maps to ''."""
+    label2ans = {v: k for k, v in ans2label.items()}
+    return [label2ans.get(int(i), "") for i in labels]
+
+
+@torch.no_grad()
+def predict(model, dataset, collate, device, cfg) -> list[int]:
+    """Argmax label for every example of `dataset`, in order (no shuffling, no substitution)."""
+    from clipbert import data
+
+    was_training = model.training
+    model.eval()
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.eval_batch_size, shuffle=False, collate_fn=collate,
+        num_workers=cfg.num_workers)
+    use_bf16 = cfg.bf16 and device.type == "cuda"
+    out: list[int] = []
+    for batch in loader:
+        frames = data.preprocess_frames(batch["frames"].to(device), cfg.max_img_size)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            logits = model(frames, batch["input_ids"].to(device),
+                           batch["attention_mask"].to(device))
+        out.extend(logits.argmax(dim=-1).tolist())
+    model.train(was_training)
+    return out
+
+
+def load_model(path, device: torch.device | str = "cpu"):
+    """Load a model file written by training: (model, train config, ans2label, tokenizer)."""
+    from clipbert.model import ClipBert
+    from clipbert.train import TrainConfig, tokenizer_from_tokens
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise ClipbertError(f"{path}: not a readable model file ({e})") from None
+    if not isinstance(obj, dict) or obj.get("format") != "clipbert-native-1":
+        raise ClipbertError(f"{path}: not a clipbert model file (no 'format' key)")
+    cfg = TrainConfig.from_dict(obj["train_config"])
+    model = ClipBert(cfg.model)
+    model.load_state_dict(obj["state_dict"])
+    model.to(device).eval()
+    return model, cfg, obj["ans2label"], tokenizer_from_tokens(obj["vocab"])
+
+
+def sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def infer(model_path, jsonl, lmdb_dir, predictions, out, n_clips: int | None = None,
+          device: str | None = None) -> dict:
+    """Answer every question of `jsonl` and write predictions and the accuracy json."""
+    from clipbert import data
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, cfg, ans2label, tokenizer = load_model(model_path, dev)
+    if n_clips is not None:
+        cfg = dataclasses.replace(cfg, inference_n_clips=n_clips)
+    rows = read_jsonl(jsonl)
+    if not rows:
+        raise ClipbertError(f"{jsonl}: no questions")
+    dataset = data.VideoQADataset(
+        rows, lmdb_dir, ans2label, num_frm=cfg.num_frm, sample_fps=cfg.sample_fps,
+        video_fps=cfg.video_fps, n_clips=cfg.inference_n_clips, train=False, seed=cfg.seed)
+    collate = data.make_collate(tokenizer, cfg.max_txt_len, cfg.pad_to_max)
+    answers = label_answers(predict(model, dataset, collate, dev, cfg), ans2label)
+    write_jsonl(predictions, (
+        {"question_id": r.get("question_id"), "scene": r["video_id"], "question": r["question"],
+         "gold": r["answer"], "predicted": a, "type": r.get("answer_type", "others")}
+        for r, a in zip(rows, answers, strict=True)))
+    result = score(rows, answers)
+    n_unknown = sum(r["answer"] == "unknown" for r in rows)
+    result.update({
+        "n_unknown": n_unknown,
+        "ceiling": pct(len(rows) - n_unknown, len(rows)),
+        "majority_baseline": majority_baseline(rows),
+        "preset": cfg.preset,
+        "inference_n_clips": cfg.inference_n_clips,
+        "checkpoint": str(model_path),
+        "checkpoint_sha256": sha256(model_path),
+        "split": Path(jsonl).stem,
+    })
+    write_json(out, result)
+    return result

@@ -1,0 +1,285 @@
+"""The ClipBERT model: ResNet trunk -> grid encoder -> temporal mean -> visual embeddings, fused
+with BERT text embeddings in one BERT encoder, pooled, and answered by a two-layer QA head.
+
+Module names are chosen so that state-dict keys line up with the checkpoints users hold:
+`cnn.backbone.*` uses torchvision ResNet names, `cnn.grid_encoder.0.weight` and
+`transformer.bert.*` / `transformer.classifier.*` are the upstream ClipBERT names, and
+`transformer.bert` is a Hugging Face `BertModel`. Key maps to other layouts live in
+`checkpoints.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops.misc import FrozenBatchNorm2d
+from transformers import BertConfig, BertModel
+from transformers.masking_utils import create_bidirectional_mask
+
+
+@dataclass
+class ModelConfig:
+    """Sizes of every part; the faithful defaults are ClipBERT's ResNet-50 + BERT-base."""
+
+    depths: tuple[int, ...] = (3, 4, 6, 3)
+    stem_width: int = 64
+    widths: tuple[int, ...] = (64, 128, 256, 512)
+    expansion: int = 4
+    frozen_bn: bool = True
+    freeze_stem: bool = True
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    vocab_size: int = 30522
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    dropout: float = 0.1
+    max_grid_positions: int = 100
+    num_labels: int = 1500
+    score_agg_func: str = "lse"
+    attn_implementation: str = "sdpa"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        d = dict(d)
+        for key in ("depths", "widths"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["depths"], d["widths"] = list(self.depths), list(self.widths)
+        return d
+
+    def bert_config(self) -> BertConfig:
+        return BertConfig(
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            intermediate_size=self.intermediate_size,
+            hidden_act="gelu",
+            hidden_dropout_prob=self.dropout,
+            attention_probs_dropout_prob=self.dropout,
+            max_position_embeddings=self.max_position_embeddings,
+            type_vocab_size=self.type_vocab_size,
+            layer_norm_eps=1e-12,
+            attn_implementation=self.attn_implementation,
+        )
+
+
+def _norm(cfg: ModelConfig, channels: int) -> nn.Module:
+    return FrozenBatchNorm2d(channels, eps=1e-5) if cfg.frozen_bn else nn.BatchNorm2d(channels)
+
+
+class Bottleneck(nn.Module):
+    """ResNet bottleneck with the MSRA/detectron2 stride placement: the stride sits on the 1x1
+    `conv1`, not on the 3x3 `conv2` as in torchvision (the weights are the same shape, the
+    features are not)."""
+
+    def __init__(self, cfg: ModelConfig, in_ch: int, width: int, stride: int) -> None:
+        super().__init__()
+        out_ch = width * cfg.expansion
+        self.conv1 = nn.Conv2d(in_ch, width, 1, stride=stride, bias=False)
+        self.bn1 = _norm(cfg, width)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn2 = _norm(cfg, width)
+        self.conv3 = nn.Conv2d(width, out_ch, 1, bias=False)
+        self.bn3 = _norm(cfg, out_ch)
+        self.downsample = None
+        if stride != 1 or in_ch != out_ch:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), _norm(cfg, out_ch)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return F.relu(out + identity)
+
+
+class ResNetTrunk(nn.Module):
+    """Stem + four stages, output stride 32, no pooling head; torchvision parameter names."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, cfg.stem_width, 7, stride=2, padding=3, bias=False)
+        self.bn1 = _norm(cfg, cfg.stem_width)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        in_ch = cfg.stem_width
+        for i, (depth, width) in enumerate(zip(cfg.depths, cfg.widths, strict=True)):
+            blocks = []
+            for j in range(depth):
+                stride = 2 if (j == 0 and i > 0) else 1
+                blocks.append(Bottleneck(cfg, in_ch, width, stride))
+                in_ch = width * cfg.expansion
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+        self.out_channels = in_ch
+        self.num_stages = len(cfg.depths)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        for i in range(self.num_stages):
+            x = getattr(self, f"layer{i + 1}")(x)
+        return x
+
+
+class GridCNN(nn.Module):
+    """Backbone plus ClipBERT's grid encoder (3x3 conv to the hidden size, 2x2 max-pool, ReLU)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.backbone = ResNetTrunk(cfg)
+        self.grid_encoder = nn.Sequential(
+            nn.Conv2d(self.backbone.out_channels, cfg.hidden_size, 3, padding=1, bias=False),
+            nn.MaxPool2d(2, stride=2),
+            nn.ReLU(inplace=True),
+        )
+        if cfg.freeze_stem:
+            for module in (self.backbone.conv1, self.backbone.bn1, self.backbone.layer1):
+                for p in module.parameters():
+                    p.requires_grad_(False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) normalised BGR -> (N, h, w, hidden) grid features."""
+        return self.grid_encoder(self.backbone(images)).permute(0, 2, 3, 1)
+
+
+class VisualEmbeddings(nn.Module):
+    """Learned row and column embeddings, a visual token type, LayerNorm and dropout."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.row_position_embeddings = nn.Embedding(cfg.max_grid_positions, cfg.hidden_size)
+        self.col_position_embeddings = nn.Embedding(cfg.max_grid_positions, cfg.hidden_size)
+        self.token_type_embeddings = nn.Embedding(1, cfg.hidden_size)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=1e-12)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        """(N, h, w, D) -> (N, h*w, D), row-major."""
+        n, h, w, d = grid.shape
+        rows = self.row_position_embeddings.weight[:h].view(1, h, 1, d)
+        cols = self.col_position_embeddings.weight[:w].view(1, 1, w, d)
+        tokens = (grid + rows + cols).reshape(n, h * w, d)
+        tokens = tokens + self.token_type_embeddings.weight[0]
+        return self.dropout(self.LayerNorm(tokens))
+
+
+class ClipBertTransformer(nn.Module):
+    """BERT over [text ; visual] tokens, pooled [CLS], QA head."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.bert = BertModel(cfg.bert_config(), add_pooling_layer=True)
+        self.visual_embeddings = VisualEmbeddings(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.classifier = nn.Sequential(
+            nn.Linear(cfg.hidden_size, cfg.hidden_size * 2),
+            nn.ReLU(inplace=True),
+            nn.Linear(cfg.hidden_size * 2, cfg.num_labels),
+        )
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, grid: torch.Tensor
+    ) -> torch.Tensor:
+        text = self.bert.embeddings(input_ids=input_ids)
+        visual = self.visual_embeddings(grid).to(text.dtype)
+        hidden = torch.cat([text, visual], dim=1)
+        mask = torch.cat(
+            [attention_mask, attention_mask.new_ones(visual.shape[:2])], dim=1
+        )
+        mask4d = create_bidirectional_mask(
+            config=self.bert.config, inputs_embeds=hidden, attention_mask=mask
+        )
+        hidden = self.bert.encoder(hidden, attention_mask=mask4d).last_hidden_state
+        pooled = self.bert.pooler(hidden)
+        return self.classifier(self.dropout(pooled))
+
+
+def aggregate(logits: torch.Tensor, how: str) -> torch.Tensor:
+    """Combine per-clip logits (B, clips, labels) into (B, labels): ClipBERT's score_agg_func."""
+    if how == "lse":
+        return torch.logsumexp(logits, dim=1)
+    if how == "mean":
+        return logits.mean(dim=1)
+    if how == "max":
+        return logits.max(dim=1).values
+    raise ValueError(f"unknown score_agg_func {how!r} (lse, mean or max)")
+
+
+class ClipBert(nn.Module):
+    """The whole model. Input frames are already resized, padded and normalised
+    (see `data.preprocess_frames`), shape (B, clips, T, 3, S, S)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.cnn = GridCNN(cfg)
+        self.transformer = ClipBertTransformer(cfg)
+
+    def clip_logits(
+        self, frames: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-clip logits (B, clips, labels): one full forward pass per clip."""
+        b, c, t = frames.shape[:3]
+        grid = self.cnn(frames.flatten(0, 2))
+        grid = grid.view(b * c, t, *grid.shape[1:]).mean(dim=1)
+        ids = input_ids.repeat_interleave(c, dim=0)
+        mask = attention_mask.repeat_interleave(c, dim=0)
+        return self.transformer(ids, mask, grid).view(b, c, -1)
+
+    def forward(
+        self, frames: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        logits = self.clip_logits(frames, input_ids, attention_mask)
+        return aggregate(logits.float(), self.config.score_agg_func)
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def summary(cfg: ModelConfig, max_img_size: int = 448, num_frm: int = 2, n_clips: int = 1,
+            txt_len: int = 100) -> dict:
+    """Parameter counts per part and output shapes of one dummy forward pass (batch 1)."""
+    model = ClipBert(cfg).eval()
+    tr = model.transformer
+    parts = {
+        "backbone": model.cnn.backbone,
+        "grid_encoder": model.cnn.grid_encoder,
+        "visual_embeddings": tr.visual_embeddings,
+        "bert": tr.bert,
+        "head": tr.classifier,
+    }
+    counts = {
+        name: {"total": count_parameters(m), "trainable": count_parameters(m, True)}
+        for name, m in parts.items()
+    }
+    frames = torch.zeros(1, n_clips, num_frm, 3, max_img_size, max_img_size)
+    ids = torch.zeros(1, txt_len, dtype=torch.long)
+    mask = torch.ones(1, txt_len, dtype=torch.long)
+    with torch.no_grad():
+        feat = model.cnn.backbone(frames.flatten(0, 2))
+        grid = model.cnn(frames.flatten(0, 2))
+        logits = model(frames, ids, mask)
+    h, w = grid.shape[1:3]
+    return {
+        "parameters": counts,
+        "total": count_parameters(model),
+        "trainable": count_parameters(model, True),
+        "shapes": {
+            "frames": list(frames.shape),
+            "backbone": list(feat.shape),
+            "grid": list(grid.shape),
+            "tokens": [1, txt_len + h * w, cfg.hidden_size],
+            "logits": list(logits.shape),
+        },
+    }
