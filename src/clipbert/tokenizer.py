@@ -25,15 +25,16 @@ def read_vocab(path: str | os.PathLike) -> dict[str, int]:
     path = Path(path)
     try:
         with open(path, encoding="utf-8") as fh:
-            lines = fh.read().split("\n")
+            text = fh.read()
     except FileNotFoundError:
         raise ClipbertError(f"{path}: vocabulary file not found") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ClipbertError(f"{path}: cannot read the vocabulary ({e})") from None
-    if lines and lines[-1] == "":
-        lines.pop()
-    if not lines:
+    if not text.strip():
         raise ClipbertError(f"{path}: the vocabulary file is empty")
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
     vocab: dict[str, int] = {}
     for i, token in enumerate(lines):
         token = token.rstrip("\r")
@@ -47,6 +48,8 @@ def read_vocab(path: str | os.PathLike) -> dict[str, int]:
     if missing:
         raise ClipbertError(f"{path}: special tokens missing from the vocabulary: "
                             f"{' '.join(missing)}")
+    if len(vocab) == len(SPECIAL_TOKENS):
+        raise ClipbertError(f"{path}: the vocabulary holds only the special tokens")
     return vocab
 
 
@@ -56,8 +59,8 @@ def check_tokenizer(tok: Any, source: str | os.PathLike, expected_size: int | No
     vocab = tok.get_vocab()
     if len(vocab) <= len(SPECIAL_TOKENS) or (expected_size is not None
                                              and len(vocab) != expected_size):
-        raise ClipbertError(f"{source}: the tokenizer holds {len(vocab)} tokens"
-                            f"{f', the file {expected_size}' if expected_size else ''}; "
+        expected = f" of {expected_size}" if expected_size is not None else ""
+        raise ClipbertError(f"{source}: the tokenizer holds {len(vocab)} tokens{expected}; "
                             "the vocabulary was not loaded")
     words = [w for w in vocab if w.isalpha() and w.islower() and w.isascii()][:50]
     unk = tok.unk_token_id
