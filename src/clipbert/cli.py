@@ -166,17 +166,52 @@ def _add_lmdb(sub: argparse._SubParsersAction) -> None:
 def _sqa_convert(a: argparse.Namespace) -> None:
     from clipbert import sqa
 
-    _print_json(sqa.convert(a.sqa_dir, a.out_dir, splits=a.splits.split(",")))
+    _print_json(sqa.convert(a.sqa_dir, a.out_dir, splits=a.splits.split(","),
+                            answer_dict=a.answer_dict))
+
+
+def _sqa_scenes(a: argparse.Namespace) -> None:
+    from clipbert import sqa
+
+    scenes = sorted({s for path in a.jsonl for s in sqa.split_scenes(path)})
+    text = "".join(s + "\n" for s in scenes)
+    if a.out:
+        from clipbert.fsutil import atomic_open
+
+        with atomic_open(a.out) as fh:
+            fh.write(text)
+    else:
+        sys.stdout.write(text)
+
+
+def _sqa_check(a: argparse.Namespace) -> None:
+    from clipbert import sqa
+
+    available = sqa.available_videos(a.videos)
+    for path in a.jsonl:
+        sqa.check_videos(path, available)
+        print(f"{path}: every scene has a video")
 
 
 def _add_sqa(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sqa", help="SQA3D annotations")
     s = p.add_subparsers(dest="action", required=True)
     c = s.add_parser("convert", help="SQA3D json -> ClipBERT jsonl + answer vocabulary")
-    c.add_argument("sqa_dir")
+    c.add_argument("sqa_dir", help="answer_dict.json + balanced/v1_balanced_*_{split}_*.json")
     c.add_argument("out_dir")
     c.add_argument("--splits", default="train,val,test")
+    c.add_argument("--answer-dict", default=None,
+                   help="answer_dict.json if not in SQA_DIR (the early-commit layout)")
     c.set_defaults(func=_sqa_convert)
+    n = s.add_parser("scenes", help="the sorted scene ids the given jsonl splits need")
+    n.add_argument("jsonl", nargs="+")
+    n.add_argument("--out", default=None, help="write them here (one a line) instead of stdout")
+    n.set_defaults(func=_sqa_scenes)
+    k = s.add_parser("check", help="fail if a question's scene has no video")
+    k.add_argument("jsonl", nargs="+")
+    k.add_argument("--videos", required=True,
+                   help="video LMDB folder, folder of SCENE.mp4, or a text file of scene ids")
+    k.set_defaults(func=_sqa_check)
 
 
 # ---- model / train / infer ------------------------------------------------------------------

@@ -1,0 +1,318 @@
+"""SQA3D annotations -> ClipBERT jsonl, answer vocabulary and per-split statistics.
+
+The published converter crashed, skipped the test split and appended on rerun; this one checks
+every input before writing anything and replaces its outputs atomically, so a rerun is
+byte-identical and a failed run leaves the previous outputs untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from clipbert.errors import ClipbertError
+from clipbert.fsutil import atomic_path, read_jsonl
+
+SPLITS = ("train", "val", "test")
+ANSWER_TYPES = ("what", "is", "how", "can", "which", "others")
+UNKNOWN = "unknown"
+SCENE_RE = re.compile(r"scene\d{4}_\d{2}")
+_SPLIT_NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
+
+ANSWER_DICT = "answer_dict.json"
+ANS2LABEL = "train_ans2label.json"
+STATS = "stats.json"
+
+
+def questions_name(split: str) -> str:
+    return f"v1_balanced_questions_{split}_scannetv2.json"
+
+
+def annotations_name(split: str) -> str:
+    return f"v1_balanced_sqa_annotations_{split}_scannetv2.json"
+
+
+def answer_type(question: str) -> str:
+    """The question's first word, lower-cased, if it is a tracked type, else `others`.
+
+    Splitting on whitespace (not letters) is what reproduces the published per-type counts:
+    "What's" is `others`, not `what`.
+    """
+    words = question.split()
+    first = words[0].lower() if words else ""
+    return first if first in ANSWER_TYPES[:-1] else "others"
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise ClipbertError(f"{path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise ClipbertError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ClipbertError(f"{path}: cannot read ({e})") from None
+
+
+def _is_label(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def load_answer_dict(path: str | os.PathLike) -> dict[str, int]:
+    """Answer -> label, ordered by label.
+
+    Accepts the SQA3D `answer_dict.json` (`[answer->label, str(label)->answer]`) or a plain
+    answer->label map such as a written `train_ans2label.json`. Labels must be 0..n-1 because
+    they index the classifier's output.
+    """
+    path = Path(path)
+    data = _load_json(path)
+    if isinstance(data, list):
+        if len(data) != 2 or not all(isinstance(d, dict) for d in data):
+            raise ClipbertError(f"{path}: expected [answer->label, label->answer], got a list "
+                                f"of {len(data)}")
+        ans2label, label2ans = data
+    elif isinstance(data, dict):
+        ans2label, label2ans = data, None
+    else:
+        raise ClipbertError(f"{path}: expected a JSON list or object, got {type(data).__name__}")
+    if not ans2label:
+        raise ClipbertError(f"{path}: the answer vocabulary is empty")
+    for ans, label in ans2label.items():
+        if not ans or not _is_label(label):
+            raise ClipbertError(f"{path}: answer {ans!r}: label {label!r} is not an integer")
+    labels = sorted(ans2label.values())
+    if labels != list(range(len(labels))):
+        raise ClipbertError(f"{path}: labels are not 0..{len(labels) - 1} without gaps or repeats")
+    if label2ans is not None:
+        for ans, label in ans2label.items():
+            if label2ans.get(str(label)) != ans:
+                raise ClipbertError(f"{path}: answer {ans!r}: label {label} maps back to "
+                                    f"{label2ans.get(str(label))!r}")
+        if len(label2ans) != len(ans2label):
+            raise ClipbertError(f"{path}: {len(ans2label)} answers but {len(label2ans)} labels")
+    return dict(sorted(ans2label.items(), key=lambda kv: kv[1]))
+
+
+def _find(sqa_dir: Path, name: str) -> Path:
+    """The release keeps split files under `balanced/`; a flat copy of them is accepted too."""
+    for cand in (sqa_dir / "balanced" / name, sqa_dir / name):
+        if cand.is_file():
+            return cand
+    raise ClipbertError(f"{sqa_dir / 'balanced' / name}: file not found (nor {sqa_dir / name})")
+
+
+def _records(path: Path, key: str) -> list[dict]:
+    data = _load_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get(key), list):
+        raise ClipbertError(f"{path}: expected an object with a {key!r} list")
+    return data[key]
+
+
+def _qid(path: Path, i: int, rec: Any) -> int | str:
+    if not isinstance(rec, dict):
+        raise ClipbertError(f"{path}: entry {i}: expected an object, got {type(rec).__name__}")
+    qid = rec.get("question_id")
+    if not (_is_label(qid) or (isinstance(qid, str) and qid.strip())):
+        raise ClipbertError(f"{path}: entry {i}: missing or invalid question_id {qid!r}")
+    return qid
+
+
+def _scene(path: Path, qid: int | str, rec: dict) -> str:
+    scene = rec.get("scene_id")
+    if not isinstance(scene, str) or not SCENE_RE.fullmatch(scene):
+        raise ClipbertError(f"{path}: question {qid}: malformed scene id {scene!r} "
+                            "(expected sceneNNNN_NN)")
+    return scene
+
+
+def _text(path: Path, qid: int | str, rec: dict, key: str) -> str:
+    value = rec.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise ClipbertError(f"{path}: question {qid}: empty or missing {key!r}")
+    return value
+
+
+def _index(path: Path, records: list) -> dict[int | str, dict]:
+    out: dict[int | str, dict] = {}
+    for i, rec in enumerate(records):
+        qid = _qid(path, i, rec)
+        if qid in out:
+            raise ClipbertError(f"{path}: question {qid}: duplicate question_id")
+        out[qid] = rec
+    return out
+
+
+def convert_split(qpath: Path, apath: Path, vocab: dict[str, int]) -> list[dict]:
+    """Validate one split's question/annotation pair and build its jsonl rows (question order)."""
+    questions = _index(qpath, _records(qpath, "questions"))
+    annotations = _index(apath, _records(apath, "annotations"))
+    if not questions:
+        raise ClipbertError(f"{qpath}: no questions")
+    for qid in annotations:
+        if qid not in questions:
+            raise ClipbertError(f"{apath}: question {qid}: annotation without a question in "
+                                f"{qpath.name}")
+    rows = []
+    for qid, q in questions.items():
+        scene = _scene(qpath, qid, q)
+        situation = q.get("situation")
+        if not isinstance(situation, str):
+            raise ClipbertError(f"{qpath}: question {qid}: missing 'situation'")
+        question = _text(qpath, qid, q, "question")
+        ann = annotations.get(qid)
+        if ann is None:
+            raise ClipbertError(f"{qpath}: question {qid}: no annotation in {apath.name}")
+        if _scene(apath, qid, ann) != scene:
+            raise ClipbertError(f"{apath}: question {qid}: scene {ann['scene_id']} differs from "
+                                f"{scene} in {qpath.name}")
+        answers = ann.get("answers")
+        if not isinstance(answers, list) or not answers or not isinstance(answers[0], dict):
+            raise ClipbertError(f"{apath}: question {qid}: no answers")
+        answer = _text(apath, qid, answers[0], "answer")
+        rows.append({
+            "answer": answer if answer in vocab else UNKNOWN,
+            "question": situation + " " + question,
+            "video_id": scene,
+            "answer_type": answer_type(question),
+            "question_id": qid,
+        })
+    return rows
+
+
+def split_stats(rows: Sequence[dict]) -> dict:
+    """Counts for the log; the ceiling is the share of answers the classifier can ever output."""
+    n = len(rows)
+    types = Counter(r["answer_type"] for r in rows)
+    unknown = sum(r["answer"] == UNKNOWN for r in rows)
+    return {
+        "questions": n,
+        "scenes": len({r["video_id"] for r in rows}),
+        "answer_types": {t: types.get(t, 0) for t in ANSWER_TYPES},
+        "unknown": unknown,
+        "unknown_percent": round(100.0 * unknown / n, 2) if n else 0.0,
+        "accuracy_ceiling": round(100.0 * (n - unknown) / n, 2) if n else 0.0,
+    }
+
+
+def _check_splits(splits: Iterable[str]) -> list[str]:
+    out = []
+    for s in splits:
+        if not isinstance(s, str) or not _SPLIT_NAME_RE.fullmatch(s):
+            raise ClipbertError(f"invalid split name {s!r}")
+        if s in out:
+            raise ClipbertError(f"split {s!r} given twice")
+        out.append(s)
+    if not out:
+        raise ClipbertError("no splits given")
+    return out
+
+
+def convert(
+    sqa_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    splits: Iterable[str] = SPLITS,
+    *,
+    answer_dict: str | os.PathLike | None = None,
+) -> dict:
+    """Convert the SQA3D release in `sqa_dir` into ClipBERT's jsonl files in `out_dir`.
+
+    Everything is read and validated before the first byte is written; then `{split}.jsonl`,
+    `train_ans2label.json` and `stats.json` replace their previous versions (other files in
+    `out_dir` are left alone). `answer_dict` overrides `sqa_dir/answer_dict.json` (the early
+    commit's split files sit apart from it). Returns the statistics written to `stats.json`.
+    """
+    sqa_dir, out_dir = Path(sqa_dir), Path(out_dir)
+    split_list = _check_splits(splits)
+    if not sqa_dir.is_dir():
+        raise ClipbertError(f"{sqa_dir}: SQA3D folder not found")
+    vocab_path = Path(answer_dict) if answer_dict is not None else sqa_dir / ANSWER_DICT
+    vocab = load_answer_dict(vocab_path)
+    paths = {s: (_find(sqa_dir, questions_name(s)), _find(sqa_dir, annotations_name(s)))
+             for s in split_list}
+    converted = {s: convert_split(q, a, vocab) for s, (q, a) in paths.items()}
+    stats = {s: split_stats(rows) for s, rows in converted.items()}
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outputs: dict[Path, str] = {
+        out_dir / f"{s}.jsonl": "".join(json.dumps(r) + "\n" for r in rows)
+        for s, rows in converted.items()
+    }
+    outputs[out_dir / ANS2LABEL] = json.dumps(vocab, indent=2) + "\n"
+    outputs[out_dir / STATS] = json.dumps(stats, indent=2) + "\n"
+    # All files are written to temporaries first and renamed only once every write succeeded.
+    with contextlib.ExitStack() as stack:
+        for target, text in outputs.items():
+            tmp = stack.enter_context(atomic_path(target))
+            tmp.write_text(text, encoding="utf-8")
+    return stats
+
+
+def split_scenes(jsonl_path: str | os.PathLike) -> list[str]:
+    """Sorted unique scene ids a split needs, so video work can be restricted to them."""
+    return sorted({v for v, _ in _video_ids(Path(jsonl_path))})
+
+
+def _video_ids(path: Path) -> list[tuple[str, Any]]:
+    if not path.is_file():
+        raise ClipbertError(f"{path}: file not found")
+    out = []
+    for n, row in enumerate(read_jsonl(path), 1):
+        vid = row.get("video_id") if isinstance(row, dict) else None
+        if not isinstance(vid, str) or not vid:
+            raise ClipbertError(f"{path}: record {n}: missing video_id")
+        out.append((vid, row.get("question_id", f"record {n}")))
+    return out
+
+
+def check_videos(jsonl_path: str | os.PathLike, available: Iterable[str]) -> None:
+    """Fail before training if any question's scene has no video, listing those scenes."""
+    path = Path(jsonl_path)
+    have = set(available)
+    missing: dict[str, list] = {}
+    for vid, qid in _video_ids(path):
+        if vid not in have:
+            missing.setdefault(vid, []).append(qid)
+    if not missing:
+        return
+    n_q = sum(len(v) for v in missing.values())
+    shown = sorted(missing)[:20]
+    listing = ", ".join(f"{s} ({len(missing[s])}: {', '.join(map(str, missing[s][:3]))}"
+                        f"{', ...' if len(missing[s]) > 3 else ''})" for s in shown)
+    more = f", and {len(missing) - len(shown)} more scenes" if len(missing) > len(shown) else ""
+    raise ClipbertError(f"{path}: {n_q} questions in {len(missing)} scenes have no video: "
+                        f"{listing}{more}")
+
+
+def available_videos(path: str | os.PathLike) -> set[str]:
+    """Video ids found at `path`: LMDB keys, `*.mp4` stems of a folder, or lines of a text file.
+
+    The LMDB is read with the lmdb package directly so this check needs nothing else.
+    """
+    path = Path(path)
+    if path.is_dir() and (path / "data.mdb").is_file():
+        import lmdb
+
+        try:
+            env = lmdb.open(str(path), readonly=True, lock=False, readahead=False)
+        except lmdb.Error as e:
+            raise ClipbertError(f"{path}: cannot open the LMDB ({e})") from None
+        try:
+            with env.begin() as txn:
+                return {bytes(k).decode("utf-8", "replace") for k in txn.cursor().iternext(
+                    keys=True, values=False)}
+        finally:
+            env.close()
+    if path.is_dir():
+        return {p.stem for p in path.glob("*.mp4")}
+    if path.is_file():
+        with open(path, encoding="utf-8") as fh:
+            return {line.strip() for line in fh if line.strip()}
+    raise ClipbertError(f"{path}: no such video LMDB, folder or list")
