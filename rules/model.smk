@@ -17,6 +17,7 @@ rule train:
         preset=config["train"]["preset"],
         overrides=config["train"]["overrides"],
         state_dir=f"{WORK}/train_state",
+        data_dir=f"{WORK}/sqa",
     threads: workflow.cores
     resources:
         gpu=1,

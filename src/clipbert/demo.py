@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path

@@ -23,6 +23,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    os.chmod(tmp, 0o777 & ~_umask())
     if target.exists():
         shutil.rmtree(target) if target.is_dir() else target.unlink()
     os.replace(tmp, target)
@@ -41,7 +42,37 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, target)
+
+
+def _umask() -> int:
+    """The process umask (mkstemp creates files 0600; outputs should be readable like any)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def redirect_output(log: str | os.PathLike | None) -> Iterator[None]:
+    """Send stdout and stderr (of Python and of child libraries) to `log`: how workflow scripts
+    honour a rule's `log:`."""
+    if log is None:
+        yield
+        return
+    import sys
+
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+        try:
+            yield
+        except BaseException:
+            import traceback
+
+            traceback.print_exc(file=fh)
+            fh.flush()
+            print(f"error: see {log}", file=sys.__stderr__)
+            raise
 
 
 @contextlib.contextmanager

@@ -1,0 +1,15 @@
+"""Rule infer: answer the test split and write results/test_acc.json."""
+
+import json
+
+from clipbert import evaluate
+from clipbert.fsutil import redirect_output
+
+snakemake = snakemake  # noqa: F821, PLW0127 - injected by Snakemake
+
+with redirect_output(snakemake.log[0]):
+    result = evaluate.infer(snakemake.input.model, jsonl=snakemake.input.jsonl,
+                            lmdb_dir=snakemake.input.lmdb,
+                            predictions=snakemake.output.predictions,
+                            out=snakemake.output.acc, n_clips=snakemake.params.n_clips)
+    print(json.dumps(result, indent=2))

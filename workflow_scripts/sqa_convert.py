@@ -1,0 +1,13 @@
+"""Rule sqa_convert: SQA3D json -> ClipBERT jsonl, answer map, statistics."""
+
+import json
+from pathlib import Path
+
+from clipbert import sqa
+from clipbert.fsutil import redirect_output
+
+snakemake = snakemake  # noqa: F821, PLW0127 - injected by Snakemake
+
+with redirect_output(snakemake.log[0]):
+    stats = sqa.convert(snakemake.params.sqa_dir, Path(snakemake.output.stats).parent)
+    print(json.dumps(stats, indent=2))
