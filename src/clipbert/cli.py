@@ -68,6 +68,22 @@ def _sens_export(a: argparse.Namespace) -> None:
     print(f"{a.out_dir}: {len(index['frames'])} frames")
 
 
+def _sens_scenes(a: argparse.Namespace) -> None:
+    from clipbert import frames
+
+    scenes = frames.select_scenes(a.all_list, a.test_list, a.questions)
+    if a.scans:
+        frames.check_scans(a.scans, scenes)
+    text = "".join(f"{s}\n" for s in scenes)
+    if a.out:
+        from clipbert.fsutil import atomic_open
+
+        with atomic_open(a.out) as fh:
+            fh.write(text)
+    else:
+        sys.stdout.write(text)
+
+
 def _add_sens(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sens", help="ScanNet .sens files")
     s = p.add_subparsers(dest="action", required=True)
@@ -85,6 +101,15 @@ def _add_sens(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--depth", action="store_true", help="also write 16-bit depth PNGs")
     e.add_argument("--poses", action="store_true", help="also write 4x4 pose text files")
     e.set_defaults(func=_sens_export)
+    c = s.add_parser("scenes", help="the SQA3D baseline's scene list (_00 scans minus test)")
+    c.add_argument("all_list", help="scannetv2.txt")
+    c.add_argument("test_list", help="scannetv2_test.txt")
+    c.add_argument("--questions", nargs="*", default=[],
+                   help="SQA3D question json files: keep only the scenes they use")
+    c.add_argument("--scans", default=None,
+                   help="ScanNet scans folder: fail listing every scene without its .sens")
+    c.add_argument("--out", default=None, help="write the list here instead of stdout")
+    c.set_defaults(func=_sens_scenes)
 
 
 # ---- video / lmdb ---------------------------------------------------------------------------

@@ -1,0 +1,187 @@
+"""Frame downsampling (every stride-th colour frame, original JPEG bytes) and scene selection.
+
+The SQA3D video baseline keeps colour frames 0, 20, 40, ... of each scan. Copying the JPEG
+payload instead of decoding and re-encoding it is both exact and fast: an export touches only
+the frame heads and one payload in twenty, so it reads far less than the whole file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipbert.errors import ClipbertError
+from clipbert.fsutil import atomic_dir
+from clipbert.sens import ColorCompression, SensReader
+
+INDEX_NAME = "index.json"
+
+
+def color_name(k: int) -> str:
+    """File name of the k-th kept colour frame (not zero-padded, as the baseline names them)."""
+    return f"frame-{k}.color.jpg"
+
+
+def depth_name(k: int) -> str:
+    return f"frame-{k}.depth.png"
+
+
+def pose_name(k: int) -> str:
+    return f"frame-{k}.pose.txt"
+
+
+def _matrix_text(m: np.ndarray) -> str:
+    """4x4 as four lines of shortest float32 decimals; lost poses read back as -inf."""
+    rows = np.asarray(m, dtype=np.float32).reshape(4, 4)
+    return "".join(" ".join(str(v) for v in row) + "\n" for row in rows)
+
+
+def _save_depth_png(depth: np.ndarray, path: Path) -> None:
+    """16-bit greyscale PNG holding the raw sensor values (millimetres for ScanNet)."""
+    from PIL import Image
+
+    Image.fromarray(np.ascontiguousarray(depth, dtype=np.uint16)).save(path, compress_level=1)
+
+
+def export_frames(
+    sens_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    stride: int = 20,
+    depth: bool = False,
+    poses: bool = False,
+) -> dict[str, Any]:
+    """Export colour frames 0, stride, 2*stride, ... of a `.sens` file as `frame-{k}.color.jpg`.
+
+    Also writes `index.json` (source frame numbers, timestamps, poses, image sizes, intrinsics)
+    and returns it. With `depth`, `frame-{k}.depth.png` (16-bit); with `poses`,
+    `frame-{k}.pose.txt` and the camera matrices as text. The folder appears whole or not at all.
+    """
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise ClipbertError(f"{sens_path}: stride must be a positive integer, got {stride!r}")
+    with SensReader(sens_path) as r:
+        h = r.header
+        if h.color_compression != ColorCompression.JPEG:
+            raise ClipbertError(
+                f"{sens_path}: colour compression is "
+                f"{r.header_dict()['color']['compression']}, export needs jpeg"
+            )
+        if r.num_frames == 0:
+            raise ClipbertError(f"{sens_path}: the file has no frames to export")
+        kept = range(0, r.num_frames, stride)
+        index: dict[str, Any] = {
+            "source": Path(sens_path).name,
+            "source_size": r.file_size,
+            "stride": stride,
+            "num_source_frames": r.num_frames,
+            "num_frames": len(kept),
+            **{k: v for k, v in r.header_dict().items() if k != "num_frames"},
+            "depth_files": depth,
+            "pose_files": poses,
+            "frames": [],
+        }
+        with atomic_dir(out_dir) as tmp:
+            for k, i in enumerate(kept):
+                info = r.frame_info(i)
+                entry: dict[str, Any] = {"k": k, "frame": i, "color": color_name(k)}
+                with open(tmp / color_name(k), "wb") as fh:
+                    fh.write(r.color_bytes(i))
+                if depth:
+                    _save_depth_png(r.depth(i), tmp / depth_name(k))
+                    entry["depth"] = depth_name(k)
+                if poses:
+                    (tmp / pose_name(k)).write_text(_matrix_text(r.pose(i)))
+                    entry["pose_file"] = pose_name(k)
+                for key in ("color_timestamp", "depth_timestamp", "lost", "pose"):
+                    entry[key] = info[key]
+                index["frames"].append(entry)
+            if poses:
+                for name in ("intrinsic_color", "extrinsic_color", "intrinsic_depth",
+                             "extrinsic_depth"):
+                    (tmp / f"{name}.txt").write_text(_matrix_text(getattr(h, name)))
+            with open(tmp / INDEX_NAME, "w") as fh:
+                json.dump(index, fh, indent=1)
+                fh.write("\n")
+    return index
+
+
+# ---- scene selection ------------------------------------------------------------------------
+
+
+def _read_list(path: str | os.PathLike) -> list[str]:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ClipbertError(f"{path}: cannot read scene list ({e.strerror})") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _question_scenes(path: str | os.PathLike) -> set[str]:
+    """Scene ids used by an SQA3D questions (or annotations) json file."""
+    try:
+        with open(path) as fh:
+            doc = json.load(fh)
+    except OSError as e:
+        raise ClipbertError(f"{path}: cannot read question file ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise ClipbertError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    items = None
+    if isinstance(doc, dict):
+        items = doc.get("questions", doc.get("annotations"))
+    if not isinstance(items, list):
+        raise ClipbertError(f"{path}: expected a 'questions' or 'annotations' list")
+    scenes = set()
+    for n, item in enumerate(items):
+        scene = item.get("scene_id") if isinstance(item, dict) else None
+        if not isinstance(scene, str) or not scene:
+            raise ClipbertError(f"{path}: item {n}: no scene_id")
+        scenes.add(scene)
+    return scenes
+
+
+def select_scenes(
+    all_list: str | os.PathLike,
+    test_list: str | os.PathLike,
+    question_files: Sequence[str | os.PathLike] = (),
+) -> list[str]:
+    """The SQA3D baseline's scenes: `_00` scans of `all_list` not in `test_list` (sorted).
+
+    With question files, only the scenes they use; a question on a scene outside that set is an
+    error, since the baseline would have no video for it.
+    """
+    test = set(_read_list(test_list))
+    scenes = sorted({s for s in _read_list(all_list) if s.endswith("_00") and s not in test})
+    if not question_files:
+        return scenes
+    chosen = set(scenes)
+    used: set[str] = set()
+    for qf in question_files:
+        q = _question_scenes(qf)
+        outside = sorted(q - chosen)
+        if outside:
+            shown = ", ".join(outside[:10]) + (" ..." if len(outside) > 10 else "")
+            raise ClipbertError(
+                f"{qf}: {len(outside)} scene(s) not among the selected scans of {all_list}: "
+                f"{shown}"
+            )
+        used |= q
+    return sorted(used)
+
+
+def sens_path(scans_dir: str | os.PathLike, scene: str) -> Path:
+    """ScanNet's layout: `<scans_dir>/<scene>/<scene>.sens`."""
+    return Path(scans_dir) / scene / f"{scene}.sens"
+
+
+def check_scans(scans_dir: str | os.PathLike, scenes: Sequence[str]) -> None:
+    """Fail listing every scene whose `.sens` file is missing (not just the first)."""
+    missing = [s for s in scenes if not sens_path(scans_dir, s).is_file()]
+    if missing:
+        raise ClipbertError(
+            f"{scans_dir}: {len(missing)} of {len(scenes)} scenes have no "
+            f"<scene>/<scene>.sens: {', '.join(missing)}"
+        )
