@@ -49,7 +49,8 @@ def list_scene_frames(frames_dir: str | os.PathLike) -> list[Path]:
     missing = next((k for k in range(len(found)) if k not in found), None)
     if missing is not None:
         raise ClipbertError(
-            f"{d}: frame-{missing}.color.jpg is missing (frames must be numbered 0..K-1 without gaps)"
+            f"{d}: frame-{missing}.color.jpg is missing "
+            "(frames must be numbered 0..K-1 without gaps)"
         )
     return [found[k] for k in range(len(found))]
 

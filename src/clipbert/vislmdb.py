@@ -22,17 +22,44 @@ _COMMIT_EVERY = 1000  # puts per transaction, as ClipBERT's packer did
 _MIN_MAP = 1 << 20
 
 
+_ENVS: dict[str, tuple[tuple[int, int], int, lmdb.Environment]] = {}
+
+
 def _open_ro(lmdb_dir: str | os.PathLike) -> lmdb.Environment:
+    """This process's read-only environment for `lmdb_dir`, shared by every reader in it.
+
+    py-lmdb refuses a second open of the same files in one process, and a forked child inherits
+    the parent's open environment (which LMDB forbids using across a fork): so there is one
+    environment per folder and process, an inherited one is closed (harmless to the parent,
+    there is no lock file) and reopened, and one whose files were rebuilt is replaced.
+    """
     d = Path(lmdb_dir)
-    if not (d / "data.mdb").is_file():
-        raise ClipbertError(f"{d}: not a video LMDB (no data.mdb)")
     try:
-        return lmdb.open(
+        st = (d / "data.mdb").stat()
+    except OSError:
+        raise ClipbertError(f"{d}: not a video LMDB (no data.mdb)") from None
+    ident = (st.st_dev, st.st_ino)
+    key = str(d.resolve())
+    cached = _ENVS.get(key)
+    if cached is not None:
+        if cached[0] == ident and cached[1] == os.getpid():
+            return cached[2]
+        del _ENVS[key]
+        cached[2].close()
+    try:
+        env = lmdb.open(
             str(d), readonly=True, lock=False, readahead=False, meminit=False, create=False,
             subdir=True,
         )
     except lmdb.Error as e:
         raise ClipbertError(f"{d}: cannot open LMDB ({e})") from None
+    _ENVS[key] = (ident, os.getpid(), env)
+    return env
+
+
+def _is_open(lmdb_dir: Path) -> bool:
+    cached = _ENVS.get(str(lmdb_dir.resolve()))
+    return cached is not None and cached[1] == os.getpid()
 
 
 def pack_lmdb(
@@ -87,17 +114,13 @@ def _put_batch(env: lmdb.Environment, items: list[tuple[str, Path]]) -> None:
 
 def list_lmdb(lmdb_dir: str | os.PathLike) -> list[dict]:
     """One row per video in key order: key, size in bytes, frame count (from the mp4 header)."""
-    env = _open_ro(lmdb_dir)
     rows = []
-    try:
-        with env.begin(buffers=True) as txn:
-            for k, v in txn.cursor():
-                key = bytes(k).decode("utf-8")
-                data = bytes(v)
-                n = probe_video(data, name=f"{lmdb_dir}: key {key!r}")["n_frames"]
-                rows.append({"key": key, "size": len(data), "n_frames": n})
-    finally:
-        env.close()
+    with _open_ro(lmdb_dir).begin(buffers=True) as txn:
+        for k, v in txn.cursor():
+            key = bytes(k).decode("utf-8")
+            data = bytes(v)
+            n = probe_video(data, name=f"{lmdb_dir}: key {key!r}")["n_frames"]
+            rows.append({"key": key, "size": len(data), "n_frames": n})
     return rows
 
 
@@ -105,66 +128,50 @@ def export_lmdb(lmdb_dir: str | os.PathLike, out_dir: str | os.PathLike) -> int:
     """Write every video back out as `<key>.mp4`, byte-identical, into a fresh `out_dir`."""
     env = _open_ro(lmdb_dir)
     n = 0
-    try:
-        with atomic_dir(out_dir) as tmp, env.begin(buffers=True) as txn:
-            for k, v in txn.cursor():
-                key = bytes(k).decode("utf-8")
-                if not key or "/" in key or "\\" in key or key in (".", ".."):
-                    raise ClipbertError(f"{lmdb_dir}: key {key!r} is not a usable file name")
-                (tmp / f"{key}.mp4").write_bytes(bytes(v))
-                n += 1
-    finally:
-        env.close()
+    with atomic_dir(out_dir) as tmp, env.begin(buffers=True) as txn:
+        for k, v in txn.cursor():
+            key = bytes(k).decode("utf-8")
+            if not key or "/" in key or "\\" in key or key in (".", ".."):
+                raise ClipbertError(f"{lmdb_dir}: key {key!r} is not a usable file name")
+            (tmp / f"{key}.mp4").write_bytes(bytes(v))
+            n += 1
     return n
 
 
 class VideoLMDB:
     """Read-only access to a video LMDB, opened on first use in the process that uses it.
 
-    The environment is reopened if the process id changed (a DataLoader worker forked after the
-    parent touched it), and it is never pickled, so it is safe with fork and spawn workers alike.
+    Holds only the folder name, so it pickles for spawn-started workers; the environment comes
+    from `_open_ro` on every access (a dict look-up and a stat), which reopens it in a worker
+    forked after the parent had touched it.
     """
 
     def __init__(self, lmdb_dir: str | os.PathLike) -> None:
         self.lmdb_dir = Path(lmdb_dir)
         if not (self.lmdb_dir / "data.mdb").is_file():
             raise ClipbertError(f"{self.lmdb_dir}: not a video LMDB (no data.mdb)")
-        self._env: lmdb.Environment | None = None
-        self._pid: int | None = None
-
-    def _txn_env(self) -> lmdb.Environment:
-        if self._env is None or self._pid != os.getpid():
-            self._env = _open_ro(self.lmdb_dir)
-            self._pid = os.getpid()
-        return self._env
 
     @property
     def is_open(self) -> bool:
-        """Whether this process holds an open environment (for tests of the lazy open)."""
-        return self._env is not None and self._pid == os.getpid()
+        """Whether this process holds an open environment for the folder (tests the lazy open)."""
+        return _is_open(self.lmdb_dir)
 
     def get(self, key: str) -> bytes:
-        with self._txn_env().begin() as txn:
+        with _open_ro(self.lmdb_dir).begin() as txn:
             value = txn.get(key.encode("utf-8"))
         if value is None:
             raise ClipbertError(f"video {key!r} is not in LMDB {self.lmdb_dir}")
         return value
 
     def keys(self) -> list[str]:
-        with self._txn_env().begin() as txn:
+        with _open_ro(self.lmdb_dir).begin() as txn:
             return [k.decode("utf-8") for k in txn.cursor().iternext(keys=True, values=False)]
 
     def __contains__(self, key: object) -> bool:
         if not isinstance(key, str):
             return False
-        with self._txn_env().begin() as txn:
+        with _open_ro(self.lmdb_dir).begin() as txn:
             return txn.get(key.encode("utf-8")) is not None
 
     def __len__(self) -> int:
-        return self._txn_env().stat()["entries"]
-
-    def __getstate__(self) -> dict:
-        return {"lmdb_dir": self.lmdb_dir, "_env": None, "_pid": None}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
+        return _open_ro(self.lmdb_dir).stat()["entries"]
