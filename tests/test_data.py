@@ -45,8 +45,9 @@ def rows() -> list[dict]:
           "what is the door ?", "is the table on ?", "what is ?", "i am sitting ."]
     answers = ["table", "door", "unknown", "two", "table", "door"]
     sids = list(FRAMES) * 2
+    triples = zip(answers, qs, sids, strict=True)
     return [{"answer": a, "question": q, "video_id": s, "answer_type": "what",
-             "question_id": 100 + i} for i, (a, q, s) in enumerate(zip(answers, qs, sids, strict=True))]
+             "question_id": 100 + i} for i, (a, q, s) in enumerate(triples)]
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,9 @@ def test_round_trip_via_cli(tmp_path: Path, mp4s: list[Path], cli) -> None:
     assert sorted(p.name for p in db.iterdir()) == ["data.mdb", "lock.mdb"]
     assert [p.name for p in tmp_path.iterdir()] == ["vis_db"]
     lines = cli("lmdb", "ls", db).stdout.strip().splitlines()
-    assert lines == [f"{p.stem}\t{p.stat().st_size}\t{n}" for p, n in zip(mp4s, (3, 5, 4), strict=True)]
+    counts = (3, 5, 4)
+    want = [f"{p.stem}\t{p.stat().st_size}\t{c}" for p, c in zip(mp4s, counts, strict=True)]
+    assert lines == want
     out = tmp_path / "back"
     assert "3 videos" in cli("lmdb", "export", db, out).stdout
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in mp4s)
