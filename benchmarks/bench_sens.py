@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -89,10 +90,12 @@ def write_scan(path: Path, n: int, colors: list[bytes], depths: list[bytes]) -> 
     sens.write_sens(path, header, gen(), imu)
 
 
-def timed(fn: Callable[[], object], repeat: int) -> float:
-    """Median wall seconds of `repeat` runs."""
+def timed(fn: Callable[[], object], repeat: int, reset: Path | None = None) -> float:
+    """Median wall seconds of `repeat` runs; `reset` is removed (untimed) before each run."""
     times = []
     for _ in range(repeat):
+        if reset is not None:
+            shutil.rmtree(reset, ignore_errors=True)
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
@@ -164,10 +167,11 @@ def main() -> None:
                                              check=True), a.repeat)
         out = tmp / "out"
         t_open = timed(lambda: sens.SensReader(big).close(), a.repeat)
-        t_exp = timed(lambda: frames_mod.export_frames(big, out, stride=a.stride), a.repeat)
+        t_exp = timed(lambda: frames_mod.export_frames(big, out, stride=a.stride), a.repeat, out)
         t_exp_dp = timed(lambda: frames_mod.export_frames(big, out, stride=a.stride, depth=True,
-                                                          poses=True), a.repeat)
+                                                          poses=True), a.repeat, out)
         st = str(a.stride)
+        shutil.rmtree(out)
         t_cli, rss_big, _ = run_rss(CLI, "sens", "export", str(big), str(out), "--stride", st)
         _, rss_small, _ = run_rss(CLI, "sens", "export", str(small), str(out), "--stride", st)
         _, rss_base, _ = run_rss(IMPORTS)
