@@ -8,6 +8,7 @@ the frame heads and one payload in twenty, so it reads far less than the whole f
 from __future__ import annotations
 
 import json
+import operator
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,8 +62,13 @@ def export_frames(
     and returns it. With `depth`, `frame-{k}.depth.png` (16-bit); with `poses`,
     `frame-{k}.pose.txt` and the camera matrices as text. The folder appears whole or not at all.
     """
-    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+    try:
+        ok = not isinstance(stride, bool) and operator.index(stride) >= 1
+    except TypeError:
+        ok = False
+    if not ok:
         raise ClipbertError(f"{sens_path}: stride must be a positive integer, got {stride!r}")
+    stride = operator.index(stride)
     with SensReader(sens_path) as r:
         h = r.header
         if h.color_compression != ColorCompression.JPEG:
