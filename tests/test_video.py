@@ -160,6 +160,11 @@ def test_cli_bad_inputs(tmp_path: Path, cli) -> None:
     _assert_cli_error(cli, tmp_path, [good, "--codec", "no-such-codec"], "no-such-codec")
     _assert_cli_error(cli, tmp_path, [tmp_path / "absent"], "absent")
 
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video")
+    r = cli("video", "probe", text, check=False)
+    assert r.returncode == 1 and r.stderr.startswith("error: ") and str(text) in r.stderr
+
 
 def test_encode_replaces_existing_only_on_success(tmp_path: Path) -> None:
     out = tmp_path / "v.mp4"

@@ -66,12 +66,14 @@ def _fit(src: tuple[int, int], size: tuple[int, int], keep_aspect: bool) -> tupl
 
 def _load_frame(
     path: Path, size: tuple[int, int], keep_aspect: bool, expect: tuple[int, int] | None
-) -> tuple[Image.Image, tuple[int, int]]:
-    """Decode one source JPEG straight to the target size; returns (canvas, source size).
+) -> tuple[av.VideoFrame, tuple[int, int]]:
+    """Decode one source JPEG straight to a yuv420p frame of `size`; returns (frame, source size).
 
     `draft()` lets libjpeg decode at 1/2, 1/4 or 1/8 scale when the target is at least that much
-    smaller, which skips most of the IDCT work of a full 1296x968 decode (Pillow picks the
-    largest reduction that stays >= the requested size, so it is a no-op below 2x).
+    smaller, which skips most of the IDCT and colour work of a full 1296x968 decode (Pillow picks
+    the largest reduction that stays >= the requested size, so it is a no-op below 2x). The rest
+    of the bilinear resize and the RGB -> YUV conversion are one swscale pass; only the padded
+    `keep_aspect` canvas goes through Pillow.
     """
     try:
         with Image.open(path) as im:
@@ -90,20 +92,23 @@ def _load_frame(
         raise
     except (OSError, SyntaxError, ValueError) as e:
         raise ClipbertError(f"{path}: cannot decode JPEG ({e})") from None
+    if inner == size:
+        frame = av.VideoFrame.from_image(rgb).reformat(
+            width=size[0], height=size[1], format="yuv420p", interpolation="BILINEAR"
+        )
+        return frame, src
     if rgb.size != inner:
         rgb = rgb.resize(inner, Image.Resampling.BILINEAR)
-    if inner != size:
-        canvas = Image.new("RGB", size)
-        canvas.paste(rgb, (0, 0))
-        rgb = canvas
-    return rgb, src
+    canvas = Image.new("RGB", size)
+    canvas.paste(rgb, (0, 0))
+    return av.VideoFrame.from_image(canvas).reformat(format="yuv420p"), src
 
 
 def encode_video(
     frames_dir: str | os.PathLike,
     out: str | os.PathLike,
     size: tuple[int, int] = (224, 224),
-    fps: int = 20,
+    fps: float = 20,
     codec: str = "mpeg4",
     keep_aspect: bool = False,
     gop: int | None = None,
@@ -124,6 +129,7 @@ def encode_video(
     if gop is not None and gop < 1:
         raise ClipbertError(f"{out}: gop must be >= 1, got {gop}")
     paths = list_scene_frames(frames_dir)
+    rate = Fraction(fps).limit_denominator(1001)
     out = Path(out)
     with atomic_path(out) as tmp:
         try:
@@ -132,20 +138,19 @@ def encode_video(
             raise ClipbertError(f"{out}: cannot create mp4 ({e})") from None
         with container:
             try:
-                stream = container.add_stream(codec, rate=Fraction(fps))
+                stream = container.add_stream(codec, rate=rate)
             except (av.FFmpegError, ValueError) as e:
                 raise ClipbertError(f"{out}: unknown or unusable codec {codec!r} ({e})") from None
             stream.width, stream.height = w, h
             stream.pix_fmt = "yuv420p"
-            stream.bit_rate = fps * w * h
+            stream.bit_rate = round(fps * w * h)
             if gop is not None:
                 stream.codec_context.gop_size = gop
             src_size = None
             for k, path in enumerate(paths):
-                img, src_size = _load_frame(path, (w, h), keep_aspect, src_size)
-                frame = av.VideoFrame.from_image(img)
+                frame, src_size = _load_frame(path, (w, h), keep_aspect, src_size)
                 frame.pts = k
-                frame.time_base = Fraction(1, fps)
+                frame.time_base = 1 / rate
                 try:
                     container.mux(stream.encode(frame))
                 except av.FFmpegError as e:
