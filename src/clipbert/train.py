@@ -360,6 +360,10 @@ def train(cfg: TrainConfig, data_dir, lmdb_dir, out, state_dir, metrics=None, vo
             train_set, batch_sampler=batches, collate_fn=collate, num_workers=cfg.num_workers,
             generator=torch.Generator().manual_seed(cfg.seed + epoch))
         for batch in loader:
+            if batch is None:  # every video of this batch failed to decode (logged by data)
+                step += 1
+                scheduler.step()
+                continue
             frames = data.preprocess_frames(batch["frames"].to(device), cfg.max_img_size)
             labels = batch["labels"].to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -373,7 +377,7 @@ def train(cfg: TrainConfig, data_dir, lmdb_dir, out, state_dir, metrics=None, vo
             optimizer.step()
             scheduler.step()
             step += 1
-            loss_sum, loss_n, seen = loss_sum + float(loss), loss_n + 1, seen + len(labels)
+            loss_sum, loss_n, seen = loss_sum + float(loss.detach()), loss_n + 1, seen + len(labels)
             row = None
             if step % cfg.log_every == 0 or step % val_interval == 0 or step == total:
                 dt = time.perf_counter() - t0
