@@ -186,6 +186,8 @@ class ClipBertTransformer(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(cfg.hidden_size * 2, cfg.num_labels),
         )
+        for module in (self.visual_embeddings, self.classifier):
+            module.apply(_bert_init)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, grid: torch.Tensor
@@ -202,6 +204,18 @@ class ClipBertTransformer(nn.Module):
         hidden = self.bert.encoder(hidden, attention_mask=mask4d).last_hidden_state
         pooled = self.bert.pooler(hidden)
         return self.classifier(self.dropout(pooled))
+
+
+def _bert_init(module: nn.Module) -> None:
+    """BERT's initialisation (normal, std 0.02) for the parts BertModel does not own, as
+    upstream did; PyTorch's N(0, 1) embeddings would drown the visual features."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
 
 
 def aggregate(logits: torch.Tensor, how: str) -> torch.Tensor:
