@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from clipbert.errors import ClipbertError
 from clipbert.fsutil import atomic_dir
 
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -196,7 +197,7 @@ def make_demo(out_dir, scenes: int = 60, seed: int = 0, frames: int = 100) -> di
     from clipbert.tokenizer import build_vocab
 
     if scenes < 5:
-        raise ValueError("the demo needs at least 5 scenes (train, val and test by scene)")
+        raise ClipbertError(f"{out_dir}: the demo needs at least 5 scenes (got {scenes})")
     ids = scene_ids(scenes)
     splits = split_of(ids)
     rooms = {s: Room.draw(np.random.default_rng([seed, i])) for i, s in enumerate(ids)}
@@ -229,11 +230,16 @@ def make_demo(out_dir, scenes: int = 60, seed: int = 0, frames: int = 100) -> di
                     if split == "train":
                         answers.add(answer)
                     qid += 1
-            info = {"description": f"SQA3D-format demo questions ({split})", "version": "1.0"}
-            for kind, key, items in (("questions", "questions", qs),
-                                     ("sqa_annotations", "annotations", anns)):
+            head = {"info": {"description": f"Synthetic SQA3D-format demo ({split})",
+                             "version": "1.0", "year": 2026, "contributor": "clipbert demo"},
+                    "license": {"name": "CC0", "url": "https://creativecommons.org/publicdomain/zero/1.0/"},
+                    "data_type": "scannet", "data_subtype": "v2"}
+            for kind, key, items, extra in (
+                ("questions", "questions", qs, {"task_type": "Situated question answering"}),
+                ("sqa_annotations", "annotations", anns, {}),
+            ):
                 path = balanced / f"v1_balanced_{kind}_{split}_scannetv2.json"
-                path.write_text(json.dumps({"info": info, "license": "CC-BY-4.0", key: items}))
+                path.write_text(json.dumps({**head, **extra, key: items}))
         ans = sorted(answers)
         answer_dict = [{a: i for i, a in enumerate(ans)}, {str(i): a for i, a in enumerate(ans)}]
         (tmp / "sqa_task" / "answer_dict.json").write_text(json.dumps(answer_dict))
