@@ -5,6 +5,7 @@ from clipbert import demo, frames
 
 DEMO = config["data"]["source"] == "demo"
 WORK = "work"
+ENV = "../envs/clipbert.yaml"  # relative to rules/
 SPLITS = ("train", "val", "test")
 
 

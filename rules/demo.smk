@@ -9,10 +9,12 @@ rule demo_data:
         answers=f"{WORK}/demo/sqa_task/answer_dict.json",
         vocab=f"{WORK}/demo/vocab.txt",
     params:
-        out_dir=f"{WORK}/demo",
+        out_dir=lambda w, output: str(Path(output.vocab).parent),
         scenes=config["data"]["demo"]["scenes"],
         seed=config["data"]["demo"]["seed"],
         frames=config["data"]["demo"]["frames"],
+    conda:
+        ENV
     log:
         "logs/demo_data.log",
     script:

@@ -17,10 +17,12 @@ rule train:
         preset=config["train"]["preset"],
         overrides=config["train"]["overrides"],
         state_dir=f"{WORK}/train_state",
-        data_dir=f"{WORK}/sqa",
+        data_dir=lambda w, input: str(Path(input.train).parent),
     threads: workflow.cores
     resources:
         gpu=1,
+    conda:
+        ENV
     log:
         "logs/train.log",
     script:
@@ -41,6 +43,8 @@ rule infer:
     threads: workflow.cores
     resources:
         gpu=1,
+    conda:
+        ENV
     log:
         "logs/infer.log",
     script:

@@ -7,6 +7,8 @@ rule sens_index:
         sens_path("{scene}"),
     output:
         f"{WORK}/index/{{scene}}.json",
+    conda:
+        ENV
     log:
         "logs/sens_index/{scene}.log",
     script:
@@ -24,6 +26,8 @@ rule frames:
         stride=config["frames"]["stride"],
         depth=config["frames"]["depth"],
         poses=config["frames"]["poses"],
+    conda:
+        ENV
     log:
         "logs/frames/{scene}.log",
     script:

@@ -12,7 +12,9 @@ rule sqa_convert:
         ans2label=f"{WORK}/sqa/train_ans2label.json",
         stats=f"{WORK}/sqa/stats.json",
     params:
-        sqa_dir=SQA_DIR,
+        sqa_dir=lambda w, input: str(Path(input.answers).parent),
+    conda:
+        ENV
     log:
         "logs/sqa_convert.log",
     script:

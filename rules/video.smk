@@ -12,6 +12,8 @@ rule encode_video:
         fps=config["video"]["fps"],
         codec=config["video"]["codec"],
         keep_aspect=config["video"]["keep_aspect"],
+    conda:
+        ENV
     log:
         "logs/encode_video/{scene}.log",
     script:
@@ -24,6 +26,8 @@ rule pack_lmdb:
         [video_path(s) for s in SCENES],
     output:
         directory(f"{WORK}/vis_db"),
+    conda:
+        ENV
     log:
         "logs/pack_lmdb.log",
     script:
