@@ -1,0 +1,114 @@
+"""The Snakemake workflow end to end on a small demo, single-stage reruns, config validation."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, cli_env
+
+SMALL = {
+    "data": {"demo": {"scenes": 6, "frames": 30}},
+    "frames": {"stride": 10},
+    "video": {"size": [64, 64]},
+    "train": {"overrides": {
+        "epochs": 1, "max_img_size": 64, "batch_size": 8, "model.hidden_size": 32,
+        "model.intermediate_size": 64, "model.num_layers": 1,
+    }},
+}
+
+
+def snakemake(workdir: Path, *args: str, config: dict | None = None,
+              check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+           "--cores", "2", *args]
+    if config is not None:  # last: --configfile takes several values
+        path = workdir / "test_config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        cmd += ["--configfile", str(path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=cli_env())
+    if check and proc.returncode != 0:
+        pytest.fail(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n"
+                    f"{proc.stderr[-5000:]}")
+    return proc
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a Snakemake run or dry run."""
+    counts = {}
+    table = output.split("Job stats:", 1)[1] if "Job stats:" in output else ""
+    for line in table.splitlines()[3:]:
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not m:
+            break
+        counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    wd = tmp_path_factory.mktemp("workflow")
+    snakemake(wd, "results/test_acc.json", config=SMALL)
+    return wd
+
+
+def test_end_to_end(run_dir):
+    acc = json.loads((run_dir / "results/test_acc.json").read_text())
+    for key in ("overall", "per_type", "n_questions", "n_unknown", "ceiling",
+                "majority_baseline", "preset", "checkpoint_sha256"):
+        assert key in acc, key
+    assert acc["n_questions"] == sum(acc["counts"].values()) > 0
+    assert set(acc["per_type"]) <= {"what", "is", "how", "can", "which", "others"}
+    preds = (run_dir / "results/test_predictions.jsonl").read_text().splitlines()
+    assert len(preds) == acc["n_questions"]
+    assert (run_dir / "results/model.pt").stat().st_size > 0
+    for log in ("demo_data", "sqa_convert", "pack_lmdb", "train", "infer"):
+        assert (run_dir / "logs" / f"{log}.log").is_file(), log
+    assert len(list((run_dir / "logs/frames").glob("*.log"))) == 6
+
+
+def test_nothing_left_to_do(run_dir):
+    proc = snakemake(run_dir, "-n", "results/test_acc.json", config=SMALL)
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_rerun_one_stage(run_dir):
+    """Forcing one scene's frames reruns that job only; a dry run then shows that exactly its
+    video, the LMDB, training and inference are out of date."""
+    scene = "scene0001_00"
+    other = run_dir / "work/frames/scene0002_00/frame-0.color.jpg"
+    before = other.stat().st_mtime_ns
+    proc = snakemake(run_dir, f"work/frames/{scene}", "--forcerun", "frames", config=SMALL)
+    assert job_counts(proc.stdout + proc.stderr) == {"frames": 1, "total": 1}
+    assert other.stat().st_mtime_ns == before
+    dry = snakemake(run_dir, "-n", "results/test_acc.json", config=SMALL)
+    counts = job_counts(dry.stdout + dry.stderr)
+    assert counts == {"encode_video": 1, "pack_lmdb": 1, "train": 1, "infer": 1,
+                      "total": 4}, counts
+
+
+def test_config_errors_name_the_key(tmp_path):
+    proc = snakemake(tmp_path, "-n", config={"frames": {"strid": 3}}, check=False)
+    assert proc.returncode != 0
+    assert "strid" in proc.stdout + proc.stderr
+    proc = snakemake(tmp_path, "-n", config={"frames": {"stride": "x"}}, check=False)
+    assert proc.returncode != 0
+    assert "stride" in proc.stdout + proc.stderr
+
+
+def test_real_data_config_needs_paths(tmp_path):
+    proc = snakemake(tmp_path, "-n", config={"data": {"source": "scannet"}}, check=False)
+    assert proc.returncode != 0
+    assert "data.sqa_dir" in proc.stdout + proc.stderr
+
+
+def test_lint_is_quiet():
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO,
+                          capture_output=True, text=True, env=cli_env())
+    assert proc.returncode == 0
+    assert "Lints for" not in proc.stdout + proc.stderr
