@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -274,13 +273,13 @@ def _listing(keys: list[str]) -> str:
 
 
 def _groups(keys: list[str]) -> str:
-    """Keys summarised by module: `cnn.grid_encoder (1 tensors), ...`."""
+    """Keys summarised by module: `cnn.grid_encoder (1 tensor), ...`."""
     counts: dict[str, int] = {}
     for k in keys:
         parts = k.split(".")
         group = ".".join(parts[:2] if parts[0] in ("cnn", "transformer") else parts[:1])
         counts[group] = counts.get(group, 0) + 1
-    return ", ".join(f"{g} ({n} tensors)" for g, n in counts.items())
+    return ", ".join(f"{g} ({n} tensor{'s' if n > 1 else ''})" for g, n in counts.items())
 
 
 def format_report(report: dict) -> list[str]:
@@ -322,7 +321,6 @@ def load_pretrained(
     resnet: str | os.PathLike | None = None,
     bert: str | os.PathLike | None = None,
     verbose: bool = True,
-    log: Callable[[str], None] | None = None,
 ) -> dict:
     """Load the given checkpoints into `model` in the order clipbert, detectron2, resnet, bert
     (later ones override earlier ones) and report, per source, the tensors loaded, the model
@@ -336,7 +334,7 @@ def load_pretrained(
     report = {"sources": sources, "random": [k for k in target if k not in filled]}
     if verbose:
         for line in format_report(report):
-            (log or (lambda text: print(text, flush=True)))(line)
+            print(line, flush=True)
     return report
 
 
