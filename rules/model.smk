@@ -18,6 +18,7 @@ rule train:
         overrides=config["train"]["overrides"],
         state_dir=f"{WORK}/train_state",
         data_dir=lambda w, input: str(Path(input.train).parent),
+        weights=config["weights"],
     threads: workflow.cores
     resources:
         gpu=1,

@@ -11,4 +11,5 @@ with redirect_output(snakemake.log[0]):
     train.train(
         cfg, data_dir=p.data_dir, lmdb_dir=snakemake.input.lmdb, out=snakemake.output.model,
         state_dir=p.state_dir, metrics=snakemake.output.metrics, vocab=snakemake.input.vocab,
+        weights={k: v for k, v in dict(p.weights).items() if k != "vocab"},
     )

@@ -262,6 +262,12 @@ def _model_summary(a: argparse.Namespace) -> None:
     _print_json(model.summary(cfg.model))
 
 
+def _model_convert(a: argparse.Namespace) -> None:
+    from clipbert import checkpoints
+
+    _print_json(checkpoints.convert(a.input, a.output, a.to))
+
+
 def _add_model(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("model", help="the ClipBERT model")
     s = p.add_subparsers(dest="action", required=True)
@@ -269,6 +275,32 @@ def _add_model(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--preset", default="faithful")
     m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     m.set_defaults(func=_model_summary)
+    c = s.add_parser("convert", help="rename a checkpoint's tensors to the native or upstream "
+                     "ClipBERT layout (input layout detected from its keys)")
+    c.add_argument("input", metavar="IN", help="checkpoint file (or Hugging Face BERT folder)")
+    c.add_argument("output", metavar="OUT", help="flat state dict to write")
+    c.add_argument("--to", required=True, choices=("native", "upstream"))
+    c.set_defaults(func=_model_convert)
+
+
+_TRAIN_INIT_KINDS = ("clipbert", "detectron2", "resnet", "bert")
+
+
+def _train_init_pair(text: str) -> tuple[str, str]:
+    kind, sep, path = text.partition("=")
+    if not sep or not path or kind not in _TRAIN_INIT_KINDS:
+        raise argparse.ArgumentTypeError(
+            f"expected KIND=PATH with KIND one of {', '.join(_TRAIN_INIT_KINDS)}, got {text!r}")
+    return kind, path
+
+
+def _train_init_weights(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for kind, path in pairs:
+        if kind in out:
+            raise SystemExit(f"error: --init {kind}= given twice")
+        out[kind] = path
+    return out
 
 
 def _train(a: argparse.Namespace) -> None:
@@ -277,7 +309,7 @@ def _train(a: argparse.Namespace) -> None:
     cfg = train.make_config(a.preset, _parse_sets(a.set))
     train.train(
         cfg, data_dir=a.data_dir, lmdb_dir=a.lmdb, out=a.out, state_dir=a.state_dir,
-        metrics=a.metrics, vocab=a.vocab,
+        metrics=a.metrics, vocab=a.vocab, weights=_train_init_weights(a.init),
     )
 
 
@@ -302,6 +334,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--out", required=True, help="the chosen model file")
     t.add_argument("--state-dir", required=True, help="resumable checkpoints (not an output)")
     t.add_argument("--metrics", default=None, help="metrics log (jsonl)")
+    t.add_argument("--init", action="append", default=[], type=_train_init_pair,
+                   metavar="KIND=PATH",
+                   help="pretrained weights, repeatable, applied in the order clipbert, "
+                   "detectron2, resnet, bert (KIND: clipbert = upstream or native ClipBERT "
+                   "file, detectron2 = grid-feat checkpoint, resnet = torchvision ResNet-50 "
+                   "state dict, bert = Hugging Face BERT folder); none: random weights")
     t.set_defaults(func=_train)
     i = sub.add_parser("infer", help="answer a jsonl split and score it")
     i.add_argument("--model", required=True)

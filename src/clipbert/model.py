@@ -73,8 +73,19 @@ class ModelConfig:
         )
 
 
+class FrozenBN(FrozenBatchNorm2d):
+    """torchvision's frozen BatchNorm, but the output keeps the input's dtype (as detectron2's
+    does): under bf16 autocast the fp32 statistics would otherwise promote every activation of
+    the trunk to fp32. Same buffers and state-dict names as `FrozenBatchNorm2d`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return x * scale.to(x.dtype).view(1, -1, 1, 1) + shift.to(x.dtype).view(1, -1, 1, 1)
+
+
 def _norm(cfg: ModelConfig, channels: int) -> nn.Module:
-    return FrozenBatchNorm2d(channels, eps=1e-5) if cfg.frozen_bn else nn.BatchNorm2d(channels)
+    return FrozenBN(channels, eps=1e-5) if cfg.frozen_bn else nn.BatchNorm2d(channels)
 
 
 class Bottleneck(nn.Module):
@@ -189,21 +200,29 @@ class ClipBertTransformer(nn.Module):
         for module in (self.visual_embeddings, self.classifier):
             module.apply(_bert_init)
 
-    def forward(
+    def encode(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, grid: torch.Tensor
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fused sequence output (N, L + h*w, D) and pooled [CLS] (N, D). Separate from the head
+        so tests can check the text-only path (h = w = 0) against a plain `BertModel`."""
         text = self.bert.embeddings(input_ids=input_ids)
         visual = self.visual_embeddings(grid).to(text.dtype)
         hidden = torch.cat([text, visual], dim=1)
         mask = torch.cat(
             [attention_mask, attention_mask.new_ones(visual.shape[:2])], dim=1
         )
-        mask4d = create_bidirectional_mask(
-            config=self.bert.config, inputs_embeds=hidden, attention_mask=mask
-        )
+        mask4d = None  # shape-only (meta) passes cannot read the mask; shapes do not depend on it
+        if not hidden.is_meta:
+            mask4d = create_bidirectional_mask(
+                config=self.bert.config, inputs_embeds=hidden, attention_mask=mask
+            )
         hidden = self.bert.encoder(hidden, attention_mask=mask4d).last_hidden_state
-        pooled = self.bert.pooler(hidden)
-        return self.classifier(self.dropout(pooled))
+        return hidden, self.bert.pooler(hidden)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, grid: torch.Tensor
+    ) -> torch.Tensor:
+        return self.classifier(self.dropout(self.encode(input_ids, attention_mask, grid)[1]))
 
 
 def _bert_init(module: nn.Module) -> None:
@@ -263,8 +282,12 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 
 def summary(cfg: ModelConfig, max_img_size: int = 448, num_frm: int = 2, n_clips: int = 1,
             txt_len: int = 100) -> dict:
-    """Parameter counts per part and output shapes of one dummy forward pass (batch 1)."""
-    model = ClipBert(cfg).eval()
+    """Parameter counts per part and output shapes of one dummy forward pass (batch 1).
+
+    Built and run on the meta device: counts and shapes are exact, no memory is allocated and
+    no arithmetic is done (a real faithful pass costs ~30 s on two CPU cores)."""
+    with torch.device("meta"):
+        model = ClipBert(cfg).eval()
     tr = model.transformer
     parts = {
         "backbone": model.cnn.backbone,
@@ -277,22 +300,29 @@ def summary(cfg: ModelConfig, max_img_size: int = 448, num_frm: int = 2, n_clips
         name: {"total": count_parameters(m), "trainable": count_parameters(m, True)}
         for name, m in parts.items()
     }
-    frames = torch.zeros(1, n_clips, num_frm, 3, max_img_size, max_img_size)
-    ids = torch.zeros(1, txt_len, dtype=torch.long)
-    mask = torch.ones(1, txt_len, dtype=torch.long)
+    shapes: dict[str, list[int]] = {}
+
+    def keep(name: str):
+        return lambda _module, _inputs, output: shapes.__setitem__(name, list(output.shape))
+
+    hooks = [model.cnn.backbone.register_forward_hook(keep("backbone")),
+             model.cnn.register_forward_hook(keep("grid"))]
+    frames = torch.zeros(1, n_clips, num_frm, 3, max_img_size, max_img_size, device="meta")
+    ids = torch.zeros(1, txt_len, dtype=torch.long, device="meta")
+    mask = torch.ones(1, txt_len, dtype=torch.long, device="meta")
     with torch.no_grad():
-        feat = model.cnn.backbone(frames.flatten(0, 2))
-        grid = model.cnn(frames.flatten(0, 2))
         logits = model(frames, ids, mask)
-    h, w = grid.shape[1:3]
+    for hook in hooks:
+        hook.remove()
+    h, w = shapes["grid"][1:3]
     return {
         "parameters": counts,
         "total": count_parameters(model),
         "trainable": count_parameters(model, True),
         "shapes": {
             "frames": list(frames.shape),
-            "backbone": list(feat.shape),
-            "grid": list(grid.shape),
+            "backbone": shapes["backbone"],
+            "grid": shapes["grid"],
             "tokens": [1, txt_len + h * w, cfg.hidden_size],
             "logits": list(logits.shape),
         },

@@ -266,9 +266,11 @@ def save_model_file(path, model: ClipBert, cfg: TrainConfig, ans2label: dict, to
         torch.save(obj, tmp)
 
 
-def train(cfg: TrainConfig, data_dir, lmdb_dir, out, state_dir, metrics=None, vocab=None) -> dict:
+def train(cfg: TrainConfig, data_dir, lmdb_dir, out, state_dir, metrics=None, vocab=None,
+          weights: dict | None = None) -> dict:
     """Fine-tune on `{data_dir}/train.jsonl`, validate on `val.jsonl`, write the model to `out`."""
     from clipbert import data, evaluate
+    from clipbert.checkpoints import load_pretrained
     from clipbert.tokenizer import load_tokenizer
 
     d, device = setup_distributed()
@@ -288,8 +290,7 @@ def train(cfg: TrainConfig, data_dir, lmdb_dir, out, state_dir, metrics=None, vo
         cfg.model, vocab_size=len(tokens), num_labels=max(len(ans2label), cfg.model.num_labels)))
     seed_everything(cfg.seed)
     model = ClipBert(cfg.model)
-    if d.main:
-        print("model: starting from random weights (no pretrained weights given)", flush=True)
+    load_pretrained(model, **(weights or {}), verbose=d.main)
     model.to(device)
     ddp_model = model
     if d.world > 1:

@@ -1,0 +1,376 @@
+"""Pretrained weights: key maps between the checkpoint layouts users hold and the native model.
+
+Layouts (spec model.md §5):
+- `upstream`: ClipBERT's end-to-end state dict (`cnn.feature.backbone.*` detectron2 names,
+  `cnn.grid_encoder.*`, `transformer.bert.*` incl. `visual_embeddings`, `transformer.classifier.*`);
+- `native`: this project's `ClipBert.state_dict()` (torchvision ResNet names under
+  `cnn.backbone.`, `transformer.visual_embeddings.`), flat or inside a model file;
+- `detectron2`: a grid-feat checkpoint `{"model": {"backbone.res2.0.conv1.weight": ...}}`;
+- `torchvision`: a ResNet-50 state dict (`conv1`, `bn1`, `layer1..4`, `fc`);
+- `bert`: a Hugging Face BERT folder or file (`[bert.]embeddings...`, maybe `gamma`/`beta`).
+
+Everything is read with `weights_only=True` (or safetensors): a checkpoint is data, and unpickling
+arbitrary objects would run code. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from clipbert.errors import ClipbertError
+
+KINDS = ("clipbert", "detectron2", "resnet", "bert")
+LAYOUTS = ("upstream", "native", "detectron2", "torchvision", "bert")
+_BERT_FILES = ("model.safetensors", "pytorch_model.bin")
+# Part of the native model each kind is expected to fill (for its "missing" list).
+_COVERS = {"clipbert": "", "detectron2": "cnn.backbone.", "resnet": "cnn.backbone.",
+           "bert": "transformer.bert."}
+_SHOW = 8  # keys listed per category in printed reports
+
+
+# ---- key maps -------------------------------------------------------------------------------
+
+
+def d2_to_torchvision(name: str) -> str | None:
+    """Detectron2 ResNet name (relative to the backbone) -> torchvision name; None if it is
+    not a ResNet trunk tensor."""
+    m = re.fullmatch(r"stem\.conv1(\.norm)?\.(\w+)", name)
+    if m:
+        return ("bn1." if m[1] else "conv1.") + m[2]
+    m = re.fullmatch(r"res(\d+)\.(\d+)\.(?:conv([123])|(shortcut))(\.norm)?\.(\w+)", name)
+    if not m or int(m[1]) < 2:
+        return None
+    prefix = f"layer{int(m[1]) - 1}.{m[2]}."
+    if m[4]:
+        part = "downsample.1" if m[5] else "downsample.0"
+    else:
+        part = f"bn{m[3]}" if m[5] else f"conv{m[3]}"
+    return f"{prefix}{part}.{m[6]}"
+
+
+def torchvision_to_d2(name: str) -> str | None:
+    """Inverse of `d2_to_torchvision`."""
+    m = re.fullmatch(r"(conv1|bn1)\.(\w+)", name)
+    if m:
+        return ("stem.conv1.norm." if m[1] == "bn1" else "stem.conv1.") + m[2]
+    m = re.fullmatch(r"layer(\d+)\.(\d+)\.(?:(conv|bn)([123])|downsample\.([01]))\.(\w+)", name)
+    if not m:
+        return None
+    prefix = f"res{int(m[1]) + 1}.{m[2]}."
+    if m[5] is not None:
+        part = "shortcut.norm" if m[5] == "1" else "shortcut"
+    else:
+        part = f"conv{m[4]}.norm" if m[3] == "bn" else f"conv{m[4]}"
+    return f"{prefix}{part}.{m[6]}"
+
+
+def _layernorm_names(name: str) -> str:
+    """Old BERT files call the LayerNorm affine `gamma`/`beta`."""
+    return re.sub(r"(LayerNorm)\.gamma$", r"\1.weight", re.sub(r"(LayerNorm)\.beta$", r"\1.bias",
+                                                               name))
+
+
+# Tensors a layout holds that the model has no use for: ignored without complaint.
+_IGNORED = {
+    "upstream": re.compile(
+        r"cnn\.feature\.(proposal_generator|roi_heads)\..*|cnn\.feature\.pixel_(mean|std)"
+        r"|transformer\.cls\..*|transformer\.bert\.visual_embeddings\.position_embeddings\..*"
+        r"|transformer\.bert\.embeddings\.(position_ids|token_type_ids)|.*\.num_batches_tracked"),
+    "native": re.compile(r".*\.num_batches_tracked"),
+    "detectron2": re.compile(
+        r"(proposal_generator|roi_heads)\..*|pixel_(mean|std)|.*\.num_batches_tracked"),
+    "torchvision": re.compile(r"fc\..*|.*\.num_batches_tracked"),
+    "bert": re.compile(r"cls\..*|(bert\.)?embeddings\.(position_ids|token_type_ids)"),
+}
+
+
+def to_native(layout: str, key: str) -> str | None:
+    """The native name of a checkpoint key, or None if the layout has no such tensor (keys
+    matched by `is_ignored` should be dropped before asking)."""
+    if layout == "native":
+        return key
+    if layout == "upstream":
+        if key.startswith("cnn.feature.backbone."):
+            tv = d2_to_torchvision(key.removeprefix("cnn.feature.backbone."))
+            return None if tv is None else "cnn.backbone." + tv
+        if key.startswith("transformer.bert.visual_embeddings."):
+            return "transformer.visual_embeddings." + _layernorm_names(
+                key.removeprefix("transformer.bert.visual_embeddings."))
+        if key.startswith(("cnn.grid_encoder.", "transformer.classifier.")):
+            return key
+        if key.startswith("transformer.bert."):
+            return _layernorm_names(key)
+        return None
+    if layout == "detectron2":
+        tv = d2_to_torchvision(key.removeprefix("backbone."))
+        return None if tv is None else "cnn.backbone." + tv
+    if layout == "torchvision":
+        return "cnn.backbone." + key if re.match(r"(conv1|bn1|layer\d+)\.", key) else None
+    if layout == "bert":
+        key = _layernorm_names(key.removeprefix("bert."))
+        return "transformer.bert." + key if key.startswith(("embeddings.", "encoder.",
+                                                            "pooler.")) else None
+    raise ValueError(f"unknown layout {layout!r}")
+
+
+def native_to_upstream(key: str) -> str | None:
+    """Native name -> upstream ClipBERT name (None for a key upstream has no place for)."""
+    if key.startswith("cnn.backbone."):
+        d2 = torchvision_to_d2(key.removeprefix("cnn.backbone."))
+        return None if d2 is None else "cnn.feature.backbone." + d2
+    if key.startswith("transformer.visual_embeddings."):
+        return "transformer.bert." + key.removeprefix("transformer.")
+    if key.startswith(("cnn.grid_encoder.", "transformer.bert.", "transformer.classifier.")):
+        return key
+    return None
+
+
+def is_ignored(layout: str, key: str) -> bool:
+    return bool(_IGNORED[layout].fullmatch(key))
+
+
+# ---- reading --------------------------------------------------------------------------------
+
+
+def _torch_load(path: Path) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ClipbertError(
+            f"{path}: not loadable as plain tensors (weights_only=True refused it: {first}); "
+            "detectron2 .pkl files and pickled objects are not accepted") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise ClipbertError(f"{path}: cannot read the checkpoint ({e})") from None
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as e:  # safetensors raises its own (Rust) error type
+        raise ClipbertError(f"{path}: cannot read the safetensors file ({e})") from None
+
+
+def _unwrap(obj: object, path: Path) -> dict:
+    """The flat name -> tensor mapping inside what torch.load returned: a native model file
+    (`state_dict`), a detectron2/trainer checkpoint (`model`) or a bare state dict."""
+    if not isinstance(obj, dict):
+        raise ClipbertError(f"{path}: expected a state dict, found a {type(obj).__name__}")
+    for key in ("state_dict", "model"):
+        inner = obj.get(key)
+        if isinstance(inner, dict) and any(isinstance(v, torch.Tensor) for v in inner.values()):
+            obj = inner
+            break
+    state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not state:
+        raise ClipbertError(f"{path}: no tensors in this file")
+    if all(k.startswith("module.") for k in state):  # saved from a DistributedDataParallel
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+def read_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Name -> tensor from a checkpoint file, or from a Hugging Face model folder."""
+    path = Path(path)
+    if path.is_dir():
+        for name in _BERT_FILES:
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise ClipbertError(f"{path}: folder has neither {' nor '.join(_BERT_FILES)}")
+    if not path.is_file():
+        raise ClipbertError(f"{path}: checkpoint not found")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path)
+    return _unwrap(_torch_load(path), path)
+
+
+def detect_layout(state: dict[str, torch.Tensor]) -> str:
+    """Which of LAYOUTS a state dict is in, from its key names."""
+    keys = list(state)
+
+    def any_start(*prefixes: str) -> bool:
+        return any(k.startswith(prefixes) for k in keys)
+
+    if any_start("cnn.feature.", "transformer.bert.visual_embeddings.", "transformer.cls."):
+        return "upstream"
+    if any_start("cnn.", "transformer."):
+        return "native"
+    if any_start("backbone.stem.", "backbone.res", "stem.conv1.", "res2."):
+        return "detectron2"
+    if any_start("layer1.", "conv1.weight"):
+        return "torchvision"
+    if any_start("embeddings.", "bert.", "encoder.layer."):
+        return "bert"
+    raise ClipbertError(f"unrecognised checkpoint layout (keys like {', '.join(keys[:3])})")
+
+
+# ---- loading into a model -------------------------------------------------------------------
+
+
+_KIND_LAYOUT = {"detectron2": "detectron2", "resnet": "torchvision", "bert": "bert"}
+_LAYOUT_KIND = {"detectron2": "detectron2", "torchvision": "resnet", "bert": "bert"}
+
+
+def _kind_layout(kind: str, state: dict[str, torch.Tensor], path: Path) -> str:
+    """The layout a source of this kind is read in; a ClipBERT file may be upstream or native."""
+    if kind != "clipbert":
+        return _KIND_LAYOUT[kind]
+    try:
+        layout = detect_layout(state)
+    except ClipbertError as e:
+        raise ClipbertError(f"{path}: {e}") from None
+    if layout not in ("upstream", "native"):
+        raise ClipbertError(f"{path}: a {layout} checkpoint, not a ClipBERT one (give it as "
+                            f"{_LAYOUT_KIND[layout]}=PATH)")
+    return layout
+
+
+def _load_one(model: nn.Module, kind: str, path: Path, target: dict[str, torch.Tensor]) -> dict:
+    state = read_state(path)
+    layout = _kind_layout(kind, state, path)
+    mapped: dict[str, torch.Tensor] = {}
+    unexpected, mismatch, ignored = [], [], 0
+    for key, tensor in state.items():
+        if is_ignored(layout, key):
+            ignored += 1
+            continue
+        name = to_native(layout, key)
+        if name is None or name not in target or name in mapped:
+            unexpected.append(key)
+        elif tensor.shape != target[name].shape:
+            mismatch.append({"key": name, "checkpoint": list(tensor.shape),
+                             "model": list(target[name].shape)})
+        else:
+            mapped[name] = tensor.float() if tensor.is_floating_point() else tensor
+    if not mapped:
+        detail = (f"; shapes differ, e.g. {mismatch[0]['key']} {mismatch[0]['checkpoint']} in "
+                  f"the file vs {mismatch[0]['model']} in the model" if mismatch else "")
+        raise ClipbertError(f"{path}: no tensor of this {kind} checkpoint ({layout} layout) fits "
+                            f"the model ({len(unexpected)} unexpected keys{detail})")
+    result = model.load_state_dict(mapped, strict=False)
+    assert not result.unexpected_keys, result.unexpected_keys  # filtered against target above
+    cover = _COVERS[kind]
+    bad = {m["key"] for m in mismatch}
+    missing = [k for k in target if k.startswith(cover) and k not in mapped and k not in bad]
+    return {"kind": kind, "path": str(path), "layout": layout, "loaded": sorted(mapped),
+            "missing": missing, "unexpected": unexpected, "shape_mismatch": mismatch,
+            "ignored": ignored}
+
+
+def _listing(keys: list[str]) -> str:
+    more = f", ... ({len(keys) - _SHOW} more)" if len(keys) > _SHOW else ""
+    return ", ".join(keys[:_SHOW]) + more
+
+
+def _groups(keys: list[str]) -> str:
+    """Keys summarised by module: `cnn.grid_encoder (1 tensor), ...`."""
+    counts: dict[str, int] = {}
+    for k in keys:
+        parts = k.split(".")
+        group = ".".join(parts[:2] if parts[0] in ("cnn", "transformer") else parts[:1])
+        counts[group] = counts.get(group, 0) + 1
+    return ", ".join(f"{g} ({n} tensor{'s' if n > 1 else ''})" for g, n in counts.items())
+
+
+def format_report(report: dict) -> list[str]:
+    """Human-readable lines of a `load_pretrained` report."""
+    if not report["sources"]:
+        return ["model: WARNING: starting from RANDOM weights: no pretrained weights given "
+                "(config weights.clipbert/detectron2/resnet/bert or train --init KIND=PATH)"]
+    lines = []
+    for s in report["sources"]:
+        lines.append(f"weights: {s['kind']} {s['path']} ({s['layout']} layout): "
+                     f"{len(s['loaded'])} tensors loaded, {s['ignored']} ignored")
+        if s["missing"]:
+            lines.append(f"weights:   missing {len(s['missing'])}: {_listing(s['missing'])}")
+        if s["unexpected"]:
+            lines.append(f"weights:   WARNING unexpected {len(s['unexpected'])}: "
+                         f"{_listing(s['unexpected'])}")
+        for m in s["shape_mismatch"][:_SHOW]:
+            lines.append(f"weights:   WARNING shape mismatch {m['key']}: checkpoint "
+                         f"{m['checkpoint']} vs model {m['model']} (not loaded)")
+        if len(s["shape_mismatch"]) > _SHOW:
+            lines.append(f"weights:   ... {len(s['shape_mismatch']) - _SHOW} more mismatches")
+        if s["layout"] == "torchvision":
+            lines.append("weights:   note: torchvision ResNets put the stride on conv2 and take "
+                         "RGB /255 std-normalised input; this backbone uses the MSRA stride and "
+                         "BGR 0..255 input, so the features differ until fine-tuned")
+    if report["random"]:
+        lines.append(f"model: {len(report['random'])} tensors start from RANDOM weights: "
+                     f"{_groups(report['random'])}")
+    else:
+        lines.append("model: every tensor comes from the pretrained weights")
+    return lines
+
+
+def load_pretrained(
+    model: nn.Module,
+    *,
+    clipbert: str | os.PathLike | None = None,
+    detectron2: str | os.PathLike | None = None,
+    resnet: str | os.PathLike | None = None,
+    bert: str | os.PathLike | None = None,
+    verbose: bool = True,
+) -> dict:
+    """Load the given checkpoints into `model` in the order clipbert, detectron2, resnet, bert
+    (later ones override earlier ones) and report, per source, the tensors loaded, the model
+    tensors of its part it lacked (`missing`), its keys the model has no place for
+    (`unexpected`) and shape mismatches (not loaded); `random` lists what no source filled."""
+    target = model.state_dict()
+    paths = {"clipbert": clipbert, "detectron2": detectron2, "resnet": resnet, "bert": bert}
+    sources = [_load_one(model, kind, Path(p), target) for kind, p in paths.items()
+               if p is not None]
+    filled = {k for s in sources for k in s["loaded"]}
+    report = {"sources": sources, "random": [k for k in target if k not in filled]}
+    if verbose:
+        for line in format_report(report):
+            print(line, flush=True)
+    return report
+
+
+# ---- conversion -----------------------------------------------------------------------------
+
+
+def convert(in_path: str | os.PathLike, out_path: str | os.PathLike, to: str) -> dict:
+    """Rename a checkpoint's tensors into the `native` or `upstream` layout and save them as a
+    flat state dict. Values and dtypes are kept, so upstream -> native -> upstream gives back
+    every tensor the model uses bit for bit; ignored heads and unknown keys are dropped (and
+    reported)."""
+    from clipbert.fsutil import atomic_path
+
+    if to not in ("native", "upstream"):
+        raise ClipbertError(f"unknown target layout {to!r} (native or upstream)")
+    state = read_state(in_path)
+    try:
+        layout = detect_layout(state)
+    except ClipbertError as e:
+        raise ClipbertError(f"{in_path}: {e}") from None
+    out: dict[str, torch.Tensor] = {}
+    ignored, dropped = [], []
+    for key, tensor in state.items():
+        if is_ignored(layout, key):
+            ignored.append(key)
+            continue
+        name = to_native(layout, key)
+        if name is not None and to == "upstream":
+            name = native_to_upstream(name)
+        if name is None or name in out:
+            dropped.append(key)
+            continue
+        out[name] = tensor
+    if not out:
+        raise ClipbertError(f"{in_path}: no tensor of this {layout} checkpoint maps to {to}")
+    with atomic_path(out_path) as tmp:
+        torch.save(out, tmp)
+    return {"from": layout, "to": to, "written": len(out), "ignored": len(ignored),
+            "dropped": dropped}
