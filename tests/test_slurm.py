@@ -1,0 +1,202 @@
+"""The demo workflow submitted through profiles/slurm to a real one-node SLURM cluster.
+
+The cluster (tests/slurm_cluster.py) is started here and stopped by PID afterwards. In CI
+(CI=true) the SLURM packages are installed by .ci/run, so a missing one fails the test instead of
+skipping it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import slurm_cluster
+import yaml
+from conftest import REPO, cli_env
+
+PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+# The executor's first status check, in seconds; squeue must still list a job that long after it
+# ends, three times over (the plugin falls back to sacct otherwise, which needs a database).
+FIRST_STATUS_CHECK = 5
+TIME_LIMIT = 420  # about 3 minutes on two busy cores; the limit only stops a hang
+SMALL_CONFIG = {
+    "data": {"demo": {"scenes": 6, "frames": 40}},
+    "frames": {"stride": 10},
+    "video": {"size": [64, 64]},
+    "train": {"overrides": {"epochs": 1, "max_img_size": 64}},
+}
+# One SLURM job each, with the 18 per-scene jobs in two groups of 3 scenes (two run at once on
+# the two-CPU test node; the shipped profile groups 10 scenes).
+SCENES_PER_GROUP = 3
+EXPECTED_JOBS = ["demo_data", "sqa_convert", "scene", "scene", "pack_lmdb", "train", "infer"]
+
+
+def _unavailable() -> str | None:
+    missing = slurm_cluster.missing_binaries()
+    if missing:
+        return f"SLURM/MUNGE not installed ({', '.join(missing)}); .ci/run installs them"
+    if os.geteuid() != 0:
+        return "a local SLURM cluster needs root"
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        return "snakemake-executor-plugin-slurm is not installed"
+    return None
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    reason = _unavailable()
+    if reason:
+        if IN_CI:
+            pytest.fail(f"CI must run the SLURM test: {reason}")
+        pytest.skip(reason)
+    with slurm_cluster.local_cluster() as running:
+        yield running
+
+
+def test_profile_is_complete():
+    """What the README promises: one place for partition and account, GPUs for the GPU rules,
+    runtime/memory/CPUs for every rule, the per-scene rules grouped."""
+    profile = yaml.safe_load(PROFILE.read_text())
+    assert profile["executor"] == "slurm"
+    assert {"slurm_partition", "slurm_account"} <= set(profile["default-resources"])
+    rules = profile["set-resources"]
+    for rule in ("train", "infer"):
+        assert rules[rule]["gpu"] >= 1
+        assert rules[rule]["cpus_per_task"] == profile["set-threads"][rule]
+    for rule in ("demo_data", "sens_index", "frames", "encode_video", "pack_lmdb",
+                 "sqa_convert", "train", "infer"):
+        assert rules[rule]["runtime"] > 0
+    assert {profile["groups"][r] for r in ("sens_index", "frames", "encode_video")} == {"scene"}
+    assert profile["group-components"]["scene"] > 1
+
+
+def test_profile_names_only_known_rules():
+    """A renamed rule would silently lose its resources."""
+    out = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--list-rules"],
+        capture_output=True, text=True, env=cli_env(), cwd=REPO, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    known = set(out.stdout.split())
+    profile = yaml.safe_load(PROFILE.read_text())
+    named = set(profile["set-resources"]) | set(profile["set-threads"]) | set(profile["groups"])
+    assert named <= known, sorted(named - known)
+
+
+def test_profile_resources_reach_a_dry_run(tmp_path):
+    """Snakemake accepts the profile and applies it: train asks for a GPU and its memory."""
+    (tmp_path / "small.yaml").write_text(yaml.safe_dump(SMALL_CONFIG))
+    out = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+         "--workflow-profile", str(PROFILE.parent), "-n",
+         "--configfile", str(tmp_path / "small.yaml"), "--", "results/test_acc.json"],
+        capture_output=True, text=True, env=cli_env(), timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = out.stdout + out.stderr
+    train = text[text.index("rule train:"):]
+    train = train[: train.index("Shell command") if "Shell command" in train else 2000]
+    profile = yaml.safe_load(PROFILE.read_text())
+    assert "gpu=1" in train
+    assert f"mem_mb={profile['set-resources']['train']['mem_mb']}" in train
+    assert "Group job scene" in text
+
+
+def _test_profile(cluster: slurm_cluster.Cluster, dest: Path) -> Path:
+    """profiles/slurm fitted to the test node: its CPUs and memory, no GPUs, squeue for status.
+
+    Everything else (rule groups, runtimes, the executor) is the shipped profile's.
+    """
+    profile = yaml.safe_load(PROFILE.read_text())
+    per_job_mb = cluster.memory_mb // cluster.cpus
+    profile["cores"] = cluster.cpus
+    profile["group-components"]["scene"] = SCENES_PER_GROUP
+    profile["default-resources"]["slurm_partition"] = slurm_cluster.PARTITION
+    for rule, res in profile["set-resources"].items():
+        res["mem_mb"] = min(res.get("mem_mb", per_job_mb), per_job_mb)
+        if "cpus_per_task" in res:
+            res["cpus_per_task"] = min(res["cpus_per_task"], cluster.cpus)
+        if "gpu" in res:
+            assert res["gpu"] >= 1, f"profile: {rule} should ask for a GPU"
+            res["gpu"] = 0  # the test node has none
+    for rule in profile["set-threads"]:
+        profile["set-threads"][rule] = min(profile["set-threads"][rule], cluster.cpus)
+    profile.update({
+        "latency-wait": 5,
+        "retries": 0,
+        "slurm-status-command": "squeue",
+        "slurm-init-seconds-before-status-checks": FIRST_STATUS_CHECK,
+        "slurm-no-account": True,
+        "slurm-keep-successful-logs": True,
+    })
+    dest.mkdir(parents=True)
+    (dest / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    return dest
+
+
+def _slurm_jobs(cluster: slurm_cluster.Cluster) -> list[tuple[str, str, int, str]]:
+    """(rule or group, final state, CPUs, memory) of every job SLURM still remembers, sorted.
+
+    The executor names a job by its rule (`rule_<name>_wildcards_...`) or its group
+    (`group_<group>_<rules>`) in the job's comment."""
+    out = cluster.run("squeue", "--noheader", "--states=all", "--format=%k|%T|%C|%m")
+    assert out.returncode == 0, out.stderr
+    jobs = []
+    for line in out.stdout.splitlines():
+        comment, state, cpus, memory = (f.strip() for f in line.split("|"))
+        name = comment.removeprefix("rule_").split("_wildcards")[0]
+        if name.startswith("scene_"):  # a group's comment lists its rules after the group
+            name = "scene"
+        jobs.append((name, state, int(cpus), memory))
+    return sorted(jobs)
+
+
+def _test_profile_resources(profile: Path) -> dict:
+    return yaml.safe_load((profile / "config.yaml").read_text())["set-resources"]
+
+
+def test_demo_workflow_on_slurm(cluster, tmp_path):
+    assert slurm_cluster.MIN_JOB_AGE >= 3 * FIRST_STATUS_CHECK
+    profile = _test_profile(cluster, tmp_path / "profile")
+    (tmp_path / "small.yaml").write_text(yaml.safe_dump(SMALL_CONFIG))
+    work = tmp_path / "run"
+    env = cli_env()
+    env["SLURM_CONF"] = cluster.env["SLURM_CONF"]
+    env["PATH"] = os.pathsep.join(
+        [str(cluster.bin), str(Path(sys.executable).parent), env.get("PATH", "")]
+    )
+    cmd = [
+        "timeout", "-k", "15", str(TIME_LIMIT),
+        sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work),
+        "--workflow-profile", str(profile), "--configfile", str(tmp_path / "small.yaml"),
+        "--", "results/test_acc.json",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
+    if proc.returncode != 0:
+        slurm_logs = "\n".join(
+            f"--- {p} ---\n{p.read_text(errors='replace')[-2000:]}"
+            for p in sorted((work / ".snakemake" / "slurm_logs").rglob("*.log"))
+        )
+        pytest.fail(
+            f"snakemake on SLURM exited {proc.returncode}\n{proc.stderr[-6000:]}\n"
+            f"{slurm_logs}\n{cluster.logs()}"
+        )
+    acc = json.loads((work / "results" / "test_acc.json").read_text())
+    assert 0.0 <= acc["overall"] <= 100.0
+    assert acc["n_questions"] > 0
+    jobs = _slurm_jobs(cluster)
+    assert [name for name, *_ in jobs] == sorted(EXPECTED_JOBS), jobs
+    assert {state for _, state, *_ in jobs} == {"COMPLETED"}, jobs
+    # A group runs its steps one after another: one CPU, one step's memory, not their sums.
+    per_step = _test_profile_resources(profile)["encode_video"]["mem_mb"]
+    for name, _, cpus, memory in jobs:
+        if name == "scene":
+            assert (cpus, memory) == (1, f"{per_step}M"), jobs
+    # The per-scene steps ran inside the group jobs, not as jobs of their own.
+    assert len(list((work / "logs" / "encode_video").glob("*.log"))) == 6
