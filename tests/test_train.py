@@ -245,13 +245,12 @@ def test_all_undecodable_batch_is_skipped_not_substituted(ds, tmp_path: Path,
 def _wait_for_checkpoint(proc: subprocess.Popen, last: Path, after_step: int,
                          timeout: float = 120) -> int:
     """Poll until `last` holds a step beyond `after_step`; returns that step."""
-    deadline = time.monotonic() + timeout
+    deadline, seen = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
-        if last.exists():
-            try:
-                step = torch.load(last, map_location="cpu", weights_only=False)["step"]
-            except (RuntimeError, EOFError, OSError):
-                step = -1
+        stamp = last.stat().st_mtime_ns if last.exists() else None
+        if stamp != seen:  # written atomically: a new stamp is a complete file
+            seen = stamp
+            step = torch.load(last, map_location="cpu", weights_only=False)["step"]
             if step > after_step:
                 return step
         if proc.poll() is not None:
