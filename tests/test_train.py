@@ -317,3 +317,33 @@ def test_two_processes_match_one_with_the_same_global_batch(ds, tmp_path: Path) 
     wa, wb = state_dict(one / "model.pt"), state_dict(two / "model.pt")
     for k in wa:
         assert torch.allclose(wa[k], wb[k], rtol=1e-3, atol=1e-4), k
+
+
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_workflow_script_starts_torchrun_for_several_gpus(tmp_path: Path, monkeypatch,
+                                                          gpus: int) -> None:
+    """The train rule's script: one GPU trains in-process, N > 1 launches N torchrun workers
+    with exactly the rule's settings."""
+    import runpy
+    from types import SimpleNamespace
+
+    calls = []
+    monkeypatch.setattr(train, "launch_torchrun", lambda n, args, log: calls.append((n, args)))
+    monkeypatch.setattr(train, "train", lambda cfg, **kw: calls.append((cfg, kw)))
+    smk = SimpleNamespace(
+        params=SimpleNamespace(preset="tiny", overrides={"epochs": 3}, state_dir="st",
+                               data_dir="sqa"),
+        input=SimpleNamespace(lmdb="vis_db", vocab="vocab.txt"),
+        output=SimpleNamespace(model="model.pt", metrics="log.jsonl"),
+        resources=SimpleNamespace(gpu=gpus), log=[str(tmp_path / "train.log")])
+    script = Path(__file__).resolve().parents[1] / "workflow_scripts" / "train.py"
+    runpy.run_path(str(script), init_globals={"snakemake": smk})
+    assert len(calls) == 1
+    if gpus == 1:
+        cfg, kw = calls[0]
+        assert cfg == train.make_config("tiny", {"epochs": 3})
+        assert kw == {"data_dir": "sqa", "lmdb_dir": "vis_db", "out": "model.pt",
+                      "state_dir": "st", "metrics": "log.jsonl", "vocab": "vocab.txt"}
+    else:
+        assert calls[0] == (2, train.train_args("tiny", {"epochs": 3}, "sqa", "vis_db",
+                                                "model.pt", "st", "log.jsonl", "vocab.txt"))
