@@ -347,3 +347,17 @@ def test_workflow_script_starts_torchrun_for_several_gpus(tmp_path: Path, monkey
     else:
         assert calls[0] == (2, train.train_args("tiny", {"epochs": 3}, "sqa", "vis_db",
                                                 "model.pt", "st", "log.jsonl", "vocab.txt"))
+
+
+def test_missing_inputs_are_one_line_errors(ds, tmp_path: Path) -> None:
+    cfg = train.make_config("tiny", SMALL)
+    with pytest.raises(ClipbertError, match=r"train\.jsonl: not found"):
+        train.train(cfg, tmp_path, ds["lmdb_dir"], tmp_path / "m.pt", tmp_path / "st",
+                    vocab=ds["vocab"])
+    state = tmp_path / "st2"
+    state.mkdir()
+    (state / "last.pt").write_bytes(b"junk")
+    with pytest.raises(ClipbertError, match="last.pt: unreadable resume state"):
+        train.train(cfg, ds["data_dir"], ds["lmdb_dir"], tmp_path / "m.pt", state,
+                    vocab=ds["vocab"])
+    assert not (tmp_path / "m.pt").exists()

@@ -328,6 +328,9 @@ def train(cfg: TrainConfig, data_dir, lmdb_dir, out, state_dir, metrics=None, vo
     data_dir, state_dir = Path(data_dir), Path(state_dir)
     if vocab is None:
         raise ClipbertError("no tokenizer vocabulary given (config weights.vocab)")
+    for need in ("train.jsonl", "train_ans2label.json"):
+        if not (data_dir / need).is_file():
+            raise ClipbertError(f"{data_dir / need}: not found (run the sqa conversion first)")
     tokenizer = load_tokenizer(vocab)
     tokens = load_vocab_tokens(vocab)
     ans2label = json.loads((data_dir / "train_ans2label.json").read_text())
