@@ -1,15 +1,27 @@
-"""Rule train: fine-tune ClipBERT; resumes from the state folder after a kill."""
+"""Rule train: fine-tune ClipBERT; resumes from the state folder after a kill. With more than one
+GPU (the rule's `gpu` resource) it starts one process per GPU under torchrun."""
 
 from clipbert import train
 from clipbert.fsutil import redirect_output
 
 snakemake = snakemake  # noqa: F821, PLW0127 - injected by Snakemake
 
-with redirect_output(snakemake.log[0]):
-    p = snakemake.params
-    cfg = train.make_config(p.preset, dict(p.overrides))
-    train.train(
-        cfg, data_dir=p.data_dir, lmdb_dir=snakemake.input.lmdb, out=snakemake.output.model,
-        state_dir=p.state_dir, metrics=snakemake.output.metrics, vocab=snakemake.input.vocab,
-        weights={k: v for k, v in dict(p.weights).items() if k != "vocab"},
+p = snakemake.params
+weights = {k: v for k, v in dict(p.weights).items() if k != "vocab"}
+nproc = int(getattr(snakemake.resources, "gpu", 1) or 1)
+if nproc > 1:
+    open(snakemake.log[0], "w").close()
+    args = train.train_args(
+        p.preset, dict(p.overrides), data_dir=p.data_dir, lmdb_dir=snakemake.input.lmdb,
+        out=snakemake.output.model, state_dir=p.state_dir, metrics=snakemake.output.metrics,
+        vocab=snakemake.input.vocab, weights=weights,
     )
+    train.launch_torchrun(nproc, args, log=snakemake.log[0])
+else:
+    with redirect_output(snakemake.log[0]):
+        cfg = train.make_config(p.preset, dict(p.overrides))
+        train.train(
+            cfg, data_dir=p.data_dir, lmdb_dir=snakemake.input.lmdb,
+            out=snakemake.output.model, state_dir=p.state_dir,
+            metrics=snakemake.output.metrics, vocab=snakemake.input.vocab, weights=weights,
+        )

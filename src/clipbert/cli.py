@@ -318,13 +318,18 @@ def _infer(a: argparse.Namespace) -> None:
 
     result = evaluate.infer(
         a.model, jsonl=a.jsonl, lmdb_dir=a.lmdb, predictions=a.predictions, out=a.out,
-        n_clips=a.n_clips,
+        n_clips=a.n_clips, device=a.device,
     )
-    _print_json({k: result[k] for k in ("overall", "per_type", "n_questions")})
+    shown = {k: result[k] for k in ("overall", "per_type", "n_questions", "ceiling")}
+    _print_json({**shown, "majority_baseline": result["majority_baseline"]["overall"]})
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    t = sub.add_parser("train", help="fine-tune ClipBERT on jsonl + video LMDB")
+    t = sub.add_parser(
+        "train", help="fine-tune ClipBERT on jsonl + video LMDB",
+        description="Fine-tune; rerunning with the same --state-dir resumes a killed run. For "
+        "several GPUs start it under torchrun (--standalone --nproc_per_node N -m clipbert "
+        "train ...): batch_size is then per process.")
     t.add_argument("--preset", default="faithful", help="faithful, improved or tiny")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one preset value (dotted keys reach the model: model.layers=2)")
@@ -348,6 +353,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--predictions", required=True)
     i.add_argument("--out", required=True, help="accuracy json")
     i.add_argument("--n-clips", type=int, default=None, help="override inference_n_clips")
+    i.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if any)")
     i.set_defaults(func=_infer)
 
 

@@ -21,7 +21,11 @@ def pct(correct: int, total: int) -> float:
 
 
 def score(rows: list[dict], predicted: list[str]) -> dict:
-    """Top-1 exact match against the jsonl answers; `unknown` gold answers are always wrong."""
+    """Top-1 exact match against the jsonl answers; `unknown` gold answers are always wrong.
+
+    Percentages are rounded to two decimals; `counts` and `correct` keep the raw numbers so that
+    any figure can be recomputed. Types outside the six SQA3D ones are kept, after them.
+    """
     if len(rows) != len(predicted):
         raise ValueError(f"{len(rows)} questions but {len(predicted)} predictions")
     right: collections.Counter = collections.Counter()
@@ -31,12 +35,15 @@ def score(rows: list[dict], predicted: list[str]) -> dict:
         count[t] += 1
         if row["answer"] != "unknown" and pred == row["answer"]:
             right[t] += 1
+    types = [t for t in ANSWER_TYPES if count[t]] + sorted(set(count) - set(ANSWER_TYPES))
     n = len(rows)
     return {
         "overall": pct(sum(right.values()), n),
-        "per_type": {t: pct(right[t], count[t]) for t in ANSWER_TYPES if count[t]},
-        "counts": {t: count[t] for t in ANSWER_TYPES if count[t]},
+        "per_type": {t: pct(right[t], count[t]) for t in types},
+        "counts": {t: count[t] for t in types},
+        "correct": {t: right[t] for t in types},
         "n_questions": n,
+        "n_correct": sum(right.values()),
     }
 
 
@@ -61,24 +68,30 @@ def label_answers(labels: list[int], ans2label: dict[str, int]) -> list[str]:
 
 @torch.no_grad()
 def predict(model, dataset, collate, device, cfg) -> list[int]:
-    """Argmax label for every example of `dataset`, in order (no shuffling, no substitution)."""
+    """Argmax label for every example of `dataset`, in order (no shuffling, no substitution).
+
+    The model aggregates its per-clip logits with the training `score_agg_func`, so evaluation
+    scores clips exactly as the loss did. An undecodable video is an error here, never skipped.
+    """
     from clipbert import data
 
     was_training = model.training
     model.eval()
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=cfg.eval_batch_size, shuffle=False, collate_fn=collate,
-        num_workers=cfg.num_workers)
+        num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(0))  # leaves the training RNG streams alone
     use_bf16 = cfg.bf16 and device.type == "cuda"
-    out: list[int] = []
+    out: list[torch.Tensor] = []
     for batch in loader:
-        frames = data.preprocess_frames(batch["frames"].to(device), cfg.max_img_size)
+        frames = data.preprocess_frames(batch["frames"].to(device, non_blocking=True),
+                                        cfg.max_img_size)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            logits = model(frames, batch["input_ids"].to(device),
-                           batch["attention_mask"].to(device))
-        out.extend(logits.argmax(dim=-1).tolist())
+            logits = model(frames, batch["input_ids"].to(device, non_blocking=True),
+                           batch["attention_mask"].to(device, non_blocking=True))
+        out.append(logits.argmax(dim=-1))
     model.train(was_training)
-    return out
+    return torch.cat(out).tolist() if out else []
 
 
 def load_model(path, device: torch.device | str = "cpu"):
@@ -89,7 +102,7 @@ def load_model(path, device: torch.device | str = "cpu"):
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise ClipbertError(f"{path}: not a readable model file ({e})") from None
+        raise ClipbertError(f"{path}: not a readable model file ({_one_line(e)})") from None
     if not isinstance(obj, dict) or obj.get("format") != "clipbert-native-1":
         raise ClipbertError(f"{path}: not a clipbert model file (no 'format' key)")
     cfg = TrainConfig.from_dict(obj["train_config"])
@@ -97,6 +110,14 @@ def load_model(path, device: torch.device | str = "cpu"):
     model.load_state_dict(obj["state_dict"])
     model.to(device).eval()
     return model, cfg, obj["ans2label"], tokenizer_from_tokens(obj["vocab"])
+
+
+def _one_line(e: Exception) -> str:
+    """The gist of a torch.load error: its weights-only complaint is a page of advice."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n\n")[0]
+    return f"{type(e).__name__}: {' '.join(text.split())[:200]}"
 
 
 def sha256(path) -> str:
@@ -136,6 +157,8 @@ def infer(model_path, jsonl, lmdb_dir, predictions, out, n_clips: int | None = N
         "majority_baseline": majority_baseline(rows),
         "preset": cfg.preset,
         "inference_n_clips": cfg.inference_n_clips,
+        "score_agg_func": cfg.model.score_agg_func,
+        "bf16": cfg.bf16 and dev.type == "cuda",
         "checkpoint": str(model_path),
         "checkpoint_sha256": sha256(model_path),
         "split": Path(jsonl).stem,

@@ -3,6 +3,16 @@
 Read top to bottom: `make_config` picks a preset, `train` builds data and model, then runs one
 flat loop over global steps. Resumable state lives in `state_dir` (never a declared Snakemake
 output, since Snakemake deletes those before a rerun), so a killed job resumes where it stopped.
+
+Resuming is exact: the state holds model, optimizer, scheduler, every rank's RNG streams, the
+step (which fixes the epoch and the position inside it) and the running log sums; the example
+order and the clip starts are pure functions of (seed, epoch, index), and validation draws from
+none of the training streams. On CPU a killed and resumed run therefore ends bit-identical to an
+uninterrupted one (tested); on GPU cuDNN autotuning and atomics make runs only close.
+
+Under torchrun every rank takes a strided share of each global batch (`batch_size` is per
+process), the loss is scaled so that DDP's gradient average equals the single-process gradient of
+the global batch, validation is sharded over the ranks, and only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -14,6 +24,8 @@ import math
 import os
 import random
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -168,6 +180,7 @@ def param_groups(model: ClipBert, cfg: TrainConfig) -> list[dict]:
             "params": params,
             "lr": cfg.cnn_lr if part == "cnn" else cfg.lr,
             "weight_decay": cfg.weight_decay if decay else 0.0,
+            "name": part,
         }
         for (part, decay), params in sorted(groups.items())
     ]
@@ -189,6 +202,9 @@ def setup_distributed() -> tuple[Dist, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     d = Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
     if torch.cuda.is_available():
+        if d.local_rank >= torch.cuda.device_count():
+            raise ClipbertError(f"process {d.local_rank} of {world} has no GPU: only "
+                                f"{torch.cuda.device_count()} visible")
         device = torch.device("cuda", d.local_rank)
         torch.cuda.set_device(device)
     else:
@@ -266,6 +282,46 @@ def save_model_file(path, model: ClipBert, cfg: TrainConfig, ans2label: dict, to
         torch.save(obj, tmp)
 
 
+def train_args(preset: str, overrides: dict, data_dir, lmdb_dir, out, state_dir, metrics=None,
+               vocab=None, weights: dict | None = None) -> list[str]:
+    """The `clipbert train` arguments of a run: what each torchrun process is started with."""
+    args = ["--preset", preset, "--data-dir", str(data_dir), "--lmdb", str(lmdb_dir),
+            "--out", str(out), "--state-dir", str(state_dir)]
+    if metrics is not None:
+        args += ["--metrics", str(metrics)]
+    if vocab is not None:
+        args += ["--vocab", str(vocab)]
+    for key, value in overrides.items():
+        args += ["--set", f"{key}={json.dumps(value)}"]
+    for kind, path in (weights or {}).items():
+        if path:
+            args += ["--init", f"{kind}={path}"]
+    return args
+
+
+def torchrun_command(nproc: int, args: list[str]) -> list[str]:
+    """`torchrun --standalone --nproc_per_node N -m clipbert train ARGS`, through this Python."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={nproc}", "-m", "clipbert", "train", *args]
+
+
+def launch_torchrun(nproc: int, args: list[str], log=None) -> None:
+    """Run `clipbert train ARGS` in `nproc` processes (one per GPU), output to `log` or ours."""
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[1])  # so the workers import this very package
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    cmd = torchrun_command(nproc, args)
+    print(" ".join(cmd), flush=True)
+    if log is None:
+        rc = subprocess.run(cmd, env=env).returncode
+    else:
+        with open(log, "a") as fh:
+            rc = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        where = f"; see {log}" if log is not None else ""
+        raise ClipbertError(f"training in {nproc} processes failed (exit status {rc}){where}")
+
+
 def train(cfg: TrainConfig, data_dir, lmdb_dir, out, state_dir, metrics=None, vocab=None,
           weights: dict | None = None) -> dict:
     """Fine-tune on `{data_dir}/train.jsonl`, validate on `val.jsonl`, write the model to `out`."""
@@ -277,6 +333,9 @@ def train(cfg: TrainConfig, data_dir, lmdb_dir, out, state_dir, metrics=None, vo
     data_dir, state_dir = Path(data_dir), Path(state_dir)
     if vocab is None:
         raise ClipbertError("no tokenizer vocabulary given (config weights.vocab)")
+    for need in ("train.jsonl", "train_ans2label.json"):
+        if not (data_dir / need).is_file():
+            raise ClipbertError(f"{data_dir / need}: not found (run the sqa conversion first)")
     tokenizer = load_tokenizer(vocab)
     tokens = load_vocab_tokens(vocab)
     ans2label = json.loads((data_dir / "train_ans2label.json").read_text())
@@ -292,10 +351,20 @@ def train(cfg: TrainConfig, data_dir, lmdb_dir, out, state_dir, metrics=None, vo
     model = ClipBert(cfg.model)
     load_pretrained(model, **(weights or {}), verbose=d.main)
     model.to(device)
-    ddp_model = model
+    # Every rank built the same initial weights from `cfg.seed`; from here each rank draws its
+    # own dropout stream, independent of how many random numbers the initialisation consumed.
+    seed_everything(cfg.seed + d.rank)
+    ddp_model: torch.nn.Module = model
+    cpu_group = None
     if d.world > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=not cfg.model.frozen_bn, gradient_as_bucket_view=True)
+        # Small host-side collectives (example counts, validation answers) go over gloo, so
+        # they never wait for the GPU queue.
+        cpu_group = dist.new_group(backend="gloo") if device.type == "cuda" else dist.group.WORLD
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
 
     train_set = data.VideoQADataset(
         train_rows, lmdb_dir, ans2label, num_frm=cfg.num_frm, sample_fps=cfg.sample_fps,
@@ -306,113 +375,233 @@ def train(cfg: TrainConfig, data_dir, lmdb_dir, out, state_dir, metrics=None, vo
     collate = data.make_collate(tokenizer, cfg.max_txt_len, cfg.pad_to_max)
 
     steps_per_epoch = len(epoch_batches(len(train_rows), 0, cfg, d))
+    if steps_per_epoch == 0:
+        raise ClipbertError(f"{data_dir / 'train.jsonl'}: {len(train_rows)} questions are too few "
+                            f"for {d.world} processes")
     total = math.ceil(cfg.epochs * steps_per_epoch)
     val_interval = max(1, round(total * cfg.val_every))
     optimizer = torch.optim.AdamW(param_groups(model, cfg), betas=cfg.betas, eps=cfg.adam_eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, cfg.warmup_ratio))
     use_bf16 = cfg.bf16 and device.type == "cuda"
+    select_best = cfg.select_best and bool(val_rows)
+    if cfg.select_best and not val_rows and d.main:
+        print(f"warning: {val_path} is missing or empty: keeping the final weights, not the "
+              "best on val", flush=True)
 
     state_dir.mkdir(parents=True, exist_ok=True)
     last, best = state_dir / "last.pt", state_dir / "best.pt"
     metrics_tmp = state_dir / "metrics.jsonl"
     step, best_acc, last_acc = 0, -1.0, None
+    # This rank's summed loss and the global example counts since the last log row (restored on
+    # resume, so the rows of a resumed run are those of an uninterrupted one); `timed` counts the
+    # examples since `t0` for the throughput.
+    local_loss: float | torch.Tensor = 0.0
+    items, labelled, timed = 0, 0, 0
     fp = fingerprint(cfg)
     if last.exists():
-        st = torch.load(last, map_location="cpu", weights_only=False)
-        if st["fingerprint"] != fp:
+        try:
+            st = torch.load(last, map_location="cpu", weights_only=False)
+        except Exception as e:  # noqa: BLE001 - written atomically, so only a foreign file
+            raise ClipbertError(f"{last}: unreadable resume state ({type(e).__name__}); delete "
+                                f"{state_dir} to start over") from None
+        if not isinstance(st, dict) or st.get("fingerprint") != fp:
             raise ClipbertError(
                 f"{last}: saved by a run with other settings; delete {state_dir} to start over")
+        if st["world"] != d.world:
+            raise ClipbertError(
+                f"{last}: saved by a run of {st['world']} process(es), this one has {d.world} "
+                f"(the global batch would change); delete {state_dir} to start over")
         model.load_state_dict(st["model"])
         optimizer.load_state_dict(st["optimizer"])
         scheduler.load_state_dict(st["scheduler"])
-        set_rng_state(st["rng"])
-        step, best_acc = st["step"], st["best_acc"]
+        mine = st["ranks"][d.rank]
+        set_rng_state(mine["rng"])
+        local_loss = mine["loss"]
+        step, best_acc, last_acc = st["step"], st["best_acc"], st["last_acc"]
+        items, labelled = st["items"], st["labelled"]
         if d.main:
             print(f"resuming from {last} at step {step}/{total}", flush=True)
-    if d.main and metrics_tmp.exists():
-        kept = [r for r in read_jsonl(metrics_tmp) if r["step"] <= step]
-        metrics_tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        del st
+    elif d.main:
+        best.unlink(missing_ok=True)  # a leftover of an abandoned run is no candidate
+    if d.main:
+        _truncate_metrics(metrics_tmp, step)
+    if d.world > 1:
+        dist.barrier()
 
     def save_state() -> None:
+        mine = {"rng": rng_state(), "loss": float(local_loss)}
+        ranks = [mine]
+        if d.world > 1:
+            ranks = [None] * d.world
+            dist.all_gather_object(ranks, mine, group=cpu_group)
         if not d.main:
             return
-        st = {"fingerprint": fp, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-              "scheduler": scheduler.state_dict(), "rng": rng_state(), "step": step,
-              "best_acc": best_acc}
+        st = {"fingerprint": fp, "world": d.world, "model": model.state_dict(),
+              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+              "ranks": ranks, "step": step, "best_acc": best_acc, "last_acc": last_acc,
+              "items": items, "labelled": labelled}
         with atomic_path(last) as tmp:
             torch.save(st, tmp)
 
-    def log(row: dict) -> None:
-        if d.main:
-            print(json.dumps(row), flush=True)
-            with open(metrics_tmp, "a") as fh:
-                fh.write(json.dumps(row) + "\n")
+    def validate() -> float:
+        """Each rank answers its share of val; rank 0 gets all answers (no idle waiting)."""
+        mine = list(range(d.rank, len(val_rows), d.world))
+        preds = evaluate.predict(model, torch.utils.data.Subset(val_set, mine), collate,
+                                 device, cfg)
+        shares = [(mine, preds)]
+        if d.world > 1:
+            shares = [None] * d.world
+            dist.all_gather_object(shares, (mine, preds), group=cpu_group)
+        labels = [0] * len(val_rows)
+        for idx, lab in shares:
+            for i, v in zip(idx, lab, strict=True):
+                labels[i] = v
+        return evaluate.score(val_rows, evaluate.label_answers(labels, ans2label))["overall"]
 
     if d.main:
         print(f"training {len(train_rows)} questions, {total} steps of global batch "
-              f"{cfg.batch_size * d.world} ({d.world} process(es), {device})", flush=True)
+              f"{cfg.batch_size * d.world} ({d.world} process(es), {device}); validation every "
+              f"{val_interval} steps, {'best on val' if select_best else 'final'} weights kept",
+              flush=True)
     model.train()
-    loss_sum, loss_n, t0, seen = 0.0, 0, time.perf_counter(), 0
+    t0 = time.perf_counter()
     while step < total:
         epoch, pos = divmod(step, steps_per_epoch)
         train_set.epoch = epoch
         batches = epoch_batches(len(train_rows), epoch, cfg, d)[pos:]
         loader = torch.utils.data.DataLoader(
             train_set, batch_sampler=batches, collate_fn=collate, num_workers=cfg.num_workers,
-            generator=torch.Generator().manual_seed(cfg.seed + epoch))
+            generator=torch.Generator().manual_seed(cfg.seed + epoch),
+            pin_memory=device.type == "cuda")
         for batch in loader:
-            if batch is None:  # every video of this batch failed to decode (logged by data)
-                step += 1
-                scheduler.step()
-                continue
-            frames = data.preprocess_frames(batch["frames"].to(device), cfg.max_img_size)
-            labels = batch["labels"].to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                logits = ddp_model(frames, batch["input_ids"].to(device),
-                                   batch["attention_mask"].to(device))
-            loss = F.cross_entropy(logits.float(), labels, ignore_index=-1, reduction="sum")
-            loss = loss / max(1, int((labels >= 0).sum()))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
+            lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}  # the rates of this step
+            counts = [0, 0] if batch is None else [len(batch["labels"]),
+                                                   int((batch["labels"] >= 0).sum())]
+            if d.world > 1:
+                t = torch.tensor(counts, dtype=torch.long)
+                dist.all_reduce(t, group=cpu_group)
+                counts = t.tolist()
+            items, labelled, timed = items + counts[0], labelled + counts[1], timed + counts[0]
+            # A step whose every video failed to decode (logged by data) or whose answers are
+            # all outside the answer vocabulary changes nothing but still counts, so that the
+            # schedule and the data position stay those of an uninterrupted run.
+            if counts[1] > 0:
+                local_loss += _train_step(ddp_model, batch, cfg, d, device, counts[1],
+                                          tokenizer, use_bf16, optimizer)
             scheduler.step()
             step += 1
-            loss_sum, loss_n, seen = loss_sum + float(loss.detach()), loss_n + 1, seen + len(labels)
+            t_work = time.perf_counter()
             row = None
             if step % cfg.log_every == 0 or step % val_interval == 0 or step == total:
-                dt = time.perf_counter() - t0
-                row = {"step": step, "epoch": epoch, "loss": round(loss_sum / loss_n, 5),
-                       "lr": scheduler.get_last_lr()[-1],
-                       "examples_per_s": round(seen * d.world / dt, 2)}
-                loss_sum, loss_n, t0, seen = 0.0, 0, time.perf_counter(), 0
-            if (step % val_interval == 0 or step == total) and val_rows and d.main:
-                preds = evaluate.predict(model, val_set, collate, device, cfg)
-                acc = evaluate.score(val_rows, evaluate.label_answers(preds, ans2label))["overall"]
-                row["val_acc"] = last_acc = acc
-                if cfg.select_best and acc > best_acc:
-                    best_acc = acc
-                    save_model_file(best, model, cfg, ans2label, tokens,
-                                    {"step": step, "val_accuracy": acc})
+                loss = float(local_loss)
+                if d.world > 1:
+                    t = torch.tensor([loss], dtype=torch.float64)
+                    dist.all_reduce(t, group=cpu_group)
+                    loss = float(t[0])
+                row = {"step": step, "epoch": epoch,
+                       "loss": round(loss / labelled, 5) if labelled else None,
+                       "lr": lrs.get("transformer"), "cnn_lr": lrs.get("cnn"),
+                       "val_acc": None,
+                       "examples_per_s": round(timed / max(t_work - t0, 1e-9), 2)}
+                local_loss, items, labelled, timed = 0.0, 0, 0, 0
+            if (step % val_interval == 0 or step == total) and val_rows:
+                row["val_acc"] = last_acc = validate()
+                if select_best and last_acc > best_acc:
+                    best_acc = last_acc
+                    if d.main:
+                        save_model_file(best, model, cfg, ans2label, tokens,
+                                        _model_extra(cfg, d, step, last_acc, "best on val"))
                 model.train()
-            if row is not None:
-                log(row)
+            if row is not None and d.main:
+                print(json.dumps(row), flush=True)
+                with open(metrics_tmp, "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
             if step % cfg.checkpoint_every == 0 or step % val_interval == 0 or step == total:
                 save_state()
+            # Validation and checkpoints are not training time.
+            t0 = time.perf_counter() if row is not None else t0 + time.perf_counter() - t_work
             if step >= total:
                 break
 
     if d.main:
-        if cfg.select_best and best.exists():
+        if select_best and best.exists():
             with atomic_path(out) as tmp:
                 shutil.copyfile(best, tmp)
         else:
             save_model_file(out, model, cfg, ans2label, tokens,
-                            {"step": step, "val_accuracy": last_acc})
+                            _model_extra(cfg, d, step, last_acc, "final"))
         if metrics:
             with atomic_path(metrics) as tmp:
                 shutil.copyfile(metrics_tmp, tmp)
     if d.world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return {"steps": total, "best_val_acc": best_acc}
+    return {"steps": total, "best_val_acc": best_acc if select_best else None,
+            "final_val_acc": last_acc}
+
+
+def _train_step(ddp_model: torch.nn.Module, batch: dict | None, cfg: TrainConfig, d: Dist,
+                device: torch.device, global_labelled: int, tokenizer, use_bf16: bool,
+                optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """One update on this rank's share of a global batch; returns this rank's summed loss (a
+    tensor, so that the host does not wait for the device every step).
+
+    The loss is scaled so that DDP's gradient average over ranks equals the gradient of the mean
+    loss over the whole global batch, however unevenly its labelled examples fall on the ranks.
+    A rank whose share is empty (all undecodable) still runs a zero-weighted pass on a blank
+    input, because DDP needs every rank in every gradient exchange.
+    """
+    from clipbert import data
+
+    empty = batch is None
+    if empty:
+        batch = _blank_batch(cfg, tokenizer)
+    frames = data.preprocess_frames(batch["frames"].to(device, non_blocking=True),
+                                    cfg.max_img_size)
+    labels = batch["labels"].to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        logits = ddp_model(frames, batch["input_ids"].to(device, non_blocking=True),
+                           batch["attention_mask"].to(device, non_blocking=True))
+    if empty:
+        loss_sum = logits.sum() * 0.0
+    else:
+        loss_sum = F.cross_entropy(logits.float(), labels, ignore_index=-1, reduction="sum")
+    optimizer.zero_grad(set_to_none=True)
+    (loss_sum * (d.world / global_labelled)).backward()
+    torch.nn.utils.clip_grad_norm_(
+        [p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
+    optimizer.step()
+    return loss_sum.detach()
+
+
+def _blank_batch(cfg: TrainConfig, tokenizer) -> dict:
+    """One black clip with an empty question, shaped like a real batch of one."""
+    s = cfg.max_img_size
+    ids = torch.tensor([[tokenizer.cls_token_id, tokenizer.sep_token_id]])
+    return {"frames": torch.zeros(1, cfg.train_n_clips, cfg.num_frm, s, s, 3, dtype=torch.uint8),
+            "input_ids": ids, "attention_mask": torch.ones_like(ids),
+            "labels": torch.full((1,), -1, dtype=torch.long)}
+
+
+def _model_extra(cfg: TrainConfig, d: Dist, step: int, val_acc: float | None, chosen: str) -> dict:
+    return {"step": step, "val_accuracy": val_acc, "chosen": chosen, "world_size": d.world,
+            "global_batch": cfg.batch_size * d.world}
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep the metrics rows up to the resumed step; rows written after the last checkpoint (and
+    a line torn by a kill) are dropped, since the resumed run writes them again."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if not isinstance(row, dict) or row.get("step", step + 1) > step:
+            break
+        kept.append(line + "\n")
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(kept))

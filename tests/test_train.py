@@ -1,0 +1,366 @@
+"""The training loop (clipbert.train): presets, schedule, resumable bit-identical runs, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import cli_env
+
+from clipbert import data, demo, frames, sqa, train, video, vislmdb
+from clipbert.errors import ClipbertError
+
+# A model small enough for a few seconds of CPU training: 64 px frames reach a 2x2 grid, then
+# one visual token after the grid encoder's pooling.
+SMALL = {"model.hidden_size": 32, "model.intermediate_size": 64, "model.num_heads": 2,
+         "max_img_size": 64, "batch_size": 8, "epochs": 2, "log_every": 1}
+
+
+def make_data(root: Path, scenes: int = 6, n_frames: int = 30) -> dict[str, Path]:
+    """The demo data set, end to end through the real stages, small: 64 train, 16 val, 16 test
+    questions over 6 synthetic scenes of 30 frames."""
+    demo.make_demo(root / "demo", scenes=scenes, frames=n_frames)
+    mp4s = []
+    for s in demo.scene_ids(scenes):
+        frames.export_frames(root / f"demo/scans/{s}/{s}.sens", root / f"frames/{s}", stride=10)
+        video.encode_video(root / f"frames/{s}", root / f"videos/{s}.mp4", size=(64, 64))
+        mp4s.append(root / f"videos/{s}.mp4")
+    vislmdb.pack_lmdb(root / "vis_db", mp4s)
+    sqa.convert(root / "demo/sqa_task", root / "sqa")
+    return {"data_dir": root / "sqa", "lmdb_dir": root / "vis_db",
+            "vocab": root / "demo" / "vocab.txt"}
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory) -> dict[str, Path]:
+    return make_data(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a loaded 2-core machine more threads only spin (8x slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def env1() -> dict[str, str]:
+    return {**cli_env(), "OMP_NUM_THREADS": "1"}
+
+
+def cli_train(*args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "clipbert", "train", *args], env=env1(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def run_train(ds: dict[str, Path], out_dir: Path, preset: str = "tiny", **overrides):
+    """`train.train` in this process with the SMALL overrides."""
+    cfg = train.make_config(preset, {**SMALL, **overrides})
+    result = train.train(cfg, ds["data_dir"], ds["lmdb_dir"], out_dir / "model.pt",
+                         out_dir / "state", metrics=out_dir / "metrics.jsonl", vocab=ds["vocab"])
+    return result, [json.loads(line) for line in (out_dir / "metrics.jsonl").open()]
+
+
+def cli_train_args(ds: dict[str, Path], out_dir: Path, overrides: dict) -> list[str]:
+    return train.train_args("tiny", {**SMALL, **overrides}, ds["data_dir"], ds["lmdb_dir"],
+                            out_dir / "model.pt", out_dir / "state", out_dir / "metrics.jsonl",
+                            ds["vocab"])
+
+
+def state_dict(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+# ---- configuration, schedule, parameter groups, batches ---------------------------------------
+
+
+def test_faithful_preset_is_the_sqa3d_recipe() -> None:
+    cfg = train.make_config("faithful")
+    assert (cfg.lr, cfg.cnn_lr, cfg.betas, cfg.adam_eps, cfg.weight_decay) == (
+        5e-5, 5e-5, (0.9, 0.98), 1e-6, 1e-3)
+    assert (cfg.warmup_ratio, cfg.grad_clip, cfg.batch_size, cfg.epochs, cfg.seed) == (
+        0.1, 5.0, 16, 10, 0)
+    assert (cfg.train_n_clips, cfg.inference_n_clips, cfg.num_frm, cfg.sample_fps) == (8, 1, 2, 2)
+    assert (cfg.max_img_size, cfg.max_txt_len, cfg.pad_to_max) == (448, 100, True)
+    assert not (cfg.bf16 or cfg.reshuffle or cfg.select_best)
+    assert cfg.model.num_labels == 1500 and cfg.model.score_agg_func == "lse"
+    imp = train.make_config("improved")
+    assert imp.bf16 and imp.reshuffle and imp.select_best and imp.inference_n_clips > 1
+    assert imp.model == cfg.model and imp.lr == cfg.lr
+
+
+def test_unknown_preset_or_setting_is_an_error() -> None:
+    with pytest.raises(ClipbertError, match="unknown preset 'huge'"):
+        train.make_config("huge")
+    with pytest.raises(ClipbertError, match="unknown training setting 'model.layers'"):
+        train.make_config("tiny", {"model.layers": 3})
+    assert train.make_config("tiny", {"model.num_layers": 3}).model.num_layers == 3
+
+
+def test_fingerprint_ignores_logging_knobs_only() -> None:
+    base = train.make_config("tiny")
+    assert train.fingerprint(base) == train.fingerprint(
+        train.make_config("tiny", {"log_every": 7, "checkpoint_every": 3, "num_workers": 2}))
+    assert train.fingerprint(base) != train.fingerprint(train.make_config("tiny", {"lr": 1e-3}))
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero() -> None:
+    f = train.lr_lambda(100, 0.1)
+    assert [f(s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert [f(s) for s in (10, 55, 99, 100)] == pytest.approx([1.0, 0.5, 1 / 90, 0.0])
+
+
+def test_param_groups_split_cnn_transformer_and_decay() -> None:
+    cfg = train.make_config("tiny", {**SMALL, "cnn_lr": 1e-3, "lr": 2e-4,
+                                     "model.freeze_stem": True, "model.num_labels": 5})
+    from clipbert.model import ClipBert
+
+    model = ClipBert(cfg.model)
+    groups = train.param_groups(model, cfg)
+    names = {id(p): n for n, p in model.named_parameters()}
+    seen = set()
+    for g in groups:
+        for p in g["params"]:
+            n = names[id(p)]
+            seen.add(n)
+            assert g["lr"] == (1e-3 if n.startswith("cnn.") else 2e-4), n
+            assert g["name"] == ("cnn" if n.startswith("cnn.") else "transformer")
+            no_decay = n.endswith(".bias") or "LayerNorm" in n
+            assert g["weight_decay"] == (0.0 if no_decay else cfg.weight_decay), n
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert seen == trainable
+    assert not any(n.startswith(("cnn.backbone.conv1", "cnn.backbone.layer1")) for n in seen)
+
+
+def test_epoch_batches_shuffle_and_shards() -> None:
+    faithful = train.make_config("faithful", {"batch_size": 4})
+    one = train.Dist()
+    e0, e1 = (train.epoch_batches(10, e, faithful, one) for e in (0, 1))
+    assert e0 == e1  # upstream never reshuffled
+    assert sorted(i for b in e0 for i in b) == list(range(10)) and len(e0) == 3
+    improved = train.make_config("improved", {"batch_size": 4})
+    assert train.epoch_batches(10, 0, improved, one) != train.epoch_batches(10, 1, improved, one)
+    half = train.make_config("faithful", {"batch_size": 2})
+    shards = [train.epoch_batches(10, 0, half, train.Dist(r, 2, r)) for r in (0, 1)]
+    for b, s0, s1 in zip(e0, *shards, strict=True):  # same global batches, split between ranks
+        assert sorted(s0 + s1) == sorted(b)
+
+
+def test_torchrun_command_carries_every_setting(tmp_path: Path) -> None:
+    args = train.train_args("tiny", {"model.hidden_size": 32, "bf16": True}, "d", "l", "o.pt",
+                            "st", "m.jsonl", "v.txt")
+    cmd = train.torchrun_command(4, args)
+    assert cmd[:6] == [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                       "--nproc_per_node=4", "-m"]
+    assert cmd[6:8] == ["clipbert", "train"]
+    from clipbert.cli import _parse_sets, build_parser
+
+    ns = build_parser().parse_args(["train", *args])
+    assert (ns.preset, ns.data_dir, ns.lmdb, ns.out, ns.state_dir, ns.metrics, ns.vocab) == (
+        "tiny", "d", "l", "o.pt", "st", "m.jsonl", "v.txt")
+    assert _parse_sets(ns.set) == {"model.hidden_size": 32, "bf16": True}
+
+
+# ---- the loop --------------------------------------------------------------------------------
+
+
+def test_tiny_selects_best_on_val_and_logs_metrics(ds, tmp_path: Path) -> None:
+    result, rows = run_train(ds, tmp_path, val_every=0.25)
+    assert [r["step"] for r in rows] == list(range(1, 17))
+    for r in rows:
+        assert {"step", "loss", "lr", "val_acc", "examples_per_s"} <= set(r)
+        assert r["loss"] > 0 and r["examples_per_s"] > 0
+    assert [r["step"] for r in rows if r["val_acc"] is not None] == [4, 8, 12, 16]
+    assert rows[0]["lr"] == pytest.approx(5e-4) and rows[-1]["lr"] == pytest.approx(5e-4 / 15)
+    model = torch.load(tmp_path / "model.pt", weights_only=True)
+    best = max(r["val_acc"] for r in rows if r["val_acc"] is not None)
+    first_best = next(r["step"] for r in rows if r["val_acc"] == best)
+    assert model["chosen"] == "best on val" and model["val_accuracy"] == best
+    assert model["step"] == first_best and result["best_val_acc"] == best
+    assert model["global_batch"] == 8 and model["format"] == "clipbert-native-1"
+    # rerunning a finished run trains nothing more and writes the same model
+    before = (tmp_path / "model.pt").read_bytes()
+    (tmp_path / "model.pt").unlink()
+    run_train(ds, tmp_path, val_every=0.25)
+    assert (tmp_path / "model.pt").read_bytes() == before
+
+
+def test_faithful_keeps_the_final_weights(ds, tmp_path: Path) -> None:
+    result, rows = run_train(ds, tmp_path, preset="faithful", **tiny_model(), epochs=1)
+    model = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert model["chosen"] == "final" and model["step"] == 8 == rows[-1]["step"]
+    assert model["val_accuracy"] == rows[-1]["val_acc"] == result["final_val_acc"]
+    assert not (tmp_path / "state" / "best.pt").exists()
+    # another setting with the old state folder: refused, naming it
+    with pytest.raises(ClipbertError, match="saved by a run with other settings"):
+        run_train(ds, tmp_path, preset="faithful", **tiny_model(), epochs=1, lr=1e-3)
+
+
+def tiny_model() -> dict:
+    """The tiny preset's model and sizes on top of another preset (its optimisation kept)."""
+    keep = {k: v for k, v in train.PRESETS["tiny"].items()
+            if k.startswith("model.") or k in ("max_txt_len", "train_n_clips", "num_workers")}
+    return {**keep, "pad_to_max": False}
+
+
+def test_all_undecodable_batch_is_skipped_not_substituted(ds, tmp_path: Path,
+                                                          monkeypatch) -> None:
+    """A global batch whose videos all fail still counts as a step (schedule and data position
+    unchanged) but changes no weight; a batch with some failures trains on the rest."""
+    cfg = train.make_config("tiny", {**SMALL, "epochs": 1})
+    order = train.epoch_batches(64, 0, cfg, train.Dist())
+    bad = set(order[2]) | {order[3][0]}
+    real = data.VideoQADataset.__getitem__
+
+    def flaky(self, index):
+        return None if self.train and index in bad else real(self, index)
+
+    monkeypatch.setattr(data.VideoQADataset, "__getitem__", flaky)
+    calls = []
+    real_step = train._train_step
+
+    def counting(*args, **kwargs):
+        calls.append(args[1]["index"].tolist())
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train, "_train_step", counting)
+    _, rows = run_train(ds, tmp_path, epochs=1)
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert rows[2]["loss"] is None and rows[3]["loss"] is not None
+    assert len(calls) == 7 and calls[2] == order[3][1:]
+    assert rows[3]["lr"] < rows[1]["lr"]  # the schedule moved on through the skipped step
+
+
+def _wait_for_checkpoint(proc: subprocess.Popen, last: Path, after_step: int,
+                         timeout: float = 120) -> int:
+    """Poll until `last` holds a step beyond `after_step`; returns that step."""
+    deadline, seen = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        stamp = last.stat().st_mtime_ns if last.exists() else None
+        if stamp != seen:  # written atomically: a new stamp is a complete file
+            seen = stamp
+            step = torch.load(last, map_location="cpu", weights_only=False)["step"]
+            if step > after_step:
+                return step
+        if proc.poll() is not None:
+            pytest.fail(f"training ended (rc {proc.returncode}) before a checkpoint after "
+                        f"step {after_step}:\n{proc.stderr.read()}")
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail("no checkpoint in time")
+
+
+def test_killed_run_resumes_bit_identically(ds, tmp_path: Path) -> None:
+    """SIGKILL at random points after checkpoints, rerun: the same weights, bit for bit, and the
+    same metrics rows as an uninterrupted run (dropout on, so RNG state matters)."""
+    overrides = {"epochs": 3, "checkpoint_every": 3, "val_every": 0.25}
+    ref = tmp_path / "ref"
+    cli_train(*cli_train_args(ds, ref, overrides))
+    run = tmp_path / "killed"
+    args = [sys.executable, "-m", "clipbert", "train", *cli_train_args(ds, run, overrides)]
+    last = run / "state" / "last.pt"
+    rng = random.Random()
+    kills, step = [], 0
+    for _ in range(2):
+        proc = subprocess.Popen(args, env=env1(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        step = _wait_for_checkpoint(proc, last, step)
+        time.sleep(rng.uniform(0, 0.3))  # anywhere between checkpoints
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL
+        step = torch.load(last, map_location="cpu", weights_only=False)["step"]
+        kills.append(step)
+        assert not (run / "model.pt").exists()
+    assert 0 < kills[0] < kills[1] < 24, kills
+    resumed = cli_train(*args[4:])
+    assert f"resuming from {last} at step {kills[1]}/24" in resumed.stdout
+    a, b = state_dict(ref / "model.pt"), state_dict(run / "model.pt")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+    ra, rb = ([json.loads(x) for x in (d / "metrics.jsonl").open()] for d in (ref, run))
+    assert [r["step"] for r in rb] == list(range(1, 25))
+    for x, y in zip(ra, rb, strict=True):
+        assert {k: v for k, v in x.items() if k != "examples_per_s"} == {
+            k: v for k, v in y.items() if k != "examples_per_s"}
+
+
+def test_two_processes_match_one_with_the_same_global_batch(ds, tmp_path: Path) -> None:
+    """torchrun --nproc_per_node 2 on CPU (gloo), batch 4 per process, against one process with
+    batch 8: the same loss curve within float tolerance (dropout off: masks differ by rank)."""
+    overrides = {"model.dropout": 0.0, "epochs": 2, "checkpoint_every": 100, "val_every": 0.5}
+    one = tmp_path / "one"
+    cli_train(*cli_train_args(ds, one, {**overrides, "batch_size": 8}))
+    two = tmp_path / "two"
+    proc = subprocess.run(
+        train.torchrun_command(2, cli_train_args(ds, two, {**overrides, "batch_size": 4})),
+        env=env1(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "16 steps of global batch 8 (2 process(es), cpu)" in proc.stdout
+    ra, rb = ([json.loads(x) for x in (d / "metrics.jsonl").open()] for d in (one, two))
+    assert [r["step"] for r in ra] == [r["step"] for r in rb] == list(range(1, 17))
+    la, lb = [r["loss"] for r in ra], [r["loss"] for r in rb]
+    assert lb == pytest.approx(la, rel=1e-3, abs=1e-4)
+    assert la[-1] < la[0]  # it learned something, so the match is not one of constants
+    assert [r["val_acc"] for r in rb] == [r["val_acc"] for r in ra]
+    wa, wb = state_dict(one / "model.pt"), state_dict(two / "model.pt")
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], rtol=1e-3, atol=1e-4), k
+
+
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_workflow_script_starts_torchrun_for_several_gpus(tmp_path: Path, monkeypatch,
+                                                          gpus: int) -> None:
+    """The train rule's script: one GPU trains in-process, N > 1 launches N torchrun workers
+    with exactly the rule's settings."""
+    import runpy
+    from types import SimpleNamespace
+
+    calls = []
+    monkeypatch.setattr(train, "launch_torchrun", lambda n, args, log: calls.append((n, args)))
+    monkeypatch.setattr(train, "train", lambda cfg, **kw: calls.append((cfg, kw)))
+    smk = SimpleNamespace(
+        params=SimpleNamespace(preset="tiny", overrides={"epochs": 3}, state_dir="st",
+                               data_dir="sqa", weights={"vocab": "v", "resnet": "r50.pt"}),
+        input=SimpleNamespace(lmdb="vis_db", vocab="vocab.txt"),
+        output=SimpleNamespace(model="model.pt", metrics="log.jsonl"),
+        resources=SimpleNamespace(gpu=gpus), log=[str(tmp_path / "train.log")])
+    script = Path(__file__).resolve().parents[1] / "workflow_scripts" / "train.py"
+    runpy.run_path(str(script), init_globals={"snakemake": smk})
+    assert len(calls) == 1
+    if gpus == 1:
+        cfg, kw = calls[0]
+        assert cfg == train.make_config("tiny", {"epochs": 3})
+        assert kw == {"data_dir": "sqa", "lmdb_dir": "vis_db", "out": "model.pt",
+                      "state_dir": "st", "metrics": "log.jsonl", "vocab": "vocab.txt",
+                      "weights": {"resnet": "r50.pt"}}
+    else:
+        args = train.train_args("tiny", {"epochs": 3}, "sqa", "vis_db", "model.pt", "st",
+                                "log.jsonl", "vocab.txt", weights={"resnet": "r50.pt"})
+        assert calls[0] == (2, args)
+        assert args[-2:] == ["--init", "resnet=r50.pt"]
+
+
+def test_missing_inputs_are_one_line_errors(ds, tmp_path: Path) -> None:
+    cfg = train.make_config("tiny", SMALL)
+    with pytest.raises(ClipbertError, match=r"train\.jsonl: not found"):
+        train.train(cfg, tmp_path, ds["lmdb_dir"], tmp_path / "m.pt", tmp_path / "st",
+                    vocab=ds["vocab"])
+    state = tmp_path / "st2"
+    state.mkdir()
+    (state / "last.pt").write_bytes(b"junk")
+    with pytest.raises(ClipbertError, match="last.pt: unreadable resume state"):
+        train.train(cfg, ds["data_dir"], ds["lmdb_dir"], tmp_path / "m.pt", state,
+                    vocab=ds["vocab"])
+    assert not (tmp_path / "m.pt").exists()
