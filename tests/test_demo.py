@@ -98,11 +98,15 @@ def test_text_alone_does_not_give_the_answer(tmp_path):
         assert top < 0.7, (text, counts)
 
 
-def test_answers_differ_between_scenes():
-    rooms = [demo.Room.draw(np.random.default_rng([0, i])) for i in range(40)]
-    assert len({r.wall for r in rooms}) == len(demo.COLORS)
-    assert {r.n_boxes for r in rooms} == {1, 2, 3, 4}
-    assert {r.cabinet_side for r in rooms} == {"left", "right"}
+def test_attributes_are_balanced_and_distinct():
+    rooms = demo.draw_rooms(np.random.default_rng(0), 12)
+    for attr, values in (("wall", demo.COLORS), ("cabinet_side", ("left", "right")),
+                         ("n_boxes", (1, 2, 3))):
+        counts = collections.Counter(getattr(r, attr) for r in rooms)
+        assert set(counts) == set(values), attr
+        assert max(counts.values()) - min(counts.values()) <= 1, (attr, counts)
+    for r in rooms:
+        assert len({r.wall, r.floor, r.cabinet}) == 3
 
 
 def test_too_few_scenes_is_an_error(tmp_path):

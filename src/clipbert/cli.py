@@ -40,7 +40,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     m.add_argument("out_dir")
     m.add_argument("--scenes", type=int, default=60)
     m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--frames", type=int, default=100, help="frames per scan")
+    m.add_argument("--frames", type=int, default=60, help="frames per scan")
     m.set_defaults(func=_demo_make)
 
 

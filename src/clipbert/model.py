@@ -10,6 +10,7 @@ Module names are chosen so that state-dict keys line up with the checkpoints use
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import torch
@@ -42,6 +43,7 @@ class ModelConfig:
     num_labels: int = 1500
     score_agg_func: str = "lse"
     attn_implementation: str = "sdpa"
+    initializer_range: float = 0.02
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -70,6 +72,7 @@ class ModelConfig:
             type_vocab_size=self.type_vocab_size,
             layer_norm_eps=1e-12,
             attn_implementation=self.attn_implementation,
+            initializer_range=self.initializer_range,
         )
 
 
@@ -198,7 +201,7 @@ class ClipBertTransformer(nn.Module):
             nn.Linear(cfg.hidden_size * 2, cfg.num_labels),
         )
         for module in (self.visual_embeddings, self.classifier):
-            module.apply(_bert_init)
+            module.apply(functools.partial(_bert_init, std=cfg.initializer_range))
 
     def encode(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, grid: torch.Tensor
@@ -225,11 +228,11 @@ class ClipBertTransformer(nn.Module):
         return self.classifier(self.dropout(self.encode(input_ids, attention_mask, grid)[1]))
 
 
-def _bert_init(module: nn.Module) -> None:
+def _bert_init(module: nn.Module, std: float) -> None:
     """BERT's initialisation (normal, std 0.02) for the parts BertModel does not own, as
     upstream did; PyTorch's N(0, 1) embeddings would drown the visual features."""
     if isinstance(module, (nn.Linear, nn.Embedding)):
-        nn.init.normal_(module.weight, std=0.02)
+        nn.init.normal_(module.weight, std=std)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.LayerNorm):
