@@ -112,3 +112,13 @@ def test_lint_is_quiet():
                           capture_output=True, text=True, env=cli_env())
     assert proc.returncode == 0
     assert "Lints for" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_default_demo_learns_from_the_video(tmp_path):
+    """The default target with the default config (the embedded demo): the trained model must
+    beat the majority-answer-per-type baseline of the same questions by at least 15 points."""
+    snakemake(tmp_path)
+    acc = json.loads((tmp_path / "results/test_acc.json").read_text())
+    assert acc["preset"] == "tiny"
+    assert acc["overall"] >= acc["majority_baseline"]["overall"] + 15, acc
