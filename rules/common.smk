@@ -1,7 +1,7 @@
 # Helpers shared by the rules: where each input comes from, and which scenes the run needs.
 from pathlib import Path
 
-from clipbert import demo, frames
+from clipbert import demo, frames, sqa
 
 DEMO = config["data"]["source"] == "demo"
 WORK = "work"
@@ -28,7 +28,8 @@ if not DEMO and not (SCANS or VIDEOS):
 
 
 def sqa_files(kind: str) -> list[str]:
-    return [f"{SQA_DIR}/balanced/v1_balanced_{kind}_{s}_scannetv2.json" for s in SPLITS]
+    name = sqa.questions_name if kind == "questions" else sqa.annotations_name
+    return [f"{SQA_DIR}/balanced/{name(s)}" for s in SPLITS]
 
 
 def scene_list() -> list[str]:

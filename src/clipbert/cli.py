@@ -16,6 +16,18 @@ def _print_json(obj: object) -> None:
     sys.stdout.write("\n")
 
 
+def _write_lines(lines: Sequence[str], out: str | None) -> None:
+    """One item per line to `out` (atomically) or to stdout."""
+    text = "".join(f"{line}\n" for line in lines)
+    if out:
+        from clipbert.fsutil import atomic_open
+
+        with atomic_open(out) as fh:
+            fh.write(text)
+    else:
+        sys.stdout.write(text)
+
+
 def _size(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
@@ -74,14 +86,7 @@ def _sens_scenes(a: argparse.Namespace) -> None:
     scenes = frames.select_scenes(a.all_list, a.test_list, a.questions)
     if a.scans:
         frames.check_scans(a.scans, scenes)
-    text = "".join(f"{s}\n" for s in scenes)
-    if a.out:
-        from clipbert.fsutil import atomic_open
-
-        with atomic_open(a.out) as fh:
-            fh.write(text)
-    else:
-        sys.stdout.write(text)
+    _write_lines(scenes, a.out)
 
 
 def _add_sens(sub: argparse._SubParsersAction) -> None:
@@ -199,14 +204,7 @@ def _sqa_scenes(a: argparse.Namespace) -> None:
     from clipbert import sqa
 
     scenes = sorted({s for path in a.jsonl for s in sqa.split_scenes(path)})
-    text = "".join(s + "\n" for s in scenes)
-    if a.out:
-        from clipbert.fsutil import atomic_open
-
-        with atomic_open(a.out) as fh:
-            fh.write(text)
-    else:
-        sys.stdout.write(text)
+    _write_lines(scenes, a.out)
 
 
 def _sqa_check(a: argparse.Namespace) -> None:

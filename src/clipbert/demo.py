@@ -189,6 +189,7 @@ def situation(rng: np.random.Generator) -> str:
 def make_demo(out_dir, scenes: int = 60, seed: int = 0, frames: int = 60) -> dict:
     """Write `scans/<scene>/<scene>.sens`, `sqa_task/` (SQA3D layout), the scene lists and a
     WordPiece vocabulary covering every demo word. Deterministic in (scenes, seed, frames)."""
+    from clipbert.sqa import annotations_name, questions_name
     from clipbert.tokenizer import build_vocab
 
     if scenes < 5:
@@ -232,12 +233,12 @@ def make_demo(out_dir, scenes: int = 60, seed: int = 0, frames: int = 60) -> dic
                              "version": "1.0", "year": 2026, "contributor": "clipbert demo"},
                     "license": {"name": "CC0", "url": "https://creativecommons.org/publicdomain/zero/1.0/"},
                     "data_type": "scannet", "data_subtype": "v2"}
-            for kind, key, items, extra in (
-                ("questions", "questions", qs, {"task_type": "Situated question answering"}),
-                ("sqa_annotations", "annotations", anns, {}),
+            for name, key, items, extra in (
+                (questions_name(split), "questions", qs,
+                 {"task_type": "Situated question answering"}),
+                (annotations_name(split), "annotations", anns, {}),
             ):
-                path = balanced / f"v1_balanced_{kind}_{split}_scannetv2.json"
-                path.write_text(json.dumps({**head, **extra, key: items}))
+                (balanced / name).write_text(json.dumps({**head, **extra, key: items}))
         ans = sorted(answers)
         answer_dict = [{a: i for i, a in enumerate(ans)}, {str(i): a for i, a in enumerate(ans)}]
         (tmp / "sqa_task" / "answer_dict.json").write_text(json.dumps(answer_dict))
