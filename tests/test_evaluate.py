@@ -17,6 +17,7 @@ from clipbert import evaluate, train
 from clipbert.errors import ClipbertError
 from clipbert.fsutil import read_jsonl
 from clipbert.model import ClipBert
+from clipbert.tokenizer import load_tokenizer
 
 
 def row(answer: str, t: str, i: int = 0) -> dict:
@@ -67,7 +68,7 @@ def setup(tmp_path_factory) -> dict:
     ds = make_data(root)
     cfg = train.make_config("tiny", SMALL)
     ans2label = json.loads((ds["data_dir"] / "train_ans2label.json").read_text())
-    tokens = train.load_vocab_tokens(ds["vocab"])
+    tokens = train.vocab_tokens(load_tokenizer(ds["vocab"]))
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(
         cfg.model, vocab_size=len(tokens), num_labels=len(ans2label) + 3))
     torch.manual_seed(0)

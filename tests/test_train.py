@@ -35,6 +35,9 @@ def make_data(root: Path, scenes: int = 6, n_frames: int = 30) -> dict[str, Path
         mp4s.append(root / f"videos/{s}.mp4")
     vislmdb.pack_lmdb(root / "vis_db", mp4s)
     sqa.convert(root / "demo/sqa_task", root / "sqa")
+    for split, keep in (("train", 64), ("val", 16), ("test", 16)):  # round step counts
+        path = root / "sqa" / f"{split}.jsonl"
+        path.write_text("".join(path.read_text().splitlines(keepends=True)[:keep]))
     return {"data_dir": root / "sqa", "lmdb_dir": root / "vis_db",
             "vocab": root / "demo" / "vocab.txt"}
 
@@ -136,7 +139,8 @@ def test_param_groups_split_cnn_transformer_and_decay() -> None:
             seen.add(n)
             assert g["lr"] == (1e-3 if n.startswith("cnn.") else 2e-4), n
             assert g["name"] == ("cnn" if n.startswith("cnn.") else "transformer")
-            no_decay = n.endswith(".bias") or "LayerNorm" in n
+            norm = "LayerNorm" in n or ".bn" in n or "downsample.1" in n  # LN and trained BN
+            no_decay = n.endswith(".bias") or norm
             assert g["weight_decay"] == (0.0 if no_decay else cfg.weight_decay), n
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert seen == trainable
@@ -182,7 +186,8 @@ def test_tiny_selects_best_on_val_and_logs_metrics(ds, tmp_path: Path) -> None:
         assert {"step", "loss", "lr", "val_acc", "examples_per_s"} <= set(r)
         assert r["loss"] > 0 and r["examples_per_s"] > 0
     assert [r["step"] for r in rows if r["val_acc"] is not None] == [4, 8, 12, 16]
-    assert rows[0]["lr"] == pytest.approx(5e-4) and rows[-1]["lr"] == pytest.approx(5e-4 / 15)
+    lr = train.PRESETS["tiny"]["lr"]
+    assert rows[0]["lr"] == pytest.approx(lr) and rows[-1]["lr"] == pytest.approx(lr / 15)
     model = torch.load(tmp_path / "model.pt", weights_only=True)
     best = max(r["val_acc"] for r in rows if r["val_acc"] is not None)
     first_best = next(r["step"] for r in rows if r["val_acc"] == best)
@@ -298,8 +303,10 @@ def test_killed_run_resumes_bit_identically(ds, tmp_path: Path) -> None:
 
 def test_two_processes_match_one_with_the_same_global_batch(ds, tmp_path: Path) -> None:
     """torchrun --nproc_per_node 2 on CPU (gloo), batch 4 per process, against one process with
-    batch 8: the same loss curve within float tolerance (dropout off: masks differ by rank)."""
-    overrides = {"model.dropout": 0.0, "epochs": 2, "checkpoint_every": 100, "val_every": 0.5}
+    batch 8: the same loss curve within float tolerance (dropout off: masks differ by rank;
+    BatchNorm frozen: trained BN normalises by each process's share of the batch)."""
+    overrides = {"model.dropout": 0.0, "model.frozen_bn": True, "epochs": 2,
+                 "checkpoint_every": 100, "val_every": 0.5}
     one = tmp_path / "one"
     cli_train(*cli_train_args(ds, one, {**overrides, "batch_size": 8}))
     two = tmp_path / "two"
@@ -364,3 +371,20 @@ def test_missing_inputs_are_one_line_errors(ds, tmp_path: Path) -> None:
         train.train(cfg, ds["data_dir"], ds["lmdb_dir"], tmp_path / "m.pt", state,
                     vocab=ds["vocab"])
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_questions_without_video_stop_before_training(ds, tmp_path: Path) -> None:
+    """A scene with no video in the LMDB is reported, naming it, before any step is taken."""
+    import shutil
+
+    data_dir = tmp_path / "sqa"
+    shutil.copytree(ds["data_dir"], data_dir)
+    rows = (data_dir / "train.jsonl").read_text().splitlines()
+    row = json.loads(rows[0])
+    row["video_id"] = "scene0999_00"
+    (data_dir / "train.jsonl").write_text("\n".join([json.dumps(row), *rows[1:]]) + "\n")
+    cfg = train.make_config("tiny", SMALL)
+    with pytest.raises(ClipbertError, match="scene0999_00"):
+        train.train(cfg, data_dir, ds["lmdb_dir"], tmp_path / "m.pt", tmp_path / "st",
+                    vocab=ds["vocab"])
+    assert not (tmp_path / "m.pt").exists() and not (tmp_path / "st" / "last.pt").exists()

@@ -294,22 +294,14 @@ def check_videos(jsonl_path: str | os.PathLike, available: Iterable[str]) -> Non
 def available_videos(path: str | os.PathLike) -> set[str]:
     """Video ids found at `path`: LMDB keys, `*.mp4` stems of a folder, or lines of a text file.
 
-    The LMDB is read with the lmdb package directly so this check needs nothing else.
+    The LMDB goes through `vislmdb.VideoLMDB`, the process's one shared read-only handle
+    (py-lmdb refuses to open the same environment twice in a process).
     """
     path = Path(path)
     if path.is_dir() and (path / "data.mdb").is_file():
-        import lmdb
+        from clipbert.vislmdb import VideoLMDB
 
-        try:
-            env = lmdb.open(str(path), readonly=True, lock=False, readahead=False)
-        except lmdb.Error as e:
-            raise ClipbertError(f"{path}: cannot open the LMDB ({e})") from None
-        try:
-            with env.begin() as txn:
-                return {bytes(k).decode("utf-8", "replace") for k in txn.cursor().iternext(
-                    keys=True, values=False)}
-        finally:
-            env.close()
+        return set(VideoLMDB(path).keys())
     if path.is_dir():
         return {p.stem for p in path.glob("*.mp4")}
     if path.is_file():

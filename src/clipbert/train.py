@@ -219,12 +219,9 @@ def setup_distributed() -> tuple[Dist, torch.device]:
     return d, device
 
 
-def load_vocab_tokens(path: str | os.PathLike) -> list[str]:
-    from clipbert.tokenizer import load_tokenizer
-
-    tok = load_tokenizer(path)
-    vocab = tok.get_vocab()
-    return [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+def vocab_tokens(tokenizer) -> list[str]:
+    """The vocabulary in id order, stored in the model file so inference needs no vocab path."""
+    return [t for t, _ in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])]
 
 
 def tokenizer_from_tokens(tokens: list[str]):
@@ -332,7 +329,8 @@ def train(cfg: TrainConfig, data_dir, lmdb_dir, out, state_dir, metrics=None, vo
     """Fine-tune on `{data_dir}/train.jsonl`, validate on `val.jsonl`, write the model to `out`."""
     from clipbert import data, evaluate
     from clipbert.checkpoints import load_pretrained
-    from clipbert.tokenizer import load_tokenizer
+    from clipbert.sqa import available_videos, check_videos
+    from clipbert.tokenizer import load_tokenizer, truncation_report
 
     d, device = setup_distributed()
     data_dir, state_dir = Path(data_dir), Path(state_dir)
@@ -342,13 +340,24 @@ def train(cfg: TrainConfig, data_dir, lmdb_dir, out, state_dir, metrics=None, vo
         if not (data_dir / need).is_file():
             raise ClipbertError(f"{data_dir / need}: not found (run the sqa conversion first)")
     tokenizer = load_tokenizer(vocab)
-    tokens = load_vocab_tokens(vocab)
+    tokens = vocab_tokens(tokenizer)
     ans2label = json.loads((data_dir / "train_ans2label.json").read_text())
     train_rows = read_jsonl(data_dir / "train.jsonl")
     val_path = data_dir / "val.jsonl"
     val_rows = read_jsonl(val_path) if val_path.exists() else []
     if not train_rows:
         raise ClipbertError(f"{data_dir / 'train.jsonl'}: no training questions")
+    # Before any compute: every question needs its video, and long questions get reported.
+    videos = available_videos(lmdb_dir)
+    for path in (data_dir / "train.jsonl", val_path):
+        if path.exists():
+            check_videos(path, videos)
+    if d.main:
+        for split, rows in (("train", train_rows), ("val", val_rows)):
+            rep = truncation_report(tokenizer, [r["question"] for r in rows], cfg.max_txt_len)
+            print(f"{split}: {rep['n']} questions, {rep['truncated']} cut at max_txt_len "
+                  f"{cfg.max_txt_len} (longest {rep['max_len']} tokens, median "
+                  f"{rep['median_len']}), {rep['with_unk']} with [UNK]", flush=True)
 
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(
         cfg.model, vocab_size=len(tokens), num_labels=max(len(ans2label), cfg.model.num_labels)))
@@ -362,6 +371,9 @@ def train(cfg: TrainConfig, data_dir, lmdb_dir, out, state_dir, metrics=None, vo
     ddp_model: torch.nn.Module = model
     cpu_group = None
     if d.world > 1:
+        if not cfg.model.frozen_bn and device.type == "cuda":
+            # Trained BatchNorm must see the whole global batch, as in one process.
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             broadcast_buffers=not cfg.model.frozen_bn, gradient_as_bucket_view=True)
