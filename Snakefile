@@ -17,9 +17,11 @@ include: "rules/scans.smk"
 include: "rules/video.smk"
 include: "rules/sqa.smk"
 include: "rules/model.smk"
+include: "rules/report.smk"
 
 
 rule all:
     input:
         "results/test_acc.json",
+        list(PLOTS.values()),
     default_target: True

@@ -17,5 +17,7 @@ rule demo_data:
         ENV
     log:
         "logs/demo_data.log",
+    benchmark:
+        "logs/benchmarks/demo_data.tsv"
     script:
         "../workflow_scripts/demo_data.py"

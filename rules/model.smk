@@ -26,6 +26,8 @@ rule train:
         ENV
     log:
         "logs/train.log",
+    benchmark:
+        "logs/benchmarks/train.tsv"
     script:
         "../workflow_scripts/train.py"
 
@@ -48,5 +50,7 @@ rule infer:
         ENV
     log:
         "logs/infer.log",
+    benchmark:
+        "logs/benchmarks/infer.tsv"
     script:
         "../workflow_scripts/infer.py"

@@ -11,6 +11,8 @@ rule sens_index:
         ENV
     log:
         "logs/sens_index/{scene}.log",
+    benchmark:
+        "logs/benchmarks/sens_index/{scene}.tsv"
     script:
         "../workflow_scripts/sens_index.py"
 
@@ -30,5 +32,7 @@ rule frames:
         ENV
     log:
         "logs/frames/{scene}.log",
+    benchmark:
+        "logs/benchmarks/frames/{scene}.tsv"
     script:
         "../workflow_scripts/frames.py"

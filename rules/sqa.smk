@@ -17,5 +17,7 @@ rule sqa_convert:
         ENV
     log:
         "logs/sqa_convert.log",
+    benchmark:
+        "logs/benchmarks/sqa_convert.tsv"
     script:
         "../workflow_scripts/sqa_convert.py"

@@ -16,6 +16,8 @@ rule encode_video:
         ENV
     log:
         "logs/encode_video/{scene}.log",
+    benchmark:
+        "logs/benchmarks/encode_video/{scene}.tsv"
     script:
         "../workflow_scripts/encode_video.py"
 
@@ -30,5 +32,7 @@ rule pack_lmdb:
         ENV
     log:
         "logs/pack_lmdb.log",
+    benchmark:
+        "logs/benchmarks/pack_lmdb.tsv"
     script:
         "../workflow_scripts/pack_lmdb.py"

@@ -12,6 +12,7 @@ import torch
 
 from clipbert.errors import ClipbertError
 from clipbert.fsutil import read_jsonl, write_json, write_jsonl
+from clipbert.progress import progress
 
 ANSWER_TYPES = ("what", "is", "how", "can", "which", "others")
 
@@ -83,7 +84,7 @@ def predict(model, dataset, collate, device, cfg) -> list[int]:
         generator=torch.Generator().manual_seed(0))  # leaves the training RNG streams alone
     use_bf16 = cfg.bf16 and device.type == "cuda"
     out: list[torch.Tensor] = []
-    for batch in loader:
+    for batch in progress(loader, "evaluation", unit="batches"):
         frames = data.preprocess_frames(batch["frames"].to(device, non_blocking=True),
                                         cfg.max_img_size)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):

@@ -18,6 +18,7 @@ import numpy as np
 
 from clipbert.errors import ClipbertError
 from clipbert.fsutil import atomic_dir
+from clipbert.progress import progress
 from clipbert.sens import ColorCompression, SensReader
 
 INDEX_NAME = "index.json"
@@ -91,7 +92,7 @@ def export_frames(
             "frames": [],
         }
         with atomic_dir(out_dir) as tmp:
-            for k, i in enumerate(kept):
+            for k, i in progress(enumerate(kept), Path(sens_path).name, len(kept), unit="frames"):
                 info = r.frame_info(i)
                 entry: dict[str, Any] = {"k": k, "frame": i, "color": color_name(k)}
                 with open(tmp / color_name(k), "wb") as fh:

@@ -22,6 +22,7 @@ from PIL import Image
 
 from clipbert.errors import ClipbertError
 from clipbert.fsutil import atomic_path
+from clipbert.progress import progress
 
 FRAME_RE = re.compile(r"^frame-(\d+)\.color\.jpg$")
 
@@ -147,7 +148,7 @@ def encode_video(
             if gop is not None:
                 stream.codec_context.gop_size = gop
             src_size = None
-            for k, path in enumerate(paths):
+            for k, path in progress(enumerate(paths), str(out), len(paths), unit="frames"):
                 frame, src_size = _load_frame(path, (w, h), keep_aspect, src_size)
                 frame.pts = k
                 frame.time_base = 1 / rate

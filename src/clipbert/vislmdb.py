@@ -16,6 +16,7 @@ import lmdb
 
 from clipbert.errors import ClipbertError
 from clipbert.fsutil import atomic_dir
+from clipbert.progress import progress
 from clipbert.video import probe_video
 
 _COMMIT_EVERY = 1000  # puts per transaction, as ClipBERT's packer did
@@ -77,7 +78,7 @@ def pack_lmdb(
         raise ClipbertError(f"{lmdb_dir}: no mp4 files to pack")
     seen: dict[str, Path] = {}
     total = 0
-    for p in paths:
+    for p in progress(paths, f"{lmdb_dir}: checking", unit="videos"):
         if not p.is_file():
             raise ClipbertError(f"{p}: no such file")
         key = p.stem

@@ -1,0 +1,111 @@
+# The plots of `snakemake --report report.html`: one rule per figure, each a PNG in results/plots
+# with its caption in report/. The rule graph and run statistics come with Snakemake's report.
+
+
+report: "../report/workflow.rst"
+
+
+PLOTS = {
+    name: f"results/plots/{name}.png"
+    for name in ("data", "training", "test_accuracy", "confusion", "frames", "benchmarks")
+}
+rule plot_data:
+    """Questions per split and answer type, `unknown` share and ceiling, frames per scene."""
+    input:
+        stats=rules.sqa_convert.output.stats,
+        lmdb=rules.pack_lmdb.output[0],
+    output:
+        report(PLOTS["data"], caption="../report/data.rst", category="1 data"),
+    conda:
+        ENV
+    log:
+        "logs/plots/data.log",
+    script:
+        "../workflow_scripts/plots.py"
+
+
+rule plot_training:
+    """Loss, learning rates and validation accuracy against the step."""
+    input:
+        rules.train.output.metrics,
+    output:
+        report(PLOTS["training"], caption="../report/training.rst", category="2 training"),
+    conda:
+        ENV
+    log:
+        "logs/plots/training.log",
+    script:
+        "../workflow_scripts/plots.py"
+
+
+rule plot_test_accuracy:
+    """Test accuracy per answer type beside the published figures and the majority answer."""
+    input:
+        rules.infer.output.acc,
+    output:
+        report(PLOTS["test_accuracy"], caption="../report/test_accuracy.rst", category="3 test"),
+    conda:
+        ENV
+    log:
+        "logs/plots/test_accuracy.log",
+    script:
+        "../workflow_scripts/plots.py"
+
+
+rule plot_confusion:
+    """Confusion of the most frequent test answers."""
+    input:
+        rules.infer.output.predictions,
+    output:
+        report(PLOTS["confusion"], caption="../report/confusion.rst", category="3 test"),
+    params:
+        top=15,
+    conda:
+        ENV
+    log:
+        "logs/plots/confusion.log",
+    script:
+        "../workflow_scripts/plots.py"
+
+
+rule plot_frames:
+    """A contact sheet of evaluation clips, sampled and resized as inference does."""
+    input:
+        rules.pack_lmdb.output[0],
+    output:
+        report(PLOTS["frames"], caption="../report/frames.rst", category="1 data"),
+    params:
+        preset=config["train"]["preset"],
+        overrides=config["train"]["overrides"],
+        n_clips=config["infer"]["n_clips"],
+        scenes=4,
+    conda:
+        ENV
+    log:
+        "logs/plots/frames.log",
+    script:
+        "../workflow_scripts/plots.py"
+
+
+rule plot_benchmarks:
+    """Wall time and peak memory of every rule, from the `benchmark:` files. Read from the
+    folder rather than required as inputs, so that a run made before the benchmark directives
+    existed is not redone for their sake; the test accuracy comes last, so all are written."""
+    input:
+        rules.infer.output.acc,
+    output:
+        report(PLOTS["benchmarks"], caption="../report/benchmarks.rst", category="4 resources"),
+    params:
+        folder="logs/benchmarks",
+    conda:
+        ENV
+    log:
+        "logs/plots/benchmarks.log",
+    script:
+        "../workflow_scripts/plots.py"
+
+
+rule plots:
+    """Every plot of the report (also part of the default target)."""
+    input:
+        list(PLOTS.values()),
