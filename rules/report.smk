@@ -9,6 +9,8 @@ PLOTS = {
     name: f"results/plots/{name}.png"
     for name in ("data", "training", "test_accuracy", "confusion", "frames", "benchmarks")
 }
+
+
 rule plot_data:
     """Questions per split and answer type, `unknown` share and ceiling, frames per scene."""
     input:
