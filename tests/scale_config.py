@@ -1,0 +1,85 @@
+"""A real-data config over 707 placeholder ScanNet scans, for planning the workflow at full
+scale without the data (tests/test_scale.py, benchmarks/bench_dag.py).
+
+Placeholder `.sens` files stand in for the scans (a dry run never reads them). The scene lists and
+the val/test question files are SQA3D's real ones from ../shared when present; without them the
+lists are synthesized with the same shape.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+N_SCENES = 707
+SHARED_SQA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sqa3d"
+
+
+def _scene_lists(root: Path) -> tuple[Path, Path, list[str]]:
+    """scannetv2.txt and scannetv2_test.txt, and the scenes the baseline selects from them."""
+    if (SHARED_SQA / "scannetv2.txt").is_file():
+        all_list, test_list = SHARED_SQA / "scannetv2.txt", SHARED_SQA / "scannetv2_test.txt"
+    else:
+        all_list, test_list = root / "scannetv2.txt", root / "scannetv2_test.txt"
+        train = [f"scene{i:04d}_{r:02d}" for i in range(N_SCENES) for r in range(2)]
+        test = [f"scene{i:04d}_00" for i in range(N_SCENES, N_SCENES + 100)]
+        all_list.write_text("\n".join(train + test) + "\n")
+        test_list.write_text("\n".join(test) + "\n")
+    excluded = set(test_list.read_text().split())
+    scenes = sorted(
+        s for s in all_list.read_text().split() if s.endswith("_00") and s not in excluded
+    )
+    return all_list, test_list, scenes
+
+
+def _questions(path: Path, scenes: list[str]) -> None:
+    items = [{"scene_id": s, "question_id": n, "question": "?", "situation": ""}
+             for n, s in enumerate(scenes)]
+    path.write_text(json.dumps({"questions": items}))
+
+
+def _question_scenes(path: Path) -> set[str]:
+    return {q["scene_id"] for q in json.loads(path.read_text())["questions"]}
+
+
+def real_data_config(root: Path) -> Path:
+    """A scannet config over 707 placeholder scans; every scene has questions, so restricting to
+    the questions' scenes (the default) keeps all 707 and reads the question files as it would."""
+    all_list, test_list, scenes = _scene_lists(root)
+    assert len(scenes) == N_SCENES
+    scans = root / "scans"
+    for scene in scenes:
+        (scans / scene).mkdir(parents=True)
+        (scans / scene / f"{scene}.sens").touch()
+    sqa = root / "sqa_task"
+    balanced = sqa / "balanced"
+    balanced.mkdir(parents=True)
+    shared_balanced = SHARED_SQA / "first_commit_993bd04" / "balanced"
+    covered: set[str] = set()
+    for split in ("val", "test"):
+        for kind in ("questions", "sqa_annotations"):
+            name = f"v1_balanced_{kind}_{split}_scannetv2.json"
+            if (shared_balanced / name).is_file():
+                (balanced / name).symlink_to(shared_balanced / name)
+            else:
+                _questions(balanced / name, scenes[: 60] if split == "val" else scenes[60:120])
+        covered |= _question_scenes(balanced / f"v1_balanced_questions_{split}_scannetv2.json")
+    train_scenes = [s for s in scenes if s not in covered]
+    for kind in ("questions", "sqa_annotations"):
+        _questions(balanced / f"v1_balanced_{kind}_train_scannetv2.json", train_scenes)
+    (sqa / "answer_dict.json").write_text(json.dumps([{"yes": 0}, {"0": "yes"}]))
+    (root / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")
+    config = {
+        "data": {
+            "source": "scannet",
+            "scans_dir": str(scans),
+            "sqa_dir": str(sqa),
+            "scene_lists": {"all": str(all_list), "test": str(test_list)},
+        },
+        "weights": {"vocab": str(root / "vocab.txt")},
+    }
+    path = root / "scannet.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
