@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +42,16 @@ def cli():
 needs_shared = pytest.mark.skipif(
     not SHARED_SQA.is_dir(), reason="../shared/data is absent (real SQA3D files)"
 )
+
+
+def job_stats(output: str) -> dict[str, int]:
+    """The first 'Job stats' table of a Snakemake run or dry run: rule -> number of jobs
+    (empty when the output has none)."""
+    counts: dict[str, int] = {}
+    table = output.split("Job stats:", 1)[1] if "Job stats:" in output else ""
+    for line in table.splitlines()[3:]:
+        m = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
+        if not m:
+            break
+        counts[m.group(1)] = int(m.group(2))
+    return counts

@@ -8,14 +8,13 @@ benchmarks/bench_dag.py (goal: under 15 s), not asserted here: these machines ar
 from __future__ import annotations
 
 import math
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, cli_env
+from conftest import REPO, cli_env, job_stats
 from scale_config import N_SCENES, real_data_config
 
 PER_SCENE_RULES = ("sens_index", "frames", "encode_video")
@@ -38,22 +37,10 @@ def _dry_run(root: Path, config: Path, *args: str) -> str:
     return out.stdout + out.stderr
 
 
-def _job_stats(text: str) -> dict[str, int]:
-    """The first 'Job stats' table of a Snakemake run: rule -> number of jobs."""
-    table = text[text.index("Job stats:"):]
-    counts = {}
-    for line in table.splitlines()[3:]:
-        match = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
-        if not match:
-            break
-        counts[match[1]] = int(match[2])
-    return counts
-
-
 def test_full_dag(scale):
     root, config = scale
     text = _dry_run(root, config, "--quiet", "rules", "--", "results/test_acc.json")
-    counts = _job_stats(text)
+    counts = job_stats(text)
     assert counts == {
         **{rule: N_SCENES for rule in PER_SCENE_RULES},
         "sqa_convert": 1, "pack_lmdb": 1, "train": 1, "infer": 1,
@@ -65,7 +52,7 @@ def test_lmdb_step_runs_in_batches(scale):
     """--batch splits pack_lmdb's 707 inputs: the first third plans only their scenes' jobs."""
     root, config = scale
     text = _dry_run(root, config, "--quiet", "rules", "--batch", "pack_lmdb=1/3")
-    counts = _job_stats(text)
+    counts = job_stats(text)
     per_batch = math.ceil(N_SCENES / 3)
     assert {rule: counts.get(rule) for rule in PER_SCENE_RULES} == dict.fromkeys(
         PER_SCENE_RULES, per_batch

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, cli_env
+from conftest import REPO, cli_env, job_stats
 
 SMALL = {
     "data": {"demo": {"scenes": 6, "frames": 30}},
@@ -36,18 +35,6 @@ def snakemake(workdir: Path, *args: str, config: dict | None = None,
         pytest.fail(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n"
                     f"{proc.stderr[-5000:]}")
     return proc
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """The 'Job stats' table of a Snakemake run or dry run."""
-    counts = {}
-    table = output.split("Job stats:", 1)[1] if "Job stats:" in output else ""
-    for line in table.splitlines()[3:]:
-        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if not m:
-            break
-        counts[m.group(1)] = int(m.group(2))
-    return counts
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +71,10 @@ def test_rerun_one_stage(run_dir):
     other = run_dir / "work/frames/scene0002_00/frame-0.color.jpg"
     before = other.stat().st_mtime_ns
     proc = snakemake(run_dir, f"work/frames/{scene}", "--forcerun", "frames", config=SMALL)
-    assert job_counts(proc.stdout + proc.stderr) == {"frames": 1, "total": 1}
+    assert job_stats(proc.stdout + proc.stderr) == {"frames": 1, "total": 1}
     assert other.stat().st_mtime_ns == before
     dry = snakemake(run_dir, "-n", "results/test_acc.json", config=SMALL)
-    counts = job_counts(dry.stdout + dry.stderr)
+    counts = job_stats(dry.stdout + dry.stderr)
     assert counts == {"encode_video": 1, "pack_lmdb": 1, "train": 1, "infer": 1,
                       "total": 4}, counts
 
