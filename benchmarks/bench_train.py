@@ -1,18 +1,27 @@
 """Training throughput: examples/s, peak memory, the data loader's share of step time, and (on a
-GPU) model FLOPs utilisation of the faithful preset in bf16.
+GPU) model FLOPs utilisation of the faithful preset in bf16, layouts and compilation side by side.
 
     python benchmarks/bench_train.py                       # tiny preset on CPU (+ faithful bf16
                                                            #   on CUDA when there is a GPU)
     python benchmarks/bench_train.py --steps 40 --threads 2
-    python benchmarks/bench_train.py --skip-cpu --workers 8 --batch-size 16   # GPU only
+    python benchmarks/bench_train.py --skip-cpu --workers 12   # GPU only
+    python benchmarks/bench_train.py --skip-cpu --rehearse     # the GPU part's code on the CPU
 
 The data are the embedded demo's synthetic scans run through the real stages (frames, mp4,
 LMDB, jsonl), so decoding costs what it costs in training. Each measured step runs exactly the
 training loop's `_train_step` (forward, loss after aggregation, backward, clipping, AdamW); the
-time blocked in the DataLoader iterator is the loader's share. FLOPs per example are counted by
-`torch.utils.flop_counter` on one real step (forward + backward), and also given from the spec's
-estimate (model.md §6: ~1.4 TFLOP per faithful example with backward); MFU divides the counted
-FLOPs per second by the bf16 dense peak of the GPU (`--peak-tflops`, default: H100/H200 989).
+time blocked in the DataLoader iterator is the loader's share.
+
+FLOPs are counted by `torch.utils.flop_counter` on one real step (forward + backward, 2 FLOPs
+per multiply-add), with a forward breakdown per clip. The count is ~2.2 TFLOP per faithful
+example, not the ~1.4 of model.md §6: that estimate takes ResNet-50's 16 G multiply-adds at
+448 px for FLOPs and leaves out the grid encoder's 3x3 convolution (5.5 GFLOP per frame). MFU
+divides counted FLOPs per second by the GPU's dense bf16 peak (`--peak-tflops`, H100/H200: 989).
+
+On a GPU the faithful preset runs once per variant (`--variants`): NCHW eager, channels-last
+eager (the training default) and channels-last compiled; each line gives its speed relative to
+the first. `--rehearse` runs that part on the CPU in fp32 at batch 1 and 2 clips, so a session
+without a GPU can check the code path and the FLOP count before one is lent.
 """
 
 from __future__ import annotations
@@ -27,14 +36,21 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from clipbert import data, demo, frames, sqa, train, video, vislmdb  # noqa: E402
-from clipbert.model import ClipBert  # noqa: E402
+from clipbert.model import ClipBert, place_model  # noqa: E402
 from clipbert.tokenizer import load_tokenizer  # noqa: E402
 
-SPEC_TFLOP_PER_EXAMPLE = 1.4  # model.md §6, faithful: 8 clips x 2 frames at 448, with backward
+# Faithful variants on a GPU: name -> training settings (channels-last is the default).
+VARIANTS = {
+    "nchw": {"channels_last": False},
+    "channels_last": {},
+    "compiled": {"compile": True},
+}
+SQA3D_TRAIN_QUESTIONS = 26_600  # model.md §6
 
 
 def make_data(root: Path, scenes: int, n_frames: int, size: int) -> dict[str, Path]:
@@ -69,6 +85,20 @@ def rss_mib(key: str = "VmHWM") -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def forward_flops_per_clip(model: ClipBert, batch: dict, cfg: train.TrainConfig,
+                           device: torch.device) -> dict[str, float]:
+    """GFLOP of one clip's forward pass by part, counted on the first example of `batch`."""
+    frames = data.preprocess_frames(batch["frames"][:1, :1].to(device), cfg.max_img_size)
+    counter = FlopCounterMode(display=False, depth=3)
+    with torch.no_grad(), counter:
+        model(frames, batch["input_ids"][:1].to(device), batch["attention_mask"][:1].to(device))
+    counts = {k.removeprefix("ClipBert."): sum(v.values())
+              for k, v in counter.get_flop_counts().items()}
+    parts = {"backbone": "cnn.backbone", "grid_encoder": "cnn.grid_encoder",
+             "transformer": "transformer", "total": "Global"}
+    return {name: round(counts.get(key, 0) / 1e9, 2) for name, key in parts.items()}
+
+
 def bench(cfg: train.TrainConfig, ds: dict[str, Path], device: torch.device, steps: int,
           warmup: int) -> dict:
     """Time `steps` training steps after `warmup` ones; the model starts from random weights."""
@@ -81,7 +111,9 @@ def bench(cfg: train.TrainConfig, ds: dict[str, Path], device: torch.device, ste
         cfg.model, vocab_size=len(tokenizer.get_vocab()),
         num_labels=max(len(ans2label), cfg.model.num_labels)))
     train.seed_everything(cfg.seed)
-    model = ClipBert(cfg.model).to(device).train()
+    model = ClipBert(cfg.model).train()
+    place_model(model, device, channels_last=cfg.channels_last and device.type == "cuda",
+                compile=cfg.compile)
     optimizer = torch.optim.AdamW(train.param_groups(model, cfg), betas=cfg.betas,
                                   eps=cfg.adam_eps)
     dataset = data.VideoQADataset(
@@ -89,9 +121,10 @@ def bench(cfg: train.TrainConfig, ds: dict[str, Path], device: torch.device, ste
         video_fps=cfg.video_fps, n_clips=cfg.train_n_clips, train=True, seed=cfg.seed)
     collate = data.make_collate(tokenizer, cfg.max_txt_len, cfg.pad_to_max)
     one = train.Dist()
+    need = warmup + steps + 2
     batches = [b for e in range(1000) for b in train.epoch_batches(len(rows), e, cfg, one)
-               if len(b) == cfg.batch_size][: warmup + steps + 1]
-    if len(batches) < warmup + steps + 1:
+               if len(b) == cfg.batch_size][:need]
+    if len(batches) < need:
         raise SystemExit(f"too few training questions ({len(rows)}) for batch {cfg.batch_size}")
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=batches, collate_fn=collate, num_workers=cfg.num_workers,
@@ -108,12 +141,18 @@ def bench(cfg: train.TrainConfig, ds: dict[str, Path], device: torch.device, ste
 
     it = iter(loader)
     first = next(it)
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step(first)
-    flops_per_example = counter.get_total_flops() / cfg.batch_size
+    t_first = time.perf_counter()
+    step(first)  # the first step pays for cuDNN autotuning and compilation
+    first_step_s = time.perf_counter() - t_first
+    # A dispatch-mode counter cannot see inside compiled kernels: compiled variants take the
+    # count of an eager one (the same arithmetic).
+    flops_per_example = forward = None
+    if not cfg.compile:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step(next(it))
+        flops_per_example = counter.get_total_flops() / cfg.batch_size
+        forward = forward_flops_per_clip(model, first, cfg, device)
     for _ in range(warmup):
         step(next(it))
     if cuda:
@@ -130,13 +169,16 @@ def bench(cfg: train.TrainConfig, ds: dict[str, Path], device: torch.device, ste
     eps = steps * cfg.batch_size / wall
     out = {
         "preset": cfg.preset, "device": str(device), "bf16": use_bf16,
+        "channels_last": cfg.channels_last and cuda, "compile": cfg.compile,
         "batch_size": cfg.batch_size, "clips_x_frames": [cfg.train_n_clips, cfg.num_frm],
         "max_img_size": cfg.max_img_size, "num_workers": cfg.num_workers,
         "torch_threads": torch.get_num_threads(), "steps": steps,
         "examples_per_s": round(eps, 2),
         "step_s": round(wall / steps, 4),
+        "first_step_s": round(first_step_s, 2),
         "loader_share": round(wait / wall, 3),
-        "counted_gflop_per_example": round(flops_per_example / 1e9, 2),
+        "counted_gflop_per_example": flops_per_example and round(flops_per_example / 1e9, 2),
+        "forward_gflop_per_clip": forward,
         "rss_at_start_mib": round(rss_start, 1),
         "peak_rss_mib": round(rss_mib(), 1),
     }
@@ -146,49 +188,77 @@ def bench(cfg: train.TrainConfig, ds: dict[str, Path], device: torch.device, ste
     return out
 
 
+def faithful_runs(a: argparse.Namespace, ds: dict[str, Path], device: torch.device) -> list[dict]:
+    """The faithful preset once per variant, each with its speed relative to the first."""
+    cuda = device.type == "cuda"
+    over: dict = {"bf16": cuda, "batch_size": a.batch_size or (16 if cuda else 1)}
+    if not cuda:
+        over["train_n_clips"] = a.clips or 2
+    elif a.clips:
+        over["train_n_clips"] = a.clips
+    if a.workers is not None:
+        over["num_workers"] = a.workers
+    runs: list[dict] = []
+    for name in a.variants.split(","):
+        if name not in VARIANTS:
+            raise SystemExit(f"unknown variant {name!r} (one of {', '.join(VARIANTS)})")
+        cfg = train.make_config("faithful", {**over, **VARIANTS[name]})
+        r = {"variant": name, **bench(cfg, ds, device, a.steps, a.warmup)}
+        if r["counted_gflop_per_example"] is None and runs:
+            r["counted_gflop_per_example"] = runs[0]["counted_gflop_per_example"]
+            r["forward_gflop_per_clip"] = runs[0]["forward_gflop_per_clip"]
+        if r["counted_gflop_per_example"] is not None:
+            counted = r["counted_gflop_per_example"] * 1e9 * r["examples_per_s"]
+            r["counted_tflop_s"] = round(counted / 1e12, 2)
+            if cuda:
+                r["mfu"] = round(counted / (a.peak_tflops * 1e12), 3)
+        if runs:
+            r["speed_vs_" + runs[0]["variant"]] = round(
+                r["examples_per_s"] / runs[0]["examples_per_s"], 2)
+        r["sqa3d_10_epochs_min"] = round(SQA3D_TRAIN_QUESTIONS * 10 / r["examples_per_s"] / 60, 1)
+        runs.append(r)
+        print(json.dumps(r), flush=True)
+        if cuda:
+            torch.cuda.empty_cache()
+    return runs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=20, help="measured steps per configuration")
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (CPU run)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (CPU runs)")
     ap.add_argument("--scenes", type=int, default=8, help="synthetic scenes (half train)")
     ap.add_argument("--frames", type=int, default=60, help="frames per synthetic scan (20 fps)")
     ap.add_argument("--skip-cpu", action="store_true", help="no tiny-preset CPU run")
-    ap.add_argument("--batch-size", type=int, default=None, help="GPU run (default: preset's)")
-    ap.add_argument("--workers", type=int, default=None, help="GPU run loader workers")
+    ap.add_argument("--rehearse", action="store_true",
+                    help="run the faithful part on the CPU (fp32, batch 1, 2 clips)")
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help=f"faithful variants to compare (of {', '.join(VARIANTS)})")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="faithful batch (default: 16 on a GPU, 1 when rehearsing)")
+    ap.add_argument("--clips", type=int, default=None,
+                    help="faithful training clips (default: 8 on a GPU, 2 when rehearsing)")
+    ap.add_argument("--workers", type=int, default=None, help="faithful loader workers")
     ap.add_argument("--peak-tflops", type=float, default=989.0,
                     help="the GPU's dense bf16 peak (H100/H200 SXM: 989)")
     a = ap.parse_args()
+    torch.set_num_threads(a.threads)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         if not a.skip_cpu:
-            torch.set_num_threads(a.threads)
             ds = make_data(Path(tmp) / "cpu", a.scenes, a.frames, 128)
             cfg = train.make_config("tiny", {"batch_size": 8})
             r = bench(cfg, ds, torch.device("cpu"), a.steps, a.warmup)
             r["examples_per_s_per_core"] = round(r["examples_per_s"] / a.threads, 2)
             results.append(r)
             print(json.dumps(r), flush=True)
-        if torch.cuda.is_available():
-            ds = make_data(Path(tmp) / "gpu", a.scenes, a.frames, 224)
-            over: dict = {"bf16": True}
-            if a.batch_size:
-                over["batch_size"] = a.batch_size
-            if a.workers is not None:
-                over["num_workers"] = a.workers
-            cfg = train.make_config("faithful", over)
-            r = bench(cfg, ds, torch.device("cuda"), a.steps, a.warmup)
-            counted = r["counted_gflop_per_example"] * 1e9 * r["examples_per_s"]
-            r["counted_tflop_s"] = round(counted / 1e12, 1)
-            r["mfu_counted"] = round(counted / (a.peak_tflops * 1e12), 3)
-            r["mfu_spec_estimate"] = round(
-                SPEC_TFLOP_PER_EXAMPLE * 1e12 * r["examples_per_s"] / (a.peak_tflops * 1e12), 3)
-            epoch = 26_600 * 10 / r["examples_per_s"] / 60
-            r["sqa3d_10_epochs_min"] = round(epoch, 1)
-            results.append(r)
-            print(json.dumps(r), flush=True)
+        if torch.cuda.is_available() or a.rehearse:
+            ds = make_data(Path(tmp) / "faithful", a.scenes, a.frames, 224)
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            results += faithful_runs(a, ds, device)
     if not results:
-        raise SystemExit("nothing to measure (--skip-cpu without a GPU)")
+        raise SystemExit("nothing to measure (--skip-cpu without a GPU or --rehearse)")
 
 
 if __name__ == "__main__":

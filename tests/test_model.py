@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipbert.checkpoints import load_pretrained
-from clipbert.model import ClipBert, ModelConfig, aggregate
+from clipbert.model import ClipBert, ModelConfig, aggregate, place_model
 from clipbert.train import make_config
 
 # ---- exact counts of the faithful model, by formula from the architecture (spec §1) ----------
@@ -297,11 +297,17 @@ def test_bf16_autocast_and_channels_last_on_cpu():
     ids, mask = torch.randint(1, 100, (2, 6)), torch.ones(2, 6, dtype=torch.long)
     with torch.no_grad():
         ref = model(frames, ids, mask)
-        model.cnn.to(memory_format=torch.channels_last)
-        images = frames.flatten(0, 2).contiguous(memory_format=torch.channels_last)
-        feat = model.cnn.backbone(images)
-        assert feat.is_contiguous(memory_format=torch.channels_last)
-        cl = model(frames, ids, mask)
+        place_model(model, torch.device("cpu"), channels_last=True)
+        assert model.cnn.backbone.layer1[0].conv2.weight.is_contiguous(
+            memory_format=torch.channels_last)
+        images = frames.flatten(0, 2)
+        seen = []
+        hook = model.cnn.backbone.register_forward_hook(lambda _m, inp, out: seen.append(
+            inp[0].is_contiguous(memory_format=torch.channels_last)
+            and out.is_contiguous(memory_format=torch.channels_last)))
+        cl = model(frames, ids, mask)  # NCHW input: the CNN converts it itself
+        hook.remove()
+        assert seen == [True]
         with torch.autocast("cpu", dtype=torch.bfloat16):
             feat16 = model.cnn.backbone(images)
             bf = model(frames, ids, mask)
@@ -309,3 +315,23 @@ def test_bf16_autocast_and_channels_last_on_cpu():
     assert feat16.dtype == torch.bfloat16  # frozen BN keeps the autocast dtype
     assert bf.dtype == torch.float32 and bf.shape == ref.shape and torch.isfinite(bf).all()
     assert (bf - ref).abs().max() <= 0.1 * ref.abs().max() + 1e-3
+
+
+def test_compiled_model_matches_eager_and_keeps_its_keys():
+    """`compile: true` must give the eager numbers (dropout off: compiled RNG differs) and the
+    same checkpoint keys, or a compiled run could not be resumed or loaded without it."""
+    cfg = make_config("tiny", {"model.num_labels": 9}).model
+    torch.manual_seed(0)
+    eager = ClipBert(cfg).eval()
+    compiled = ClipBert(cfg).eval()
+    compiled.load_state_dict(eager.state_dict())
+    place_model(compiled, torch.device("cpu"), compile=True)
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    frames = torch.randn(2, 2, 2, 3, 64, 64)
+    ids, mask = torch.randint(1, 100, (2, 6)), torch.ones(2, 6, dtype=torch.long)
+    labels = torch.tensor([1, 3])
+    for model in (eager, compiled):
+        F.cross_entropy(model(frames, ids, mask), labels).backward()
+    for (name, a), b in zip(eager.named_parameters(), compiled.parameters(), strict=True):
+        if a.grad is not None:
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5, msg=name)

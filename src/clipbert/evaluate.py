@@ -97,7 +97,7 @@ def predict(model, dataset, collate, device, cfg) -> list[int]:
 
 def load_model(path, device: torch.device | str = "cpu"):
     """Load a model file written by training: (model, train config, ans2label, tokenizer)."""
-    from clipbert.model import ClipBert
+    from clipbert.model import ClipBert, place_model
     from clipbert.train import TrainConfig, tokenizer_from_tokens
 
     try:
@@ -109,7 +109,10 @@ def load_model(path, device: torch.device | str = "cpu"):
     cfg = TrainConfig.from_dict(obj["train_config"])
     model = ClipBert(cfg.model)
     model.load_state_dict(obj["state_dict"])
-    model.to(device).eval()
+    device = torch.device(device)
+    place_model(model, device, channels_last=cfg.channels_last and device.type == "cuda",
+                compile=cfg.compile)
+    model.eval()
     return model, cfg, obj["ans2label"], tokenizer_from_tokens(obj["vocab"])
 
 

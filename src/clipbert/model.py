@@ -163,6 +163,9 @@ class GridCNN(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) normalised BGR -> (N, h, w, hidden) grid features."""
+        if self.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last):
+            # Weights converted by `place_model`: give cuDNN NHWC input too, no layout copies.
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.grid_encoder(self.backbone(images)).permute(0, 2, 3, 1)
 
 
@@ -277,6 +280,20 @@ class ClipBert(nn.Module):
     ) -> torch.Tensor:
         logits = self.clip_logits(frames, input_ids, attention_mask)
         return aggregate(logits.float(), self.config.score_agg_func)
+
+
+def place_model(model: ClipBert, device: torch.device, channels_last: bool = False,
+                compile: bool = False) -> ClipBert:
+    """Move the model to `device`; optionally put the CNN in channels-last layout (NHWC, the
+    layout cuDNN's bf16 tensor-core convolutions want, so no transposes are spent on each
+    layer) and compile the model in place (`nn.Module.compile`: state-dict keys unchanged).
+    Neither changes the arithmetic beyond rounding."""
+    model.to(device)
+    if channels_last:
+        model.cnn.to(memory_format=torch.channels_last)
+    if compile:
+        model.compile()
+    return model
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from clipbert.errors import ClipbertError
 from clipbert.fsutil import atomic_path, read_jsonl
-from clipbert.model import ClipBert, ModelConfig
+from clipbert.model import ClipBert, ModelConfig, place_model
 
 
 @dataclass
@@ -73,6 +73,9 @@ class TrainConfig:
     checkpoint_every: int = 500
     log_every: int = 20
     num_workers: int = 4
+    # Speed only (same arithmetic up to rounding): NHWC convolutions on CUDA, torch.compile.
+    channels_last: bool = True
+    compile: bool = False
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -152,9 +155,11 @@ def make_config(preset: str, overrides: dict | None = None) -> TrainConfig:
 
 
 def fingerprint(cfg: TrainConfig) -> str:
-    """What must match for a saved state to be resumed (everything but pure logging knobs)."""
+    """What must match for a saved state to be resumed (everything but logging and speed
+    knobs)."""
     d = cfg.to_dict()
-    for key in ("log_every", "checkpoint_every", "num_workers", "eval_batch_size"):
+    for key in ("log_every", "checkpoint_every", "num_workers", "eval_batch_size",
+                "channels_last", "compile"):
         d.pop(key)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -203,19 +208,29 @@ class Dist:
 
 
 def setup_distributed() -> tuple[Dist, torch.device]:
-    """One process per GPU under torchrun (gloo on CPU); a plain single process otherwise."""
+    """One process per GPU under torchrun (NCCL; gloo on CPU); a plain single process otherwise.
+
+    `CLIPBERT_DIST_BACKEND=gloo` lets several processes share the visible GPUs (NCCL refuses
+    two ranks on one device): slow, but it runs the multi-GPU code paths (DDP on CUDA tensors,
+    SyncBatchNorm) on a machine with a single GPU.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     d = Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
-    if torch.cuda.is_available():
-        if d.local_rank >= torch.cuda.device_count():
-            raise ClipbertError(f"process {d.local_rank} of {world} has no GPU: only "
-                                f"{torch.cuda.device_count()} visible")
-        device = torch.device("cuda", d.local_rank)
+    cuda = torch.cuda.is_available()
+    backend = os.environ.get("CLIPBERT_DIST_BACKEND") or ("nccl" if cuda else "gloo")
+    if backend not in ("nccl", "gloo"):
+        raise ClipbertError(f"CLIPBERT_DIST_BACKEND={backend!r}: nccl or gloo")
+    if cuda:
+        n_gpus = torch.cuda.device_count()
+        if d.local_rank >= n_gpus and backend == "nccl":
+            raise ClipbertError(f"process {d.local_rank} of {world} has no GPU: only {n_gpus} "
+                                "visible (CLIPBERT_DIST_BACKEND=gloo shares them)")
+        device = torch.device("cuda", d.local_rank % n_gpus)
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend)
     return d, device
 
 
@@ -364,7 +379,8 @@ def train(cfg: TrainConfig, data_dir, lmdb_dir, out, state_dir, metrics=None, vo
     seed_everything(cfg.seed)
     model = ClipBert(cfg.model)
     load_pretrained(model, **(weights or {}), verbose=d.main)
-    model.to(device)
+    place_model(model, device, channels_last=cfg.channels_last and device.type == "cuda",
+                compile=cfg.compile)
     # Every rank built the same initial weights from `cfg.seed`; from here each rank draws its
     # own dropout stream, independent of how many random numbers the initialisation consumed.
     seed_everything(cfg.seed + d.rank)
