@@ -111,11 +111,21 @@ def test_unknown_preset_or_setting_is_an_error() -> None:
     assert train.make_config("tiny", {"model.num_layers": 3}).model.num_layers == 3
 
 
-def test_fingerprint_ignores_logging_knobs_only() -> None:
+def test_fingerprint_ignores_logging_and_speed_knobs() -> None:
     base = train.make_config("tiny")
     assert train.fingerprint(base) == train.fingerprint(
-        train.make_config("tiny", {"log_every": 7, "checkpoint_every": 3, "num_workers": 2}))
+        train.make_config("tiny", {"log_every": 7, "checkpoint_every": 3, "num_workers": 2,
+                                   "channels_last": False, "compile": True}))
     assert train.fingerprint(base) != train.fingerprint(train.make_config("tiny", {"lr": 1e-3}))
+
+
+def test_distributed_backend_is_checked(monkeypatch) -> None:
+    monkeypatch.setenv("CLIPBERT_DIST_BACKEND", "mpi")
+    with pytest.raises(ClipbertError, match="CLIPBERT_DIST_BACKEND='mpi': nccl or gloo"):
+        train.setup_distributed()
+    monkeypatch.setenv("CLIPBERT_DIST_BACKEND", "gloo")
+    d, device = train.setup_distributed()
+    assert d == train.Dist() and device.type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero() -> None:
