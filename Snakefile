@@ -23,5 +23,6 @@ include: "rules/report.smk"
 rule all:
     input:
         "results/test_acc.json",
+        rules.infer_blind.output.acc if BLIND else [],
         list(PLOTS.values()),
     default_target: True

@@ -23,6 +23,7 @@ SCANS = f"{WORK}/demo/scans" if DEMO else config["data"]["scans_dir"]
 SQA_DIR = f"{WORK}/demo/sqa_task" if DEMO else require("data.sqa_dir")
 VOCAB = f"{WORK}/demo/vocab.txt" if DEMO else require("weights.vocab")
 VIDEOS = None if DEMO else config["data"]["videos_dir"]
+BLIND = config["baselines"]["blind"]
 if not DEMO and not (SCANS or VIDEOS):
     raise ValueError("config: data.scans_dir or data.videos_dir is required for real data")
 

@@ -41,9 +41,11 @@ rule plot_training:
 
 
 rule plot_test_accuracy:
-    """Test accuracy per answer type beside the published figures and the majority answer."""
+    """Test accuracy per answer type beside the published figures, the blind baseline of this
+    run and the majority answer."""
     input:
-        rules.infer.output.acc,
+        acc=rules.infer.output.acc,
+        blind=rules.infer_blind.output.acc if BLIND else [],
     output:
         report(PLOTS["test_accuracy"], caption="../report/test_accuracy.rst", category="3 test"),
     conda:

@@ -390,3 +390,21 @@ def test_real_hf_bert_folder_matches_transformers():
         out = ref(input_ids=ids, attention_mask=mask)
     torch.testing.assert_close(seq, out.last_hidden_state, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(pooled, out.pooler_output, rtol=1e-4, atol=1e-4)
+
+
+def test_blind_model_takes_the_text_side_and_ignores_the_video_side(tmp_path, layout, capsys):
+    """A ClipBERT checkpoint into the blind (question-only) model: BERT and the head land, the
+    CNN and visual embeddings are counted as ignored, nothing is unexpected or random."""
+    state = synthetic(layout)
+    torch.save(state, tmp_path / "clipbert.pt")
+    model = fresh_model(blind=True)
+    assert model.cnn is None and model.transformer.visual_embeddings is None
+    src = load_pretrained(model, clipbert=tmp_path / "clipbert.pt")["sources"][0]
+    video = [k for k, (n, _) in layout.items()
+             if n.startswith(("cnn.", "transformer.visual_embeddings."))]
+    assert video and src["ignored"] == len(UPSTREAM_EXTRAS) + len(video)
+    assert (src["missing"], src["unexpected"], src["shape_mismatch"]) == ([], [], [])
+    assert_landed(model, state, {k: n for k, (n, _) in layout.items() if k not in video})
+    assert "every tensor comes from the pretrained weights" in capsys.readouterr().out
+    with pytest.raises(ClipbertError, match="no tensor of this resnet checkpoint"):
+        load_pretrained(model, resnet=tmp_path / "clipbert.pt", verbose=False)

@@ -199,3 +199,13 @@ def test_preprocess_frames_resize_matches_reference() -> None:
     assert torch.equal(same, want)
     with pytest.raises(ClipbertError):
         data.preprocess_frames(frames.float(), 12)
+
+
+def test_questions_alone_without_an_lmdb(tokenizer) -> None:
+    """The blind baseline's examples: no LMDB opened, no frames in items or batches."""
+    ds = data.VideoQADataset(rows(), None, ANS, n_clips=8, train=True)
+    item = ds[1]
+    assert "frames" not in item and item["label"] == 1 and item["index"] == 1
+    b = data.make_collate(tokenizer, max_txt_len=12, pad_to_max=False)([ds[0], ds[1]])
+    assert set(b) == {"input_ids", "attention_mask", "labels", "index"}
+    assert b["labels"].tolist() == [0, 1]

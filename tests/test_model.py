@@ -238,6 +238,31 @@ def test_text_only_path_equals_bert_model(tmp_path):
     torch.testing.assert_close(pooled, out.pooler_output, rtol=1e-4, atol=1e-5)
 
 
+def test_blind_model_answers_from_the_question_alone(cli):
+    """The blind baseline: no CNN and no visual tokens; its logits are the head over the text-only
+    pooled output of the same weights, and frames, if given, change nothing."""
+    video = small_model()
+    blind = small_model(blind=True)
+    assert blind.cnn is None and blind.transformer.visual_embeddings is None
+    missing = blind.load_state_dict(video.state_dict(), strict=False).missing_keys
+    assert missing == []
+    ids = torch.randint(1, 100, (2, 7))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    with torch.no_grad():
+        got = blind(None, ids, mask)
+        ignored = blind(torch.randn(2, 3, 2, 3, 64, 64), ids, mask)
+        pooled = video.transformer.encode(ids, mask, torch.zeros(2, 0, 0, 32))[1]
+        ref = video.transformer.classifier(pooled)
+    assert got.shape == (2, 11)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    assert torch.equal(got, ignored)
+    out = json.loads(cli("model", "summary", "--preset", "faithful", "--set",
+                         "model.blind=true").stdout)
+    assert set(out["parameters"]) == {"bert", "head"}
+    assert out["shapes"] == {"tokens": [1, 100, 768], "logits": [1, 1500]}
+
+
 def test_padding_is_masked():
     model = small_model()
     frames = torch.randn(2, 2, 2, 3, 64, 64) * 60

@@ -122,6 +122,14 @@ def test_accuracy_plot(tmp_path):
     path = tmp_path / "test_acc.json"
     path.write_text(json.dumps(acc))
     assert png_size(report.plot_accuracy(path, tmp_path / "acc.png"))[0] > 500
+    blind = tmp_path / "blind" / "test_acc.json"
+    blind.parent.mkdir()
+    blind.write_text(json.dumps({**acc, "overall": 35.0, "per_type": {"what": 30.0}}))
+    assert png_size(report.plot_accuracy(path, tmp_path / "acc2.png", blind_path=blind))[0] > 500
+    blind.write_text(json.dumps({"per_type": {}}))
+    with pytest.raises(ClipbertError, match="blind/test_acc.json: top level: missing key 'ov"):
+        report.plot_accuracy(path, tmp_path / "acc3.png", blind_path=blind)
+    assert not (tmp_path / "acc3.png").exists()
     path.write_text(json.dumps({"overall": 1.0}))
     with pytest.raises(ClipbertError, match="test_acc.json: top level: missing key 'per_type'"):
         report.plot_accuracy(path, tmp_path / "acc.png")

@@ -398,3 +398,22 @@ def test_questions_without_video_stop_before_training(ds, tmp_path: Path) -> Non
         train.train(cfg, data_dir, ds["lmdb_dir"], tmp_path / "m.pt", tmp_path / "st",
                     vocab=ds["vocab"])
     assert not (tmp_path / "m.pt").exists() and not (tmp_path / "st" / "last.pt").exists()
+
+
+def test_blind_baseline_trains_and_answers_without_video(ds, tmp_path: Path) -> None:
+    """`model.blind`: trained and scored from the questions alone; no LMDB is needed, even when
+    one is given it is never opened; a video model without an LMDB is a one-line error."""
+    from clipbert import evaluate
+
+    cfg = train.make_config("tiny", {**SMALL, "model.blind": True, "epochs": 4})
+    result = train.train(cfg, ds["data_dir"], None, tmp_path / "blind.pt", tmp_path / "state",
+                         metrics=tmp_path / "metrics.jsonl", vocab=ds["vocab"])
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+    assert rows[-1]["loss"] < rows[0]["loss"] and result["best_val_acc"] is not None
+    acc = evaluate.infer(tmp_path / "blind.pt", ds["data_dir"] / "test.jsonl", "/nonexistent",
+                         tmp_path / "pred.jsonl", tmp_path / "acc.json")
+    assert acc["blind"] is True and acc["n_questions"] == 16
+    with pytest.raises(ClipbertError, match="no video LMDB given"):
+        train.train(train.make_config("tiny", SMALL), ds["data_dir"], None, tmp_path / "m.pt",
+                    tmp_path / "st", vocab=ds["vocab"])
+    assert not (tmp_path / "m.pt").exists()

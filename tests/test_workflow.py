@@ -40,7 +40,7 @@ def snakemake(workdir: Path, *args: str, config: dict | None = None,
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     wd = tmp_path_factory.mktemp("workflow")
-    snakemake(wd, "results/test_acc.json", config=SMALL)
+    snakemake(wd, "results/test_acc.json", "results/blind/test_acc.json", config=SMALL)
     return wd
 
 
@@ -54,8 +54,13 @@ def test_end_to_end(run_dir):
     preds = (run_dir / "results/test_predictions.jsonl").read_text().splitlines()
     assert len(preds) == acc["n_questions"]
     assert (run_dir / "results/model.pt").stat().st_size > 0
-    for log in ("demo_data", "sqa_convert", "pack_lmdb", "train", "infer"):
+    for log in ("demo_data", "sqa_convert", "pack_lmdb", "train", "infer", "train_blind",
+                "infer_blind"):
         assert (run_dir / "logs" / f"{log}.log").is_file(), log
+    blind = json.loads((run_dir / "results/blind/test_acc.json").read_text())
+    assert blind["blind"] is True and acc["blind"] is False
+    assert blind["n_questions"] == acc["n_questions"]
+    assert "model: WARNING: starting from RANDOM" in (run_dir / "logs/train_blind.log").read_text()
     assert len(list((run_dir / "logs/frames").glob("*.log"))) == 6
 
 
@@ -66,14 +71,16 @@ def test_nothing_left_to_do(run_dir):
 
 def test_rerun_one_stage(run_dir):
     """Forcing one scene's frames reruns that job only; a dry run then shows that exactly its
-    video, the LMDB, training and inference are out of date."""
+    video, the LMDB, training and inference are out of date (the blind baseline is not: it
+    reads no video)."""
     scene = "scene0001_00"
     other = run_dir / "work/frames/scene0002_00/frame-0.color.jpg"
     before = other.stat().st_mtime_ns
     proc = snakemake(run_dir, f"work/frames/{scene}", "--forcerun", "frames", config=SMALL)
     assert job_stats(proc.stdout + proc.stderr) == {"frames": 1, "total": 1}
     assert other.stat().st_mtime_ns == before
-    dry = snakemake(run_dir, "-n", "results/test_acc.json", config=SMALL)
+    dry = snakemake(run_dir, "-n", "results/test_acc.json", "results/blind/test_acc.json",
+                    config=SMALL)
     counts = job_stats(dry.stdout + dry.stderr)
     assert counts == {"encode_video": 1, "pack_lmdb": 1, "train": 1, "infer": 1,
                       "total": 4}, counts
@@ -104,8 +111,11 @@ def test_lint_is_quiet():
 @pytest.mark.slow
 def test_default_demo_learns_from_the_video(tmp_path):
     """The default target with the default config (the embedded demo): the trained model must
-    beat the majority-answer-per-type baseline of the same questions by at least 15 points."""
+    beat the majority-answer-per-type baseline of the same questions by at least 15 points, and
+    the blind baseline trained by the same recipe by at least 10."""
     snakemake(tmp_path)
     acc = json.loads((tmp_path / "results/test_acc.json").read_text())
-    assert acc["preset"] == "tiny"
+    blind = json.loads((tmp_path / "results/blind/test_acc.json").read_text())
+    assert acc["preset"] == blind["preset"] == "tiny"
     assert acc["overall"] >= acc["majority_baseline"]["overall"] + 15, acc
+    assert acc["overall"] >= blind["overall"] + 10, (acc["overall"], blind["overall"])

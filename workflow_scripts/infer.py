@@ -9,7 +9,7 @@ snakemake = snakemake  # noqa: F821, PLW0127 - injected by Snakemake
 
 with redirect_output(snakemake.log[0]):
     result = evaluate.infer(snakemake.input.model, jsonl=snakemake.input.jsonl,
-                            lmdb_dir=snakemake.input.lmdb,
+                            lmdb_dir=getattr(snakemake.input, "lmdb", None),
                             predictions=snakemake.output.predictions,
                             out=snakemake.output.acc, n_clips=snakemake.params.n_clips)
     print(json.dumps(result, indent=2))

@@ -12,7 +12,7 @@ with redirect_output(snakemake.log[0]):
     elif rule == "plot_training":
         report.plot_training(i[0], out)
     elif rule == "plot_test_accuracy":
-        report.plot_accuracy(i[0], out)
+        report.plot_accuracy(i.acc, out, blind_path=i.blind or None)
     elif rule == "plot_confusion":
         report.plot_confusion(i[0], out, top=p.top)
     elif rule == "plot_frames":

@@ -9,10 +9,11 @@ snakemake = snakemake  # noqa: F821, PLW0127 - injected by Snakemake
 p = snakemake.params
 weights = {k: v for k, v in dict(p.weights).items() if k != "vocab"}
 nproc = int(getattr(snakemake.resources, "gpu", 1) or 1)
+lmdb_dir = getattr(snakemake.input, "lmdb", None)  # the blind baseline reads no video
 if nproc > 1:
     open(snakemake.log[0], "w").close()
     args = train.train_args(
-        p.preset, dict(p.overrides), data_dir=p.data_dir, lmdb_dir=snakemake.input.lmdb,
+        p.preset, dict(p.overrides), data_dir=p.data_dir, lmdb_dir=lmdb_dir,
         out=snakemake.output.model, state_dir=p.state_dir, metrics=snakemake.output.metrics,
         vocab=snakemake.input.vocab, weights=weights,
     )
@@ -21,7 +22,7 @@ else:
     with redirect_output(snakemake.log[0]):
         cfg = train.make_config(p.preset, dict(p.overrides))
         train.train(
-            cfg, data_dir=p.data_dir, lmdb_dir=snakemake.input.lmdb,
+            cfg, data_dir=p.data_dir, lmdb_dir=lmdb_dir,
             out=snakemake.output.model, state_dir=p.state_dir,
             metrics=snakemake.output.metrics, vocab=snakemake.input.vocab, weights=weights,
         )

@@ -240,11 +240,17 @@ def _load_one(model: nn.Module, kind: str, path: Path, target: dict[str, torch.T
     layout = _kind_layout(kind, state, path)
     mapped: dict[str, torch.Tensor] = {}
     unexpected, mismatch, ignored = [], [], 0
+    # The blind model has no video side: a ClipBERT checkpoint's CNN is of no use, not a surprise.
+    absent = tuple(p for p in ("cnn.", "transformer.visual_embeddings.")
+                   if not any(k.startswith(p) for k in target))
     for key, tensor in state.items():
         if is_ignored(layout, key):
             ignored += 1
             continue
         name = to_native(layout, key)
+        if absent and name is not None and name.startswith(absent):
+            ignored += 1
+            continue
         if name is None or name not in target or name in mapped:
             unexpected.append(key)
         elif tensor.shape != target[name].shape:

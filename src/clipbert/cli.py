@@ -332,7 +332,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one preset value (dotted keys reach the model: model.layers=2)")
     t.add_argument("--data-dir", required=True, help="folder with train/val jsonl")
-    t.add_argument("--lmdb", required=True, help="video LMDB folder")
+    t.add_argument("--lmdb", default=None,
+                   help="video LMDB folder (not for the blind baseline, model.blind=true)")
     t.add_argument("--vocab", default=None, help="WordPiece vocab.txt or tokenizer folder")
     t.add_argument("--out", required=True, help="the chosen model file")
     t.add_argument("--state-dir", required=True, help="resumable checkpoints (not an output)")
@@ -347,7 +348,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     i = sub.add_parser("infer", help="answer a jsonl split and score it")
     i.add_argument("--model", required=True)
     i.add_argument("--jsonl", required=True)
-    i.add_argument("--lmdb", required=True)
+    i.add_argument("--lmdb", default=None, help="video LMDB folder (not for a blind model)")
     i.add_argument("--predictions", required=True)
     i.add_argument("--out", required=True, help="accuracy json")
     i.add_argument("--n-clips", type=int, default=None, help="override inference_n_clips")

@@ -33,13 +33,14 @@ class VideoQADataset(torch.utils.data.Dataset):
     Training clip starts come from `np.random.default_rng([seed, epoch, index])`: reproducible,
     different every epoch (set `epoch` before each one) and independent of the worker count.
     `skipped` counts the undecodable videos met in training; with DataLoader workers each worker
-    keeps its own count, the warnings in the log are the complete record.
+    keeps its own count, the warnings in the log are the complete record. Without an LMDB
+    (`lmdb_dir=None`, the blind baseline) examples are questions alone.
     """
 
     def __init__(
         self,
         rows: list[dict],
-        lmdb_dir: str | os.PathLike,
+        lmdb_dir: str | os.PathLike | None,
         ans2label: dict[str, int],
         *,
         num_frm: int = 2,
@@ -54,7 +55,7 @@ class VideoQADataset(torch.utils.data.Dataset):
             if missing:
                 raise ClipbertError(f"row {n}: missing {', '.join(missing)}")
         self.rows = rows
-        self.lmdb = VideoLMDB(lmdb_dir)
+        self.lmdb = None if lmdb_dir is None else VideoLMDB(lmdb_dir)
         self.ans2label = ans2label
         self.num_frm = num_frm
         self.sample_fps = sample_fps
@@ -71,6 +72,10 @@ class VideoQADataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         row = self.rows[index]
         vid = row["video_id"]
+        item = {"question": row["question"], "label": int(self.ans2label.get(row["answer"], -1)),
+                "index": index, "video_id": vid}
+        if self.lmdb is None:
+            return item
         data = self.lmdb.get(vid)
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.train else None
         try:
@@ -87,13 +92,7 @@ class VideoQADataset(torch.utils.data.Dataset):
             self.skipped += 1
             log.warning("skipping undecodable video %r (row %d): %s", vid, index, e)
             return None
-        return {
-            "frames": torch.from_numpy(frames),
-            "question": row["question"],
-            "label": int(self.ans2label.get(row["answer"], -1)),
-            "index": index,
-            "video_id": vid,
-        }
+        return {"frames": torch.from_numpy(frames), **item}
 
 
 class _Collate:
@@ -108,32 +107,39 @@ class _Collate:
         items = [it for it in items if it is not None]
         if not items:
             return None
-        shape = items[0]["frames"].shape
-        for it in items[1:]:
-            if it["frames"].shape != shape:
-                raise ClipbertError(
-                    f"video {it.get('video_id')!r} gives frames {tuple(it['frames'].shape)}, "
-                    f"video {items[0].get('video_id')!r} {tuple(shape)}: all videos of one "
-                    "LMDB must share frame size, clip and frame counts"
-                )
         text = self.tokenizer(
             [it["question"] for it in items],
             padding="max_length" if self.pad_to_max else "longest",
             truncation=True, max_length=self.max_txt_len, return_tensors="pt",
         )
-        return {
-            "frames": torch.stack([it["frames"] for it in items]),
+        batch = {
             "input_ids": text["input_ids"].long(),
             "attention_mask": text["attention_mask"].long(),
             "labels": torch.tensor([it["label"] for it in items], dtype=torch.long),
             "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
         }
+        if "frames" in items[0]:
+            batch["frames"] = _stack_frames(items)
+        return batch
+
+
+def _stack_frames(items: list[dict]) -> torch.Tensor:
+    shape = items[0]["frames"].shape
+    for it in items[1:]:
+        if it["frames"].shape != shape:
+            raise ClipbertError(
+                f"video {it.get('video_id')!r} gives frames {tuple(it['frames'].shape)}, "
+                f"video {items[0].get('video_id')!r} {tuple(shape)}: all videos of one "
+                "LMDB must share frame size, clip and frame counts"
+            )
+    return torch.stack([it["frames"] for it in items])
 
 
 def make_collate(
     tokenizer: Any, max_txt_len: int, pad_to_max: bool
 ) -> Callable[[list], dict | None]:
-    """Batch collation: drops skipped (None) items, stacks uint8 frames, tokenises questions.
+    """Batch collation: drops skipped (None) items, stacks uint8 frames (when the examples have
+    them), tokenises questions.
 
     Returns None for a batch whose every item was skipped; the caller skips such a batch.
     `pad_to_max=False` pads each batch only to its longest question: padding is masked, so the

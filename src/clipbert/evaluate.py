@@ -74,7 +74,7 @@ def predict(model, dataset, collate, device, cfg) -> list[int]:
     The model aggregates its per-clip logits with the training `score_agg_func`, so evaluation
     scores clips exactly as the loss did. An undecodable video is an error here, never skipped.
     """
-    from clipbert import data
+    from clipbert.train import device_frames
 
     was_training = model.training
     model.eval()
@@ -85,8 +85,7 @@ def predict(model, dataset, collate, device, cfg) -> list[int]:
     use_bf16 = cfg.bf16 and device.type == "cuda"
     out: list[torch.Tensor] = []
     for batch in progress(loader, "evaluation", unit="batches"):
-        frames = data.preprocess_frames(batch["frames"].to(device, non_blocking=True),
-                                        cfg.max_img_size)
+        frames = device_frames(batch, cfg, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             logits = model(frames, batch["input_ids"].to(device, non_blocking=True),
                            batch["attention_mask"].to(device, non_blocking=True))
@@ -134,11 +133,16 @@ def sha256(path) -> str:
 
 def infer(model_path, jsonl, lmdb_dir, predictions, out, n_clips: int | None = None,
           device: str | None = None) -> dict:
-    """Answer every question of `jsonl` and write predictions and the accuracy json."""
+    """Answer every question of `jsonl` and write predictions and the accuracy json (the blind
+    baseline's model reads no video: `lmdb_dir` may then be None)."""
     from clipbert import data
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg, ans2label, tokenizer = load_model(model_path, dev)
+    if cfg.model.blind:
+        lmdb_dir = None
+    elif lmdb_dir is None:
+        raise ClipbertError(f"{model_path}: a video model: give the video LMDB")
     if n_clips is not None:
         cfg = dataclasses.replace(cfg, inference_n_clips=n_clips)
     rows = read_jsonl(jsonl)
@@ -162,6 +166,7 @@ def infer(model_path, jsonl, lmdb_dir, predictions, out, n_clips: int | None = N
         "preset": cfg.preset,
         "inference_n_clips": cfg.inference_n_clips,
         "score_agg_func": cfg.model.score_agg_func,
+        "blind": cfg.model.blind,
         "bf16": cfg.bf16 and dev.type == "cuda",
         "checkpoint": str(model_path),
         "checkpoint_sha256": sha256(model_path),

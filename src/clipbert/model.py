@@ -44,6 +44,8 @@ class ModelConfig:
     score_agg_func: str = "lse"
     attn_implementation: str = "sdpa"
     initializer_range: float = 0.02
+    # The blind (question-only) baseline: no CNN, no visual tokens; frames are never read.
+    blind: bool = False
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -196,7 +198,7 @@ class ClipBertTransformer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.bert = BertModel(cfg.bert_config(), add_pooling_layer=True)
-        self.visual_embeddings = VisualEmbeddings(cfg)
+        self.visual_embeddings = None if cfg.blind else VisualEmbeddings(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
         self.classifier = nn.Sequential(
             nn.Linear(cfg.hidden_size, cfg.hidden_size * 2),
@@ -204,19 +206,21 @@ class ClipBertTransformer(nn.Module):
             nn.Linear(cfg.hidden_size * 2, cfg.num_labels),
         )
         for module in (self.visual_embeddings, self.classifier):
-            module.apply(functools.partial(_bert_init, std=cfg.initializer_range))
+            if module is not None:
+                module.apply(functools.partial(_bert_init, std=cfg.initializer_range))
 
     def encode(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, grid: torch.Tensor
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, grid: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Fused sequence output (N, L + h*w, D) and pooled [CLS] (N, D). Separate from the head
-        so tests can check the text-only path (h = w = 0) against a plain `BertModel`."""
+        so tests can check the text-only path (h = w = 0) against a plain `BertModel`; the
+        blind model passes no grid at all."""
         text = self.bert.embeddings(input_ids=input_ids)
-        visual = self.visual_embeddings(grid).to(text.dtype)
-        hidden = torch.cat([text, visual], dim=1)
-        mask = torch.cat(
-            [attention_mask, attention_mask.new_ones(visual.shape[:2])], dim=1
-        )
+        hidden, mask = text, attention_mask
+        if grid is not None:
+            visual = self.visual_embeddings(grid).to(text.dtype)
+            hidden = torch.cat([text, visual], dim=1)
+            mask = torch.cat([attention_mask, attention_mask.new_ones(visual.shape[:2])], dim=1)
         mask4d = None  # shape-only (meta) passes cannot read the mask; shapes do not depend on it
         if not hidden.is_meta:
             mask4d = create_bidirectional_mask(
@@ -226,7 +230,7 @@ class ClipBertTransformer(nn.Module):
         return hidden, self.bert.pooler(hidden)
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, grid: torch.Tensor
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, grid: torch.Tensor | None
     ) -> torch.Tensor:
         return self.classifier(self.dropout(self.encode(input_ids, attention_mask, grid)[1]))
 
@@ -256,18 +260,21 @@ def aggregate(logits: torch.Tensor, how: str) -> torch.Tensor:
 
 class ClipBert(nn.Module):
     """The whole model. Input frames are already resized, padded and normalised
-    (see `data.preprocess_frames`), shape (B, clips, T, 3, S, S)."""
+    (see `data.preprocess_frames`), shape (B, clips, T, 3, S, S); the blind model takes None."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.config = cfg
-        self.cnn = GridCNN(cfg)
+        self.cnn = None if cfg.blind else GridCNN(cfg)
         self.transformer = ClipBertTransformer(cfg)
 
     def clip_logits(
-        self, frames: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, frames: torch.Tensor | None, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor:
-        """Per-clip logits (B, clips, labels): one full forward pass per clip."""
+        """Per-clip logits (B, clips, labels): one full forward pass per clip (the blind model:
+        one pass over the question, as a single clip)."""
+        if self.cnn is None:
+            return self.transformer(input_ids, attention_mask, None).unsqueeze(1)
         b, c, t = frames.shape[:3]
         grid = self.cnn(frames.flatten(0, 2))
         grid = grid.view(b * c, t, *grid.shape[1:]).mean(dim=1)
@@ -276,7 +283,7 @@ class ClipBert(nn.Module):
         return self.transformer(ids, mask, grid).view(b, c, -1)
 
     def forward(
-        self, frames: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, frames: torch.Tensor | None, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor:
         logits = self.clip_logits(frames, input_ids, attention_mask)
         return aggregate(logits.float(), self.config.score_agg_func)
@@ -289,7 +296,7 @@ def place_model(model: ClipBert, device: torch.device, channels_last: bool = Fal
     layer) and compile the model in place (`nn.Module.compile`: state-dict keys unchanged).
     Neither changes the arithmetic beyond rounding."""
     model.to(device)
-    if channels_last:
+    if channels_last and model.cnn is not None:
         model.cnn.to(memory_format=torch.channels_last)
     if compile:
         model.compile()
@@ -308,25 +315,25 @@ def summary(cfg: ModelConfig, max_img_size: int = 448, num_frm: int = 2, n_clips
     no arithmetic is done (a real faithful pass costs ~30 s on two CPU cores)."""
     with torch.device("meta"):
         model = ClipBert(cfg).eval()
-    tr = model.transformer
+    tr, cnn = model.transformer, model.cnn
     parts = {
-        "backbone": model.cnn.backbone,
-        "grid_encoder": model.cnn.grid_encoder,
+        "backbone": cnn and cnn.backbone,
+        "grid_encoder": cnn and cnn.grid_encoder,
         "visual_embeddings": tr.visual_embeddings,
         "bert": tr.bert,
         "head": tr.classifier,
     }
     counts = {
         name: {"total": count_parameters(m), "trainable": count_parameters(m, True)}
-        for name, m in parts.items()
+        for name, m in parts.items() if m is not None
     }
     shapes: dict[str, list[int]] = {}
 
     def keep(name: str):
         return lambda _module, _inputs, output: shapes.__setitem__(name, list(output.shape))
 
-    hooks = [model.cnn.backbone.register_forward_hook(keep("backbone")),
-             model.cnn.register_forward_hook(keep("grid"))]
+    hooks = [] if cnn is None else [cnn.backbone.register_forward_hook(keep("backbone")),
+                                    cnn.register_forward_hook(keep("grid"))]
     frames = torch.zeros(1, n_clips, num_frm, 3, max_img_size, max_img_size, device="meta")
     ids = torch.zeros(1, txt_len, dtype=torch.long, device="meta")
     mask = torch.ones(1, txt_len, dtype=torch.long, device="meta")
@@ -334,15 +341,14 @@ def summary(cfg: ModelConfig, max_img_size: int = 448, num_frm: int = 2, n_clips
         logits = model(frames, ids, mask)
     for hook in hooks:
         hook.remove()
-    h, w = shapes["grid"][1:3]
+    h, w = shapes["grid"][1:3] if cnn is not None else (0, 0)
     return {
         "parameters": counts,
         "total": count_parameters(model),
         "trainable": count_parameters(model, True),
         "shapes": {
-            "frames": list(frames.shape),
-            "backbone": shapes["backbone"],
-            "grid": shapes["grid"],
+            **({} if cnn is None else {"frames": list(frames.shape),
+                                       "backbone": shapes["backbone"], "grid": shapes["grid"]}),
             "tokens": [1, txt_len + h * w, cfg.hidden_size],
             "logits": list(logits.shape),
         },

@@ -164,27 +164,36 @@ def plot_training(log_path: str | os.PathLike, out: str | os.PathLike) -> Path:
 
 # ---- test accuracy --------------------------------------------------------------------------
 
-def plot_accuracy(acc_path: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """This run per answer type beside the published ClipBERT, the blind baseline and the
-    majority answer of this very split (the bar a model must clear by looking)."""
+def plot_accuracy(acc_path: str | os.PathLike, out: str | os.PathLike,
+                  blind_path: str | os.PathLike | None = None) -> Path:
+    """This run per answer type beside the published ClipBERT, the blind baselines (this run's
+    when it trained one, the published figure) and the majority answer of this very split (the
+    bar a model must clear by looking)."""
     acc = _read_json(acc_path)
     per_type = _need(acc_path, "top level", acc, "per_type")
     overall = _need(acc_path, "top level", acc, "overall")
     majority = _need(acc_path, "top level", acc, "majority_baseline")
     groups = ["overall"] + [t for t in ANSWER_TYPES if t in per_type]
-    ours = [overall] + [per_type[t] for t in groups[1:]]
-    maj = [majority.get("overall", 0.0)] + [majority.get("per_type", {}).get(t, 0.0)
-                                            for t in groups[1:]]
-    paper = [PUBLISHED_CLIPBERT[g] for g in groups]
+    series = [
+        (f"this run ({acc.get('preset', '?')})", [overall] + [per_type[t] for t in groups[1:]]),
+        ("ClipBERT, published", [PUBLISHED_CLIPBERT[g] for g in groups]),
+    ]
+    if blind_path is not None:
+        blind = _read_json(blind_path)
+        b_types = _need(blind_path, "top level", blind, "per_type")
+        series.append(("blind baseline, this run",
+                       [_need(blind_path, "top level", blind, "overall")]
+                       + [b_types.get(t, 0.0) for t in groups[1:]]))
+    series.append(("majority answer, this split",
+                   [majority.get("overall", 0.0)]
+                   + [majority.get("per_type", {}).get(t, 0.0) for t in groups[1:]]))
 
     fig = _figure(10, 4.8)
     ax = fig.subplots()
     x = np.arange(len(groups))
-    w = 0.27
-    for dx, values, label in ((-w, ours, f"this run ({acc.get('preset', '?')})"),
-                              (0.0, paper, "ClipBERT, published"),
-                              (w, maj, "majority answer, this split")):
-        bars = ax.bar(x + dx, values, w, label=label)
+    w = 0.8 / len(series)
+    for k, (label, values) in enumerate(series):
+        bars = ax.bar(x + (k - (len(series) - 1) / 2) * w, values, w, label=label)
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
     ax.hlines(PUBLISHED_BLIND, -0.5, 0.5, colors="k", linestyles="--",
               label=f"blind text-only, published ({PUBLISHED_BLIND})")

@@ -196,6 +196,10 @@ def param_groups(model: ClipBert, cfg: TrainConfig) -> list[dict]:
     ]
 
 
+# Weight sources that hold only the CNN (the blind baseline has none).
+CNN_WEIGHTS = ("detectron2", "resnet")
+
+
 @dataclass
 class Dist:
     rank: int = 0
@@ -302,8 +306,10 @@ def save_model_file(path, model: ClipBert, cfg: TrainConfig, ans2label: dict, to
 def train_args(preset: str, overrides: dict, data_dir, lmdb_dir, out, state_dir, metrics=None,
                vocab=None, weights: dict | None = None) -> list[str]:
     """The `clipbert train` arguments of a run: what each torchrun process is started with."""
-    args = ["--preset", preset, "--data-dir", str(data_dir), "--lmdb", str(lmdb_dir),
-            "--out", str(out), "--state-dir", str(state_dir)]
+    args = ["--preset", preset, "--data-dir", str(data_dir), "--out", str(out),
+            "--state-dir", str(state_dir)]
+    if lmdb_dir is not None:
+        args += ["--lmdb", str(lmdb_dir)]
     if metrics is not None:
         args += ["--metrics", str(metrics)]
     if vocab is not None:
@@ -341,7 +347,8 @@ def launch_torchrun(nproc: int, args: list[str], log=None) -> None:
 
 def train(cfg: TrainConfig, data_dir, lmdb_dir, out, state_dir, metrics=None, vocab=None,
           weights: dict | None = None) -> dict:
-    """Fine-tune on `{data_dir}/train.jsonl`, validate on `val.jsonl`, write the model to `out`."""
+    """Fine-tune on `{data_dir}/train.jsonl`, validate on `val.jsonl`, write the model to `out`.
+    The blind baseline (`model.blind`) reads no video: `lmdb_dir` may then be None."""
     from clipbert import data, evaluate
     from clipbert.checkpoints import load_pretrained
     from clipbert.sqa import available_videos, check_videos
@@ -351,6 +358,17 @@ def train(cfg: TrainConfig, data_dir, lmdb_dir, out, state_dir, metrics=None, vo
     data_dir, state_dir = Path(data_dir), Path(state_dir)
     if vocab is None:
         raise ClipbertError("no tokenizer vocabulary given (config weights.vocab)")
+    blind = cfg.model.blind
+    if blind:
+        lmdb_dir = None
+        cnn_only = sorted(k for k, v in (weights or {}).items() if v and k in CNN_WEIGHTS)
+        if cnn_only and d.main:
+            print(f"blind baseline: no CNN, so the {' and '.join(cnn_only)} weights are not used",
+                  flush=True)
+        weights = {k: v for k, v in (weights or {}).items() if k not in CNN_WEIGHTS}
+    elif lmdb_dir is None:
+        raise ClipbertError("no video LMDB given (only the blind baseline, model.blind, needs "
+                            "none)")
     for need in ("train.jsonl", "train_ans2label.json"):
         if not (data_dir / need).is_file():
             raise ClipbertError(f"{data_dir / need}: not found (run the sqa conversion first)")
@@ -363,10 +381,11 @@ def train(cfg: TrainConfig, data_dir, lmdb_dir, out, state_dir, metrics=None, vo
     if not train_rows:
         raise ClipbertError(f"{data_dir / 'train.jsonl'}: no training questions")
     # Before any compute: every question needs its video, and long questions get reported.
-    videos = available_videos(lmdb_dir)
-    for path in (data_dir / "train.jsonl", val_path):
-        if path.exists():
-            check_videos(path, videos)
+    if not blind:
+        videos = available_videos(lmdb_dir)
+        for path in (data_dir / "train.jsonl", val_path):
+            if path.exists():
+                check_videos(path, videos)
     if d.main:
         for split, rows in (("train", train_rows), ("val", val_rows)):
             rep = truncation_report(tokenizer, [r["question"] for r in rows], cfg.max_txt_len)
@@ -585,13 +604,10 @@ def _train_step(ddp_model: torch.nn.Module, batch: dict | None, cfg: TrainConfig
     A rank whose share is empty (all undecodable) still runs a zero-weighted pass on a blank
     input, because DDP needs every rank in every gradient exchange.
     """
-    from clipbert import data
-
     empty = batch is None
     if empty:
         batch = _blank_batch(cfg, tokenizer)
-    frames = data.preprocess_frames(batch["frames"].to(device, non_blocking=True),
-                                    cfg.max_img_size)
+    frames = device_frames(batch, cfg, device)
     labels = batch["labels"].to(device, non_blocking=True)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
         logits = ddp_model(frames, batch["input_ids"].to(device, non_blocking=True),
@@ -608,13 +624,25 @@ def _train_step(ddp_model: torch.nn.Module, batch: dict | None, cfg: TrainConfig
     return loss_sum.detach()
 
 
+def device_frames(batch: dict, cfg: TrainConfig, device: torch.device) -> torch.Tensor | None:
+    """The batch's uint8 frames as model input on `device`; None for the blind model's."""
+    if "frames" not in batch:
+        return None
+    from clipbert import data
+
+    return data.preprocess_frames(batch["frames"].to(device, non_blocking=True), cfg.max_img_size)
+
+
 def _blank_batch(cfg: TrainConfig, tokenizer) -> dict:
     """One black clip with an empty question, shaped like a real batch of one."""
     s = cfg.max_img_size
     ids = torch.tensor([[tokenizer.cls_token_id, tokenizer.sep_token_id]])
-    return {"frames": torch.zeros(1, cfg.train_n_clips, cfg.num_frm, s, s, 3, dtype=torch.uint8),
-            "input_ids": ids, "attention_mask": torch.ones_like(ids),
-            "labels": torch.full((1,), -1, dtype=torch.long)}
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+             "labels": torch.full((1,), -1, dtype=torch.long)}
+    if not cfg.model.blind:
+        batch["frames"] = torch.zeros(1, cfg.train_n_clips, cfg.num_frm, s, s, 3,
+                                      dtype=torch.uint8)
+    return batch
 
 
 def _model_extra(cfg: TrainConfig, d: Dist, step: int, val_acc: float | None, chosen: str) -> dict:
