@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -411,7 +412,7 @@ def train(cfg: TrainConfig, data_dir, lmdb_dir, out, state_dir, metrics=None, vo
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=not cfg.model.frozen_bn, gradient_as_bucket_view=True)
+            gradient_as_bucket_view=True, **_buffer_sync(not cfg.model.frozen_bn))
         # Small host-side collectives (example counts, validation answers) go over gloo, so
         # they never wait for the GPU queue.
         cpu_group = dist.new_group(backend="gloo") if device.type == "cuda" else dist.group.WORLD
@@ -631,6 +632,13 @@ def device_frames(batch: dict, cfg: TrainConfig, device: torch.device) -> torch.
     from clipbert import data
 
     return data.preprocess_frames(batch["frames"].to(device, non_blocking=True), cfg.max_img_size)
+
+
+def _buffer_sync(on: bool) -> dict[str, bool]:
+    """DDP's per-forward buffer broadcast (trained BatchNorm statistics), under the argument name
+    this PyTorch knows: `forward_sync_buffers` replaced `broadcast_buffers` in 2.14."""
+    params = inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
+    return {"forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers": on}
 
 
 def _blank_batch(cfg: TrainConfig, tokenizer) -> dict:
