@@ -95,7 +95,8 @@ def test_profile_resources_reach_a_dry_run(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
          "--workflow-profile", str(PROFILE.parent), "-n",
-         "--configfile", str(tmp_path / "small.yaml"), "--", "results/test_acc.json"],
+         "--configfile", str(tmp_path / "small.yaml"), "--", "results/test_acc.json",
+         "results/blind/test_acc.json"],
         capture_output=True, text=True, env=cli_env(), timeout=120,
     )
     assert out.returncode == 0, out.stdout + out.stderr
@@ -106,6 +107,10 @@ def test_profile_resources_reach_a_dry_run(tmp_path):
     assert "gpu=1" in train
     assert f"mem_mb={profile['set-resources']['train']['mem_mb']}" in train
     assert "Group job scene" in text
+    blind = text[text.index("rule train_blind:"):]
+    blind = blind[: blind.index("Shell command") if "Shell command" in blind else 2000]
+    assert "gpu=1" in blind
+    assert f"mem_mb={profile['set-resources']['train_blind']['mem_mb']}" in blind
 
 
 def _test_profile(cluster: slurm_cluster.Cluster, dest: Path) -> Path:
