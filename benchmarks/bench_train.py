@@ -132,6 +132,7 @@ def bench(cfg: train.TrainConfig, ds: dict[str, Path], device: torch.device, ste
         prefetch_factor=4 if cfg.num_workers else None)
     use_bf16 = cfg.bf16 and device.type == "cuda"
     cuda = device.type == "cuda"
+    torch.backends.cudnn.benchmark = cuda  # as training sets it
 
     def step(batch: dict) -> None:
         train._train_step(model, batch, cfg, one, device, int((batch["labels"] >= 0).sum()),
@@ -203,7 +204,15 @@ def faithful_runs(a: argparse.Namespace, ds: dict[str, Path], device: torch.devi
         if name not in VARIANTS:
             raise SystemExit(f"unknown variant {name!r} (one of {', '.join(VARIANTS)})")
         cfg = train.make_config("faithful", {**over, **VARIANTS[name]})
-        r = {"variant": name, **bench(cfg, ds, device, a.steps, a.warmup)}
+        try:
+            r = {"variant": name, **bench(cfg, ds, device, a.steps, a.warmup)}
+        except torch.cuda.OutOfMemoryError:
+            # One variant out of memory should not cost the others' numbers (one GPU session).
+            print(json.dumps({"variant": name, "batch_size": cfg.batch_size,
+                              "error": "CUDA out of memory: try a smaller --batch-size"}),
+                  flush=True)
+            torch.cuda.empty_cache()
+            continue
         if r["counted_gflop_per_example"] is None and runs:
             r["counted_gflop_per_example"] = runs[0]["counted_gflop_per_example"]
             r["forward_gflop_per_clip"] = runs[0]["forward_gflop_per_clip"]
