@@ -179,3 +179,11 @@ def preprocess_frames(frames: torch.Tensor, max_img_size: int) -> torch.Tensor:
     mean = torch.tensor(IMAGE_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     x = (x - mean).flip(1)
     return x.reshape(*lead, 3, max_img_size, max_img_size)
+
+
+def batch_frames(batch: dict, max_img_size: int, device: torch.device) -> torch.Tensor | None:
+    """A batch's uint8 frames as model input on `device`; None for a batch of questions alone
+    (the blind baseline's)."""
+    if "frames" not in batch:
+        return None
+    return preprocess_frames(batch["frames"].to(device, non_blocking=True), max_img_size)

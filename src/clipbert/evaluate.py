@@ -74,7 +74,7 @@ def predict(model, dataset, collate, device, cfg) -> list[int]:
     The model aggregates its per-clip logits with the training `score_agg_func`, so evaluation
     scores clips exactly as the loss did. An undecodable video is an error here, never skipped.
     """
-    from clipbert.train import device_frames
+    from clipbert import data
 
     was_training = model.training
     model.eval()
@@ -85,7 +85,7 @@ def predict(model, dataset, collate, device, cfg) -> list[int]:
     use_bf16 = cfg.bf16 and device.type == "cuda"
     out: list[torch.Tensor] = []
     for batch in progress(loader, "evaluation", unit="batches"):
-        frames = device_frames(batch, cfg, device)
+        frames = data.batch_frames(batch, cfg.max_img_size, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             logits = model(frames, batch["input_ids"].to(device, non_blocking=True),
                            batch["attention_mask"].to(device, non_blocking=True))

@@ -608,7 +608,9 @@ def _train_step(ddp_model: torch.nn.Module, batch: dict | None, cfg: TrainConfig
     empty = batch is None
     if empty:
         batch = _blank_batch(cfg, tokenizer)
-    frames = device_frames(batch, cfg, device)
+    from clipbert import data
+
+    frames = data.batch_frames(batch, cfg.max_img_size, device)
     labels = batch["labels"].to(device, non_blocking=True)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
         logits = ddp_model(frames, batch["input_ids"].to(device, non_blocking=True),
@@ -623,15 +625,6 @@ def _train_step(ddp_model: torch.nn.Module, batch: dict | None, cfg: TrainConfig
         [p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
     optimizer.step()
     return loss_sum.detach()
-
-
-def device_frames(batch: dict, cfg: TrainConfig, device: torch.device) -> torch.Tensor | None:
-    """The batch's uint8 frames as model input on `device`; None for the blind model's."""
-    if "frames" not in batch:
-        return None
-    from clipbert import data
-
-    return data.preprocess_frames(batch["frames"].to(device, non_blocking=True), cfg.max_img_size)
 
 
 def _buffer_sync(on: bool) -> dict[str, bool]:
