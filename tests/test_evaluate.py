@@ -154,3 +154,8 @@ def test_cli_infer_and_bad_model_file(setup: dict, tmp_path: Path, capsys) -> No
     err = capsys.readouterr().err
     assert err.startswith(f"error: {junk}: not a readable model file") and err.count("\n") == 1
     assert not (tmp_path / "p.jsonl").exists() and not (tmp_path / "a.json").exists()
+    no_lmdb = [a for a in map(str, common) if a not in ("--lmdb", str(setup["lmdb_dir"]))]
+    assert main(["infer", "--model", str(setup["model"]), *no_lmdb]) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: {setup['model']}: a video model: give the video LMDB\n"
+    assert not (tmp_path / "p.jsonl").exists() and not (tmp_path / "a.json").exists()
