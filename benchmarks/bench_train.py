@@ -9,7 +9,7 @@ GPU) model FLOPs utilisation of the faithful preset in bf16, layouts and compila
 
 The data are the embedded demo's synthetic scans run through the real stages (frames, mp4,
 LMDB, jsonl), so decoding costs what it costs in training. Each measured step runs exactly the
-training loop's `_train_step` (forward, loss after aggregation, backward, clipping, AdamW); the
+training loop's `train_step` (forward, loss after aggregation, backward, clipping, AdamW); the
 time blocked in the DataLoader iterator is the loader's share.
 
 FLOPs are counted by `torch.utils.flop_counter` on one real step (forward + backward, 2 FLOPs
@@ -27,7 +27,6 @@ without a GPU can check the code path and the FLOP count before one is lent.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import resource
 import sys
@@ -40,9 +39,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from clipbert import data, demo, frames, sqa, train, video, vislmdb  # noqa: E402
-from clipbert.model import ClipBert, place_model  # noqa: E402
-from clipbert.tokenizer import load_tokenizer  # noqa: E402
+from clipbert import data, demo, frames, runtime, sqa, train, video, vislmdb  # noqa: E402
+from clipbert.config import TrainConfig, make_config  # noqa: E402
+from clipbert.model import ClipBert  # noqa: E402
 
 # Faithful variants on a GPU: name -> training settings (channels-last is the default).
 VARIANTS = {
@@ -85,7 +84,7 @@ def rss_mib(key: str = "VmHWM") -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def forward_flops_per_clip(model: ClipBert, batch: dict, cfg: train.TrainConfig,
+def forward_flops_per_clip(model: ClipBert, batch: dict, cfg: TrainConfig,
                            device: torch.device) -> dict[str, float]:
     """GFLOP of one clip's forward pass by part, counted on the first example of `batch`."""
     frames = data.preprocess_frames(batch["frames"][:1, :1].to(device), cfg.max_img_size)
@@ -99,44 +98,30 @@ def forward_flops_per_clip(model: ClipBert, batch: dict, cfg: train.TrainConfig,
     return {name: round(counts.get(key, 0) / 1e9, 2) for name, key in parts.items()}
 
 
-def bench(cfg: train.TrainConfig, ds: dict[str, Path], device: torch.device, steps: int,
-          warmup: int) -> dict:
-    """Time `steps` training steps after `warmup` ones; the model starts from random weights."""
+def bench(cfg: TrainConfig, ds: dict[str, Path], steps: int, warmup: int) -> dict:
+    """Time `steps` training steps after `warmup` ones; the model starts from random weights.
+    The run is built exactly as training builds it (`train.build_run`)."""
     reset_peak_rss()
     rss_start = rss_mib("VmRSS")
-    tokenizer = load_tokenizer(ds["vocab"])
-    ans2label = json.loads((ds["data_dir"] / "train_ans2label.json").read_text())
-    rows = [json.loads(x) for x in (ds["data_dir"] / "train.jsonl").open()]
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(
-        cfg.model, vocab_size=len(tokenizer.get_vocab()),
-        num_labels=max(len(ans2label), cfg.model.num_labels)))
-    train.seed_everything(cfg.seed)
-    model = ClipBert(cfg.model).train()
-    place_model(model, device, channels_last=cfg.channels_last and device.type == "cuda",
-                compile=cfg.compile)
-    optimizer = torch.optim.AdamW(train.param_groups(model, cfg), betas=cfg.betas,
-                                  eps=cfg.adam_eps)
-    dataset = data.VideoQADataset(
-        rows, ds["lmdb"], ans2label, num_frm=cfg.num_frm, sample_fps=cfg.sample_fps,
-        video_fps=cfg.video_fps, n_clips=cfg.train_n_clips, train=True, seed=cfg.seed)
-    collate = data.make_collate(tokenizer, cfg.max_txt_len, cfg.pad_to_max)
-    one = train.Dist()
+    run = train.build_run(cfg, ds["data_dir"], ds["lmdb"], ds["vocab"])
+    cfg, device = run.cfg, run.device
     need = warmup + steps + 2
-    batches = [b for e in range(1000) for b in train.epoch_batches(len(rows), e, cfg, one)
+    batches = [b for e in range(1000)
+               for b in train.epoch_batches(len(run.train_rows), e, cfg, run.d)
                if len(b) == cfg.batch_size][:need]
     if len(batches) < need:
-        raise SystemExit(f"too few training questions ({len(rows)}) for batch {cfg.batch_size}")
+        raise SystemExit(f"too few training questions ({len(run.train_rows)}) for batch "
+                         f"{cfg.batch_size}")
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=batches, collate_fn=collate, num_workers=cfg.num_workers,
-        pin_memory=device.type == "cuda", persistent_workers=False,
+        run.train_set, batch_sampler=batches, collate_fn=run.collate,
+        num_workers=cfg.num_workers, pin_memory=device.type == "cuda", persistent_workers=False,
         prefetch_factor=4 if cfg.num_workers else None)
-    use_bf16 = cfg.bf16 and device.type == "cuda"
+    use_bf16 = runtime.bf16_on(cfg, device)
     cuda = device.type == "cuda"
-    torch.backends.cudnn.benchmark = cuda  # as training sets it
+    model = run.model
 
     def step(batch: dict) -> None:
-        train._train_step(model, batch, cfg, one, device, int((batch["labels"] >= 0).sum()),
-                          tokenizer, use_bf16, optimizer)
+        train.train_step(run, batch, int((batch["labels"] >= 0).sum()))
         if cuda:
             torch.cuda.synchronize(device)
 
@@ -203,9 +188,9 @@ def faithful_runs(a: argparse.Namespace, ds: dict[str, Path], device: torch.devi
     for name in a.variants.split(","):
         if name not in VARIANTS:
             raise SystemExit(f"unknown variant {name!r} (one of {', '.join(VARIANTS)})")
-        cfg = train.make_config("faithful", {**over, **VARIANTS[name]})
+        cfg = make_config("faithful", {**over, **VARIANTS[name]})
         try:
-            r = {"variant": name, **bench(cfg, ds, device, a.steps, a.warmup)}
+            r = {"variant": name, **bench(cfg, ds, a.steps, a.warmup)}
         except torch.cuda.OutOfMemoryError:
             # One variant out of memory should not cost the others' numbers (one GPU session).
             print(json.dumps({"variant": name, "batch_size": cfg.batch_size,
@@ -257,8 +242,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if not a.skip_cpu:
             ds = make_data(Path(tmp) / "cpu", a.scenes, a.frames, 128)
-            cfg = train.make_config("tiny", {"batch_size": 8})
-            r = bench(cfg, ds, torch.device("cpu"), a.steps, a.warmup)
+            cfg = make_config("tiny", {"batch_size": 8})
+            r = bench(cfg, ds, a.steps, a.warmup)
             r["examples_per_s_per_core"] = round(r["examples_per_s"] / a.threads, 2)
             results.append(r)
             print(json.dumps(r), flush=True)

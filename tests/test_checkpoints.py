@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from clipbert.checkpoints import convert, load_pretrained, read_state
 from clipbert.cli import build_parser
+from clipbert.config import ModelConfig
 from clipbert.errors import ClipbertError
-from clipbert.model import ClipBert, ModelConfig
+from clipbert.model import ClipBert, build_model
 
 # Faithful depths and BERT depth (so key names are the real ones), narrow widths.
 CFG = dict(depths=(3, 4, 6, 3), stem_width=8, widths=(4, 8, 16, 32), hidden_size=16,
@@ -97,9 +99,9 @@ def layout() -> dict[str, tuple[str, tuple[int, ...]]]:
     return upstream_layout(CFG)
 
 
-def fresh_model(**kw) -> ClipBert:
+def fresh_model(**kw) -> nn.Module:
     torch.manual_seed(0)
-    return ClipBert(ModelConfig(**{**CFG, **kw}))
+    return build_model(ModelConfig(**{**CFG, **kw}))
 
 
 def synthetic(layout: dict, seed: int = 1, dtype=torch.float32) -> dict[str, torch.Tensor]:
@@ -397,8 +399,9 @@ def test_blind_model_takes_the_text_side_and_ignores_the_video_side(tmp_path, la
     CNN and visual embeddings are counted as ignored, nothing is unexpected or random."""
     state = synthetic(layout)
     torch.save(state, tmp_path / "clipbert.pt")
-    model = fresh_model(blind=True)
-    assert model.cnn is None and model.transformer.visual_embeddings is None
+    model = fresh_model(variant="blind")
+    assert not model.needs_video and not hasattr(model, "cnn")
+    assert model.transformer.visual_embeddings is None
     src = load_pretrained(model, clipbert=tmp_path / "clipbert.pt")["sources"][0]
     video = [k for k, (n, _) in layout.items()
              if n.startswith(("cnn.", "transformer.visual_embeddings."))]

@@ -14,7 +14,7 @@ import pytest
 import torch
 from test_train import cli_train_args, env1, make_data, state_dict
 
-from clipbert import evaluate, train
+from clipbert import distributed, evaluate, modelfile
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -38,7 +38,7 @@ def test_bf16_channels_last_training_learns_and_infers_on_the_gpu(ds, tmp_path: 
     assert "(1 process(es), cuda:0)" in proc.stdout
     rows = [json.loads(x) for x in (out / "metrics.jsonl").open()]
     assert rows[-1]["loss"] < rows[0]["loss"]
-    model, cfg, _, _ = evaluate.load_model(out / "model.pt", "cuda")
+    model, cfg, _, _ = modelfile.load_model(out / "model.pt", "cuda")
     assert cfg.bf16 and cfg.channels_last
     conv = model.cnn.backbone.layer2[0].conv2.weight
     assert conv.is_cuda and conv.is_contiguous(memory_format=torch.channels_last)
@@ -46,7 +46,7 @@ def test_bf16_channels_last_training_learns_and_infers_on_the_gpu(ds, tmp_path: 
                             tmp_path / "pred.jsonl", tmp_path / "acc.json")
     assert result["bf16"] is True and result["n_questions"] == 16
     # bf16 changes rounding only: the same weights in fp32 on the CPU give close logits.
-    cpu_model, _, _, _ = evaluate.load_model(out / "model.pt", "cpu")
+    cpu_model, _, _, _ = modelfile.load_model(out / "model.pt", "cpu")
     torch.manual_seed(0)
     frames = torch.randn(2, 2, 2, 3, cfg.max_img_size, cfg.max_img_size)
     ids = torch.randint(5, cfg.model.vocab_size, (2, 9))
@@ -68,8 +68,9 @@ def test_two_processes_with_sync_batchnorm_match_one(ds, tmp_path: Path) -> None
     run([sys.executable, "-m", "clipbert", "train",
          *cli_train_args(ds, one, {**overrides, "batch_size": 8})])
     two = tmp_path / "two"
-    proc = run(train.torchrun_command(2, cli_train_args(ds, two, {**overrides, "batch_size": 4})),
-               {"CLIPBERT_DIST_BACKEND": "gloo"})
+    cmd = distributed.torchrun_command(2, cli_train_args(ds, two, {**overrides,
+                                                                   "batch_size": 4}))
+    proc = run(cmd, {"CLIPBERT_DIST_BACKEND": "gloo"})
     assert "16 steps of global batch 8 (2 process(es), cuda:0)" in proc.stdout
     ra, rb = ([json.loads(x) for x in (d / "metrics.jsonl").open()] for d in (one, two))
     la, lb = [r["loss"] for r in ra], [r["loss"] for r in rb]

@@ -13,7 +13,8 @@ import pytest
 import torch
 from test_train import SMALL, env1, make_data
 
-from clipbert import evaluate, train
+from clipbert import evaluate, modelfile
+from clipbert.config import make_config
 from clipbert.errors import ClipbertError
 from clipbert.fsutil import read_jsonl
 from clipbert.model import ClipBert
@@ -66,14 +67,14 @@ def setup(tmp_path_factory) -> dict:
     """The small demo data and a model file (random weights: inference does not need skill)."""
     root = tmp_path_factory.mktemp("eval")
     ds = make_data(root)
-    cfg = train.make_config("tiny", SMALL)
+    cfg = make_config("tiny", SMALL)
     ans2label = json.loads((ds["data_dir"] / "train_ans2label.json").read_text())
-    tokens = train.vocab_tokens(load_tokenizer(ds["vocab"]))
+    tokens = modelfile.vocab_tokens(load_tokenizer(ds["vocab"]))
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(
         cfg.model, vocab_size=len(tokens), num_labels=len(ans2label) + 3))
     torch.manual_seed(0)
     model_path = root / "model.pt"
-    train.save_model_file(model_path, ClipBert(cfg.model), cfg, ans2label, tokens,
+    modelfile.save_model_file(model_path, ClipBert(cfg.model), cfg, ans2label, tokens,
                           {"step": 0, "val_accuracy": None})
     return {**ds, "model": model_path, "root": root, "ans2label": ans2label}
 
@@ -111,7 +112,7 @@ def test_infer_clip_count_changes_the_scores_seen(setup: dict, tmp_path: Path) -
     from clipbert import data
 
     torch.set_num_threads(1)
-    model, cfg, ans2label, tok = evaluate.load_model(setup["model"])
+    model, cfg, ans2label, tok = modelfile.load_model(setup["model"])
     rows = read_jsonl(setup["data_dir"] / "test.jsonl")[:4]
     outs = []
     for n in (1, 4):

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipbert.checkpoints import load_pretrained
-from clipbert.model import ClipBert, ModelConfig, aggregate, place_model
-from clipbert.train import make_config
+from clipbert.config import ModelConfig, make_config
+from clipbert.model import ClipBert, aggregate, bert_config, build_model, place_model
 
 # ---- exact counts of the faithful model, by formula from the architecture (spec §1) ----------
 
@@ -75,9 +75,9 @@ SMALL = dict(depths=(2, 1, 2, 1), stem_width=8, widths=(4, 8, 16, 32), hidden_si
              max_position_embeddings=64, num_labels=11)
 
 
-def small_model(**kw) -> ClipBert:
+def small_model(**kw) -> nn.Module:
     torch.manual_seed(0)
-    return ClipBert(ModelConfig(**{**SMALL, **kw})).eval()
+    return build_model(ModelConfig(**{**SMALL, **kw})).eval()
 
 
 def _randomise_bn(model: nn.Module) -> None:
@@ -218,7 +218,7 @@ def test_text_only_path_equals_bert_model(tmp_path):
 
     model = small_model()
     torch.manual_seed(5)
-    ref = BertModel(model.config.bert_config(), add_pooling_layer=True).eval()
+    ref = BertModel(bert_config(model.config), add_pooling_layer=True).eval()
     with torch.no_grad():
         for name, p in ref.named_parameters():
             if "LayerNorm" in name:
@@ -242,8 +242,9 @@ def test_blind_model_answers_from_the_question_alone(cli):
     """The blind baseline: no CNN and no visual tokens; its logits are the head over the text-only
     pooled output of the same weights, and frames, if given, change nothing."""
     video = small_model()
-    blind = small_model(blind=True)
-    assert blind.cnn is None and blind.transformer.visual_embeddings is None
+    blind = small_model(variant="blind")
+    assert not blind.needs_video and not hasattr(blind, "cnn")
+    assert blind.transformer.visual_embeddings is None
     missing = blind.load_state_dict(video.state_dict(), strict=False).missing_keys
     assert missing == []
     ids = torch.randint(1, 100, (2, 7))
@@ -258,7 +259,7 @@ def test_blind_model_answers_from_the_question_alone(cli):
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
     assert torch.equal(got, ignored)
     out = json.loads(cli("model", "summary", "--preset", "faithful", "--set",
-                         "model.blind=true").stdout)
+                         "model.variant=blind").stdout)
     assert set(out["parameters"]) == {"bert", "head"}
     assert out["shapes"] == {"tokens": [1, 100, 768], "logits": [1, 1500]}
 

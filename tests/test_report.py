@@ -15,9 +15,9 @@ from PIL import Image
 from test_workflow import SMALL, snakemake
 
 from clipbert import report
+from clipbert.config import make_config
 from clipbert.errors import ClipbertError
 from clipbert.progress import Progress, progress
-from clipbert.train import make_config
 
 PLOTS = ("data", "training", "test_accuracy", "confusion", "frames", "benchmarks")
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import cli_env
 
-from clipbert import data, demo, frames, sqa, train, video, vislmdb
+from clipbert import config, data, demo, distributed, frames, sqa, train, video, vislmdb
 from clipbert.errors import ClipbertError
 
 # A model small enough for a few seconds of CPU training: 64 px frames reach a 2x2 grid, then
@@ -69,14 +69,14 @@ def cli_train(*args: str) -> subprocess.CompletedProcess:
 
 def run_train(ds: dict[str, Path], out_dir: Path, preset: str = "tiny", **overrides):
     """`train.train` in this process with the SMALL overrides."""
-    cfg = train.make_config(preset, {**SMALL, **overrides})
+    cfg = config.make_config(preset, {**SMALL, **overrides})
     result = train.train(cfg, ds["data_dir"], ds["lmdb_dir"], out_dir / "model.pt",
                          out_dir / "state", metrics=out_dir / "metrics.jsonl", vocab=ds["vocab"])
     return result, [json.loads(line) for line in (out_dir / "metrics.jsonl").open()]
 
 
 def cli_train_args(ds: dict[str, Path], out_dir: Path, overrides: dict) -> list[str]:
-    return train.train_args("tiny", {**SMALL, **overrides}, ds["data_dir"], ds["lmdb_dir"],
+    return distributed.train_args("tiny", {**SMALL, **overrides}, ds["data_dir"], ds["lmdb_dir"],
                             out_dir / "model.pt", out_dir / "state", out_dir / "metrics.jsonl",
                             ds["vocab"])
 
@@ -89,7 +89,7 @@ def state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_faithful_preset_is_the_sqa3d_recipe() -> None:
-    cfg = train.make_config("faithful")
+    cfg = config.make_config("faithful")
     assert (cfg.lr, cfg.cnn_lr, cfg.betas, cfg.adam_eps, cfg.weight_decay) == (
         5e-5, 5e-5, (0.9, 0.98), 1e-6, 1e-3)
     assert (cfg.warmup_ratio, cfg.grad_clip, cfg.batch_size, cfg.epochs, cfg.seed) == (
@@ -98,34 +98,36 @@ def test_faithful_preset_is_the_sqa3d_recipe() -> None:
     assert (cfg.max_img_size, cfg.max_txt_len, cfg.pad_to_max) == (448, 100, True)
     assert not (cfg.bf16 or cfg.reshuffle or cfg.select_best)
     assert cfg.model.num_labels == 1500 and cfg.model.score_agg_func == "lse"
-    imp = train.make_config("improved")
+    imp = config.make_config("improved")
     assert imp.bf16 and imp.reshuffle and imp.select_best and imp.inference_n_clips > 1
     assert imp.model == cfg.model and imp.lr == cfg.lr
 
 
 def test_unknown_preset_or_setting_is_an_error() -> None:
     with pytest.raises(ClipbertError, match="unknown preset 'huge'"):
-        train.make_config("huge")
+        config.make_config("huge")
     with pytest.raises(ClipbertError, match="unknown training setting 'model.layers'"):
-        train.make_config("tiny", {"model.layers": 3})
-    assert train.make_config("tiny", {"model.num_layers": 3}).model.num_layers == 3
+        config.make_config("tiny", {"model.layers": 3})
+    assert config.make_config("tiny", {"model.num_layers": 3}).model.num_layers == 3
 
 
 def test_fingerprint_ignores_logging_and_speed_knobs() -> None:
-    base = train.make_config("tiny")
-    assert train.fingerprint(base) == train.fingerprint(
-        train.make_config("tiny", {"log_every": 7, "checkpoint_every": 3, "num_workers": 2,
+    base = config.make_config("tiny")
+    assert config.settings_fingerprint(base) == config.settings_fingerprint(
+        config.make_config("tiny", {"log_every": 7, "checkpoint_every": 3, "num_workers": 2,
                                    "channels_last": False, "compile": True}))
-    assert train.fingerprint(base) != train.fingerprint(train.make_config("tiny", {"lr": 1e-3}))
+    assert config.settings_fingerprint(base) != config.settings_fingerprint(
+        config.make_config("tiny", {"lr": 1e-3}))
 
 
 def test_distributed_backend_is_checked(monkeypatch) -> None:
     monkeypatch.setenv("CLIPBERT_DIST_BACKEND", "mpi")
     with pytest.raises(ClipbertError, match="CLIPBERT_DIST_BACKEND='mpi': nccl or gloo"):
-        train.setup_distributed()
+        distributed.setup_distributed()
     monkeypatch.setenv("CLIPBERT_DIST_BACKEND", "gloo")
-    d, device = train.setup_distributed()
-    assert d == train.Dist() and device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    d, device = distributed.setup_distributed()
+    assert d == distributed.Dist()
+    assert device.type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero() -> None:
@@ -135,12 +137,12 @@ def test_lr_schedule_warms_up_then_decays_to_zero() -> None:
 
 
 def test_param_groups_split_cnn_transformer_and_decay() -> None:
-    cfg = train.make_config("tiny", {**SMALL, "cnn_lr": 1e-3, "lr": 2e-4,
+    cfg = config.make_config("tiny", {**SMALL, "cnn_lr": 1e-3, "lr": 2e-4,
                                      "model.freeze_stem": True, "model.num_labels": 5})
     from clipbert.model import ClipBert
 
     model = ClipBert(cfg.model)
-    groups = train.param_groups(model, cfg)
+    groups = model.param_groups(cfg)
     names = {id(p): n for n, p in model.named_parameters()}
     seen = set()
     for g in groups:
@@ -158,23 +160,23 @@ def test_param_groups_split_cnn_transformer_and_decay() -> None:
 
 
 def test_epoch_batches_shuffle_and_shards() -> None:
-    faithful = train.make_config("faithful", {"batch_size": 4})
-    one = train.Dist()
+    faithful = config.make_config("faithful", {"batch_size": 4})
+    one = distributed.Dist()
     e0, e1 = (train.epoch_batches(10, e, faithful, one) for e in (0, 1))
     assert e0 == e1  # upstream never reshuffled
     assert sorted(i for b in e0 for i in b) == list(range(10)) and len(e0) == 3
-    improved = train.make_config("improved", {"batch_size": 4})
+    improved = config.make_config("improved", {"batch_size": 4})
     assert train.epoch_batches(10, 0, improved, one) != train.epoch_batches(10, 1, improved, one)
-    half = train.make_config("faithful", {"batch_size": 2})
-    shards = [train.epoch_batches(10, 0, half, train.Dist(r, 2, r)) for r in (0, 1)]
+    half = config.make_config("faithful", {"batch_size": 2})
+    shards = [train.epoch_batches(10, 0, half, distributed.Dist(r, 2, r)) for r in (0, 1)]
     for b, s0, s1 in zip(e0, *shards, strict=True):  # same global batches, split between ranks
         assert sorted(s0 + s1) == sorted(b)
 
 
 def test_torchrun_command_carries_every_setting(tmp_path: Path) -> None:
-    args = train.train_args("tiny", {"model.hidden_size": 32, "bf16": True}, "d", "l", "o.pt",
+    args = distributed.train_args("tiny", {"model.hidden_size": 32, "bf16": True}, "d", "l", "o.pt",
                             "st", "m.jsonl", "v.txt")
-    cmd = train.torchrun_command(4, args)
+    cmd = distributed.torchrun_command(4, args)
     assert cmd[:6] == [sys.executable, "-m", "torch.distributed.run", "--standalone",
                        "--nproc_per_node=4", "-m"]
     assert cmd[6:8] == ["clipbert", "train"]
@@ -196,7 +198,7 @@ def test_tiny_selects_best_on_val_and_logs_metrics(ds, tmp_path: Path) -> None:
         assert {"step", "loss", "lr", "val_acc", "examples_per_s"} <= set(r)
         assert r["loss"] > 0 and r["examples_per_s"] > 0
     assert [r["step"] for r in rows if r["val_acc"] is not None] == [4, 8, 12, 16]
-    lr = train.PRESETS["tiny"]["lr"]
+    lr = config.PRESETS["tiny"]["lr"]
     assert rows[0]["lr"] == pytest.approx(lr) and rows[-1]["lr"] == pytest.approx(lr / 15)
     model = torch.load(tmp_path / "model.pt", weights_only=True)
     best = max(r["val_acc"] for r in rows if r["val_acc"] is not None)
@@ -211,20 +213,25 @@ def test_tiny_selects_best_on_val_and_logs_metrics(ds, tmp_path: Path) -> None:
     assert (tmp_path / "model.pt").read_bytes() == before
 
 
-def test_faithful_keeps_the_final_weights(ds, tmp_path: Path) -> None:
+def test_faithful_keeps_the_final_weights(ds, tmp_path: Path, capsys) -> None:
     result, rows = run_train(ds, tmp_path, preset="faithful", **tiny_model(), epochs=1)
     model = torch.load(tmp_path / "model.pt", weights_only=True)
     assert model["chosen"] == "final" and model["step"] == 8 == rows[-1]["step"]
     assert model["val_accuracy"] == rows[-1]["val_acc"] == result["final_val_acc"]
     assert not (tmp_path / "state" / "best.pt").exists()
-    # another setting with the old state folder: refused, naming it
-    with pytest.raises(ClipbertError, match="saved by a run with other settings"):
-        run_train(ds, tmp_path, preset="faithful", **tiny_model(), epochs=1, lr=1e-3)
+    # another setting with the old state folder: not resumed but started over, naming why
+    capsys.readouterr()
+    _, rows = run_train(ds, tmp_path, preset="faithful", **tiny_model(), epochs=1, lr=1e-3)
+    out = capsys.readouterr().out
+    assert "not resuming" in out and "(changed: setting lr); training starts over" in out
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert not torch.equal(state_dict(tmp_path / "model.pt")["transformer.classifier.2.weight"],
+                           model["state_dict"]["transformer.classifier.2.weight"])
 
 
 def tiny_model() -> dict:
     """The tiny preset's model and sizes on top of another preset (its optimisation kept)."""
-    keep = {k: v for k, v in train.PRESETS["tiny"].items()
+    keep = {k: v for k, v in config.PRESETS["tiny"].items()
             if k.startswith("model.") or k in ("max_txt_len", "train_n_clips", "num_workers")}
     return {**keep, "pad_to_max": False}
 
@@ -233,8 +240,8 @@ def test_all_undecodable_batch_is_skipped_not_substituted(ds, tmp_path: Path,
                                                           monkeypatch) -> None:
     """A global batch whose videos all fail still counts as a step (schedule and data position
     unchanged) but changes no weight; a batch with some failures trains on the rest."""
-    cfg = train.make_config("tiny", {**SMALL, "epochs": 1})
-    order = train.epoch_batches(64, 0, cfg, train.Dist())
+    cfg = config.make_config("tiny", {**SMALL, "epochs": 1})
+    order = train.epoch_batches(64, 0, cfg, distributed.Dist())
     bad = set(order[2]) | {order[3][0]}
     real = data.VideoQADataset.__getitem__
 
@@ -243,13 +250,13 @@ def test_all_undecodable_batch_is_skipped_not_substituted(ds, tmp_path: Path,
 
     monkeypatch.setattr(data.VideoQADataset, "__getitem__", flaky)
     calls = []
-    real_step = train._train_step
+    real_step = train.train_step
 
     def counting(*args, **kwargs):
         calls.append(args[1]["index"].tolist())
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(train, "_train_step", counting)
+    monkeypatch.setattr(train, "train_step", counting)
     _, rows = run_train(ds, tmp_path, epochs=1)
     assert [r["step"] for r in rows] == list(range(1, 9))
     assert rows[2]["loss"] is None and rows[3]["loss"] is not None
@@ -321,7 +328,7 @@ def test_two_processes_match_one_with_the_same_global_batch(ds, tmp_path: Path) 
     cli_train(*cli_train_args(ds, one, {**overrides, "batch_size": 8}))
     two = tmp_path / "two"
     proc = subprocess.run(
-        train.torchrun_command(2, cli_train_args(ds, two, {**overrides, "batch_size": 4})),
+        distributed.torchrun_command(2, cli_train_args(ds, two, {**overrides, "batch_size": 4})),
         env=env1(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "16 steps of global batch 8 (2 process(es), cpu)" in proc.stdout
@@ -345,7 +352,8 @@ def test_workflow_script_starts_torchrun_for_several_gpus(tmp_path: Path, monkey
     from types import SimpleNamespace
 
     calls = []
-    monkeypatch.setattr(train, "launch_torchrun", lambda n, args, log: calls.append((n, args)))
+    monkeypatch.setattr(distributed, "launch_torchrun",
+                        lambda n, args, log: calls.append((n, args)))
     monkeypatch.setattr(train, "train", lambda cfg, **kw: calls.append((cfg, kw)))
     smk = SimpleNamespace(
         params=SimpleNamespace(preset="tiny", overrides={"epochs": 3}, state_dir="st",
@@ -358,19 +366,19 @@ def test_workflow_script_starts_torchrun_for_several_gpus(tmp_path: Path, monkey
     assert len(calls) == 1
     if gpus == 1:
         cfg, kw = calls[0]
-        assert cfg == train.make_config("tiny", {"epochs": 3})
+        assert cfg == config.make_config("tiny", {"epochs": 3})
         assert kw == {"data_dir": "sqa", "lmdb_dir": "vis_db", "out": "model.pt",
                       "state_dir": "st", "metrics": "log.jsonl", "vocab": "vocab.txt",
                       "weights": {"resnet": "r50.pt"}}
     else:
-        args = train.train_args("tiny", {"epochs": 3}, "sqa", "vis_db", "model.pt", "st",
+        args = distributed.train_args("tiny", {"epochs": 3}, "sqa", "vis_db", "model.pt", "st",
                                 "log.jsonl", "vocab.txt", weights={"resnet": "r50.pt"})
         assert calls[0] == (2, args)
         assert args[-2:] == ["--init", "resnet=r50.pt"]
 
 
 def test_missing_inputs_are_one_line_errors(ds, tmp_path: Path) -> None:
-    cfg = train.make_config("tiny", SMALL)
+    cfg = config.make_config("tiny", SMALL)
     with pytest.raises(ClipbertError, match=r"train\.jsonl: not found"):
         train.train(cfg, tmp_path, ds["lmdb_dir"], tmp_path / "m.pt", tmp_path / "st",
                     vocab=ds["vocab"])
@@ -393,7 +401,7 @@ def test_questions_without_video_stop_before_training(ds, tmp_path: Path) -> Non
     row = json.loads(rows[0])
     row["video_id"] = "scene0999_00"
     (data_dir / "train.jsonl").write_text("\n".join([json.dumps(row), *rows[1:]]) + "\n")
-    cfg = train.make_config("tiny", SMALL)
+    cfg = config.make_config("tiny", SMALL)
     with pytest.raises(ClipbertError, match="scene0999_00"):
         train.train(cfg, data_dir, ds["lmdb_dir"], tmp_path / "m.pt", tmp_path / "st",
                     vocab=ds["vocab"])
@@ -401,11 +409,11 @@ def test_questions_without_video_stop_before_training(ds, tmp_path: Path) -> Non
 
 
 def test_blind_baseline_trains_and_answers_without_video(ds, tmp_path: Path) -> None:
-    """`model.blind`: trained and scored from the questions alone; no LMDB is needed, even when
-    one is given it is never opened; a video model without an LMDB is a one-line error."""
+    """`model.variant: blind`: trained and scored from the questions alone; no LMDB is needed,
+    even when one is given it is never opened; a video model without an LMDB is a one-line error."""
     from clipbert import evaluate
 
-    cfg = train.make_config("tiny", {**SMALL, "model.blind": True, "epochs": 4})
+    cfg = config.make_config("tiny", {**SMALL, "model.variant": "blind", "epochs": 4})
     result = train.train(cfg, ds["data_dir"], None, tmp_path / "blind.pt", tmp_path / "state",
                          metrics=tmp_path / "metrics.jsonl", vocab=ds["vocab"])
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
@@ -414,6 +422,6 @@ def test_blind_baseline_trains_and_answers_without_video(ds, tmp_path: Path) -> 
                          tmp_path / "pred.jsonl", tmp_path / "acc.json")
     assert acc["blind"] is True and acc["n_questions"] == 16
     with pytest.raises(ClipbertError, match="no video LMDB given"):
-        train.train(train.make_config("tiny", SMALL), ds["data_dir"], None, tmp_path / "m.pt",
+        train.train(config.make_config("tiny", SMALL), ds["data_dir"], None, tmp_path / "m.pt",
                     tmp_path / "st", vocab=ds["vocab"])
     assert not (tmp_path / "m.pt").exists()

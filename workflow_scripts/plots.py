@@ -16,7 +16,7 @@ with redirect_output(snakemake.log[0]):
     elif rule == "plot_confusion":
         report.plot_confusion(i[0], out, top=p.top)
     elif rule == "plot_frames":
-        from clipbert.train import make_config
+        from clipbert.config import make_config
 
         cfg = make_config(p.preset, p.overrides)
         if p.n_clips is not None:

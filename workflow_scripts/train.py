@@ -1,7 +1,8 @@
 """Rule train: fine-tune ClipBERT; resumes from the state folder after a kill. With more than one
 GPU (the rule's `gpu` resource) it starts one process per GPU under torchrun."""
 
-from clipbert import train
+from clipbert import distributed, train
+from clipbert.config import make_config
 from clipbert.fsutil import redirect_output
 
 snakemake = snakemake  # noqa: F821, PLW0127 - injected by Snakemake
@@ -12,15 +13,15 @@ nproc = int(getattr(snakemake.resources, "gpu", 1) or 1)
 lmdb_dir = getattr(snakemake.input, "lmdb", None)  # the blind baseline reads no video
 if nproc > 1:
     open(snakemake.log[0], "w").close()
-    args = train.train_args(
+    args = distributed.train_args(
         p.preset, dict(p.overrides), data_dir=p.data_dir, lmdb_dir=lmdb_dir,
         out=snakemake.output.model, state_dir=p.state_dir, metrics=snakemake.output.metrics,
         vocab=snakemake.input.vocab, weights=weights,
     )
-    train.launch_torchrun(nproc, args, log=snakemake.log[0])
+    distributed.launch_torchrun(nproc, args, log=snakemake.log[0])
 else:
     with redirect_output(snakemake.log[0]):
-        cfg = train.make_config(p.preset, dict(p.overrides))
+        cfg = make_config(p.preset, dict(p.overrides))
         train.train(
             cfg, data_dir=p.data_dir, lmdb_dir=lmdb_dir,
             out=snakemake.output.model, state_dir=p.state_dir,

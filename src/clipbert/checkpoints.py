@@ -319,6 +319,14 @@ def format_report(report: dict) -> list[str]:
     return lines
 
 
+def unused_weights(model: nn.Module, weights: dict[str, str | os.PathLike]) -> list[str]:
+    """The kinds of `weights` that have nothing to give `model`, since the part they fill is not
+    in it (a ResNet for the blind baseline, which has no CNN)."""
+    keys = list(model.state_dict())
+    return [kind for kind, path in weights.items() if path is not None
+            and not any(k.startswith(_COVERS[kind]) for k in keys)]
+
+
 def load_pretrained(
     model: nn.Module,
     *,

@@ -254,9 +254,10 @@ def _parse_sets(pairs: Sequence[str]) -> dict:
 
 
 def _model_summary(a: argparse.Namespace) -> None:
-    from clipbert import model, train
+    from clipbert import model
+    from clipbert.config import make_config
 
-    cfg = train.make_config(a.preset, _parse_sets(a.set))
+    cfg = make_config(a.preset, _parse_sets(a.set))
     _print_json(model.summary(cfg.model))
 
 
@@ -303,8 +304,9 @@ def _train_init_weights(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
 
 def _train(a: argparse.Namespace) -> None:
     from clipbert import train
+    from clipbert.config import make_config
 
-    cfg = train.make_config(a.preset, _parse_sets(a.set))
+    cfg = make_config(a.preset, _parse_sets(a.set))
     train.train(
         cfg, data_dir=a.data_dir, lmdb_dir=a.lmdb, out=a.out, state_dir=a.state_dir,
         metrics=a.metrics, vocab=a.vocab, weights=_train_init_weights(a.init),
@@ -333,7 +335,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="override one preset value (dotted keys reach the model: model.layers=2)")
     t.add_argument("--data-dir", required=True, help="folder with train/val jsonl")
     t.add_argument("--lmdb", default=None,
-                   help="video LMDB folder (not for the blind baseline, model.blind=true)")
+                   help="video LMDB folder (not for the blind baseline, model.variant=blind)")
     t.add_argument("--vocab", default=None, help="WordPiece vocab.txt or tokenizer folder")
     t.add_argument("--out", required=True, help="the chosen model file")
     t.add_argument("--state-dir", required=True, help="resumable checkpoints (not an output)")

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clipbert.config import TrainConfig
 from clipbert.errors import ClipbertError
 from clipbert.video import sample_clips
 from clipbert.vislmdb import VideoLMDB
@@ -187,3 +188,13 @@ def batch_frames(batch: dict, max_img_size: int, device: torch.device) -> torch.
     if "frames" not in batch:
         return None
     return preprocess_frames(batch["frames"].to(device, non_blocking=True), max_img_size)
+
+
+def dataset_for(cfg: TrainConfig, rows: list[dict], lmdb_dir: str | os.PathLike | None,
+                ans2label: dict[str, int], *, train: bool) -> VideoQADataset:
+    """The training or evaluation dataset of a run's settings (no LMDB: questions alone)."""
+    return VideoQADataset(
+        rows, lmdb_dir, ans2label, num_frm=cfg.num_frm, sample_fps=cfg.sample_fps,
+        video_fps=cfg.video_fps, n_clips=cfg.train_n_clips if train else cfg.inference_n_clips,
+        train=train, seed=cfg.seed)
+

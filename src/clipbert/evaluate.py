@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
 from pathlib import Path
 
 import torch
 
+from clipbert import data, runtime
+from clipbert.config import TrainConfig
 from clipbert.errors import ClipbertError
-from clipbert.fsutil import read_jsonl, write_json, write_jsonl
+from clipbert.fsutil import file_sha256, read_jsonl, write_json, write_jsonl
+from clipbert.modelfile import load_model
 from clipbert.progress import progress
 
 ANSWER_TYPES = ("what", "is", "how", "can", "which", "others")
@@ -68,78 +70,33 @@ def label_answers(labels: list[int], ans2label: dict[str, int]) -> list[str]:
 
 
 @torch.no_grad()
-def predict(model, dataset, collate, device, cfg) -> list[int]:
+def predict(model: torch.nn.Module, dataset, collate, device: torch.device,
+            cfg: TrainConfig) -> list[int]:
     """Argmax label for every example of `dataset`, in order (no shuffling, no substitution).
 
     The model aggregates its per-clip logits with the training `score_agg_func`, so evaluation
     scores clips exactly as the loss did. An undecodable video is an error here, never skipped.
     """
-    from clipbert import data
-
     was_training = model.training
     model.eval()
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=cfg.eval_batch_size, shuffle=False, collate_fn=collate,
         num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(0))  # leaves the training RNG streams alone
-    use_bf16 = cfg.bf16 and device.type == "cuda"
     out: list[torch.Tensor] = []
     for batch in progress(loader, "evaluation", unit="batches"):
-        frames = data.batch_frames(batch, cfg.max_img_size, device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            logits = model(frames, batch["input_ids"].to(device, non_blocking=True),
-                           batch["attention_mask"].to(device, non_blocking=True))
-        out.append(logits.argmax(dim=-1))
+        out.append(runtime.forward_batch(model, batch, cfg, device).argmax(dim=-1))
     model.train(was_training)
     return torch.cat(out).tolist() if out else []
-
-
-def load_model(path, device: torch.device | str = "cpu"):
-    """Load a model file written by training: (model, train config, ans2label, tokenizer)."""
-    from clipbert.model import ClipBert, place_model
-    from clipbert.train import TrainConfig, tokenizer_from_tokens
-
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise ClipbertError(f"{path}: not a readable model file ({_one_line(e)})") from None
-    if not isinstance(obj, dict) or obj.get("format") != "clipbert-native-1":
-        raise ClipbertError(f"{path}: not a clipbert model file (no 'format' key)")
-    cfg = TrainConfig.from_dict(obj["train_config"])
-    model = ClipBert(cfg.model)
-    model.load_state_dict(obj["state_dict"])
-    device = torch.device(device)
-    place_model(model, device, channels_last=cfg.channels_last and device.type == "cuda",
-                compile=cfg.compile)
-    model.eval()
-    return model, cfg, obj["ans2label"], tokenizer_from_tokens(obj["vocab"])
-
-
-def _one_line(e: Exception) -> str:
-    """The gist of a torch.load error: its weights-only complaint is a page of advice."""
-    text = str(e)
-    if "WeightsUnpickler error:" in text:
-        text = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n\n")[0]
-    return f"{type(e).__name__}: {' '.join(text.split())[:200]}"
-
-
-def sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def infer(model_path, jsonl, lmdb_dir, predictions, out, n_clips: int | None = None,
           device: str | None = None) -> dict:
     """Answer every question of `jsonl` and write predictions and the accuracy json (the blind
     baseline's model reads no video: `lmdb_dir` may then be None)."""
-    from clipbert import data
-
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg, ans2label, tokenizer = load_model(model_path, dev)
-    if cfg.model.blind:
+    if not model.needs_video:
         lmdb_dir = None
     elif lmdb_dir is None:
         raise ClipbertError(f"{model_path}: a video model: give the video LMDB")
@@ -148,9 +105,7 @@ def infer(model_path, jsonl, lmdb_dir, predictions, out, n_clips: int | None = N
     rows = read_jsonl(jsonl)
     if not rows:
         raise ClipbertError(f"{jsonl}: no questions")
-    dataset = data.VideoQADataset(
-        rows, lmdb_dir, ans2label, num_frm=cfg.num_frm, sample_fps=cfg.sample_fps,
-        video_fps=cfg.video_fps, n_clips=cfg.inference_n_clips, train=False, seed=cfg.seed)
+    dataset = data.dataset_for(cfg, rows, lmdb_dir, ans2label, train=False)
     collate = data.make_collate(tokenizer, cfg.max_txt_len, cfg.pad_to_max)
     answers = label_answers(predict(model, dataset, collate, dev, cfg), ans2label)
     write_jsonl(predictions, (
@@ -166,10 +121,11 @@ def infer(model_path, jsonl, lmdb_dir, predictions, out, n_clips: int | None = N
         "preset": cfg.preset,
         "inference_n_clips": cfg.inference_n_clips,
         "score_agg_func": cfg.model.score_agg_func,
-        "blind": cfg.model.blind,
-        "bf16": cfg.bf16 and dev.type == "cuda",
+        "variant": cfg.model.variant,
+        "blind": not model.needs_video,
+        "bf16": runtime.bf16_on(cfg, dev),
         "checkpoint": str(model_path),
-        "checkpoint_sha256": sha256(model_path),
+        "checkpoint_sha256": file_sha256(model_path),
         "split": Path(jsonl).stem,
     })
     write_json(out, result)

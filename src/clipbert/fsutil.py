@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -110,3 +111,36 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
             except json.JSONDecodeError as e:
                 raise ClipbertError(f"{path}: line {n}: not valid JSON ({e.msg})") from None
     return rows
+
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def content_digest(path: str | os.PathLike, cache: dict | None = None) -> str:
+    """sha256 of a file, or of a folder's files (relative names and contents, sorted).
+
+    With `cache` (a dict the caller keeps between runs), a file whose resolved path, size and
+    mtime are unchanged is not read again: an 850 MB checkpoint is hashed once.
+    """
+    p = Path(path)
+    if p.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(q for q in p.rglob("*") if q.is_file()):
+            h.update(f"{f.relative_to(p).as_posix()}\0{content_digest(f, cache)}\n".encode())
+        return h.hexdigest()
+    st = p.stat()
+    key, stamp = str(p.resolve()), [st.st_size, st.st_mtime_ns]
+    hit = cache.get(key) if cache is not None else None
+    if hit is not None and hit[:2] == stamp:
+        return hit[2]
+    digest = file_sha256(p)
+    if cache is not None:
+        cache[key] = [*stamp, digest]
+    return digest

@@ -11,7 +11,6 @@ Module names are chosen so that state-dict keys line up with the checkpoints use
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,62 +19,27 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from transformers import BertConfig, BertModel
 from transformers.masking_utils import create_bidirectional_mask
 
+from clipbert.config import ModelConfig, TrainConfig
+from clipbert.errors import ClipbertError
 
-@dataclass
-class ModelConfig:
-    """Sizes of every part; the faithful defaults are ClipBERT's ResNet-50 + BERT-base."""
 
-    depths: tuple[int, ...] = (3, 4, 6, 3)
-    stem_width: int = 64
-    widths: tuple[int, ...] = (64, 128, 256, 512)
-    expansion: int = 4
-    frozen_bn: bool = True
-    freeze_stem: bool = True
-    hidden_size: int = 768
-    num_layers: int = 12
-    num_heads: int = 12
-    intermediate_size: int = 3072
-    vocab_size: int = 30522
-    max_position_embeddings: int = 512
-    type_vocab_size: int = 2
-    dropout: float = 0.1
-    max_grid_positions: int = 100
-    num_labels: int = 1500
-    score_agg_func: str = "lse"
-    attn_implementation: str = "sdpa"
-    initializer_range: float = 0.02
-    # The blind (question-only) baseline: no CNN, no visual tokens; frames are never read.
-    blind: bool = False
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        d = dict(d)
-        for key in ("depths", "widths"):
-            if key in d:
-                d[key] = tuple(d[key])
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["depths"], d["widths"] = list(self.depths), list(self.widths)
-        return d
-
-    def bert_config(self) -> BertConfig:
-        return BertConfig(
-            vocab_size=self.vocab_size,
-            hidden_size=self.hidden_size,
-            num_hidden_layers=self.num_layers,
-            num_attention_heads=self.num_heads,
-            intermediate_size=self.intermediate_size,
-            hidden_act="gelu",
-            hidden_dropout_prob=self.dropout,
-            attention_probs_dropout_prob=self.dropout,
-            max_position_embeddings=self.max_position_embeddings,
-            type_vocab_size=self.type_vocab_size,
-            layer_norm_eps=1e-12,
-            attn_implementation=self.attn_implementation,
-            initializer_range=self.initializer_range,
-        )
+def bert_config(cfg: ModelConfig) -> BertConfig:
+    """The Hugging Face configuration of the text side (BERT's own names)."""
+    return BertConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        hidden_act="gelu",
+        hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.dropout,
+        max_position_embeddings=cfg.max_position_embeddings,
+        type_vocab_size=cfg.type_vocab_size,
+        layer_norm_eps=1e-12,
+        attn_implementation=cfg.attn_implementation,
+        initializer_range=cfg.initializer_range,
+    )
 
 
 class FrozenBN(FrozenBatchNorm2d):
@@ -193,12 +157,12 @@ class VisualEmbeddings(nn.Module):
 
 
 class ClipBertTransformer(nn.Module):
-    """BERT over [text ; visual] tokens, pooled [CLS], QA head."""
+    """BERT over [text ; visual] tokens, pooled [CLS], QA head (text alone without `visual`)."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, visual: bool = True) -> None:
         super().__init__()
-        self.bert = BertModel(cfg.bert_config(), add_pooling_layer=True)
-        self.visual_embeddings = None if cfg.blind else VisualEmbeddings(cfg)
+        self.bert = BertModel(bert_config(cfg), add_pooling_layer=True)
+        self.visual_embeddings = VisualEmbeddings(cfg) if visual else None
         self.dropout = nn.Dropout(cfg.dropout)
         self.classifier = nn.Sequential(
             nn.Linear(cfg.hidden_size, cfg.hidden_size * 2),
@@ -258,23 +222,44 @@ def aggregate(logits: torch.Tensor, how: str) -> torch.Tensor:
     raise ValueError(f"unknown score_agg_func {how!r} (lse, mean or max)")
 
 
+def param_groups(model: nn.Module, lrs: dict[str, float], weight_decay: float) -> list[dict]:
+    """AdamW groups: each top-level part of `model` (its first name component, a key of `lrs`)
+    gets its learning rate; biases and norm weights (the 1-D parameters) get no weight decay.
+    Frozen parameters are left out."""
+    groups: dict[tuple[str, bool], list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((name.split(".", 1)[0], p.ndim > 1), []).append(p)
+    return [{"params": params, "lr": lrs[part], "name": part,
+             "weight_decay": weight_decay if decay else 0.0}
+            for (part, decay), params in sorted(groups.items())]
+
+
 class ClipBert(nn.Module):
     """The whole model. Input frames are already resized, padded and normalised
-    (see `data.preprocess_frames`), shape (B, clips, T, 3, S, S); the blind model takes None."""
+    (see `data.preprocess_frames`), shape (B, clips, T, 3, S, S).
+
+    What every model variant provides (see `VARIANTS`): `needs_video` (whether examples carry
+    frames), `param_groups(train_config)` (its optimizer groups) and `forward(frames,
+    input_ids, attention_mask)` -> (B, labels) logits, `frames` None when no video is needed.
+    """
+
+    needs_video = True
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.config = cfg
-        self.cnn = None if cfg.blind else GridCNN(cfg)
+        self.cnn = GridCNN(cfg)
         self.transformer = ClipBertTransformer(cfg)
 
+    def param_groups(self, cfg: TrainConfig) -> list[dict]:
+        """The CNN and the transformer each get their own learning rate."""
+        return param_groups(self, {"cnn": cfg.cnn_lr, "transformer": cfg.lr}, cfg.weight_decay)
+
     def clip_logits(
-        self, frames: torch.Tensor | None, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, frames: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor:
-        """Per-clip logits (B, clips, labels): one full forward pass per clip (the blind model:
-        one pass over the question, as a single clip)."""
-        if self.cnn is None:
-            return self.transformer(input_ids, attention_mask, None).unsqueeze(1)
+        """Per-clip logits (B, clips, labels): one full forward pass per clip."""
         b, c, t = frames.shape[:3]
         grid = self.cnn(frames.flatten(0, 2))
         grid = grid.view(b * c, t, *grid.shape[1:]).mean(dim=1)
@@ -283,21 +268,60 @@ class ClipBert(nn.Module):
         return self.transformer(ids, mask, grid).view(b, c, -1)
 
     def forward(
-        self, frames: torch.Tensor | None, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, frames: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor:
         logits = self.clip_logits(frames, input_ids, attention_mask)
         return aggregate(logits.float(), self.config.score_agg_func)
 
 
-def place_model(model: ClipBert, device: torch.device, channels_last: bool = False,
-                compile: bool = False) -> ClipBert:
-    """Move the model to `device`; optionally put the CNN in channels-last layout (NHWC, the
-    layout cuDNN's bf16 tensor-core convolutions want, so no transposes are spent on each
-    layer) and compile the model in place (`nn.Module.compile`: state-dict keys unchanged).
-    Neither changes the arithmetic beyond rounding."""
+class BlindQA(nn.Module):
+    """The blind (question-only) baseline: ClipBERT's transformer and head without the CNN and
+    the visual tokens, so the honest floor shares the video model's text side and key names."""
+
+    needs_video = False
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.transformer = ClipBertTransformer(cfg, visual=False)
+
+    def param_groups(self, cfg: TrainConfig) -> list[dict]:
+        return param_groups(self, {"transformer": cfg.lr}, cfg.weight_decay)
+
+    def forward(
+        self, frames: None, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        return self.transformer(input_ids, attention_mask, None).float()
+
+
+# The model classes a config's `model.variant` names.
+VARIANTS: dict[str, type[nn.Module]] = {"clipbert": ClipBert, "blind": BlindQA}
+
+
+def variant_class(cfg: ModelConfig) -> type[nn.Module]:
+    """The class `cfg.variant` names (its `needs_video` is known before building it)."""
+    cls = VARIANTS.get(cfg.variant)
+    if cls is None:
+        raise ClipbertError(f"unknown model variant {cfg.variant!r} (one of "
+                            f"{', '.join(VARIANTS)})")
+    return cls
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """The model of `cfg.variant`, freshly initialised."""
+    return variant_class(cfg)(cfg)
+
+
+def place_model(model: nn.Module, device: torch.device, channels_last: bool = False,
+                compile: bool = False) -> nn.Module:
+    """Move the model to `device`; optionally put its convolutions in channels-last layout
+    (NHWC, the layout cuDNN's bf16 tensor-core convolutions want, so no transposes are spent
+    on each layer; only 4-D weights change) and compile the model in place
+    (`nn.Module.compile`: state-dict keys unchanged). Neither changes the arithmetic beyond
+    rounding."""
     model.to(device)
-    if channels_last and model.cnn is not None:
-        model.cnn.to(memory_format=torch.channels_last)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     if compile:
         model.compile()
     return model
@@ -314,8 +338,8 @@ def summary(cfg: ModelConfig, max_img_size: int = 448, num_frm: int = 2, n_clips
     Built and run on the meta device: counts and shapes are exact, no memory is allocated and
     no arithmetic is done (a real faithful pass costs ~30 s on two CPU cores)."""
     with torch.device("meta"):
-        model = ClipBert(cfg).eval()
-    tr, cnn = model.transformer, model.cnn
+        model = build_model(cfg).eval()
+    tr, cnn = model.transformer, getattr(model, "cnn", None)
     parts = {
         "backbone": cnn and cnn.backbone,
         "grid_encoder": cnn and cnn.grid_encoder,
@@ -338,7 +362,7 @@ def summary(cfg: ModelConfig, max_img_size: int = 448, num_frm: int = 2, n_clips
     ids = torch.zeros(1, txt_len, dtype=torch.long, device="meta")
     mask = torch.ones(1, txt_len, dtype=torch.long, device="meta")
     with torch.no_grad():
-        logits = model(frames, ids, mask)
+        logits = model(frames if model.needs_video else None, ids, mask)
     for hook in hooks:
         hook.remove()
     h, w = shapes["grid"][1:3] if cnn is not None else (0, 0)

@@ -1,168 +1,53 @@
-"""The training loop: presets, AdamW with warm-up/decay, multi-clip loss, resumable state, DDP.
+"""The training loop: AdamW with warm-up and decay, the multi-clip loss, resumable state, DDP.
 
-Read top to bottom: `make_config` picks a preset, `train` builds data and model, then runs one
-flat loop over global steps. Resumable state lives in `state_dir` (never a declared Snakemake
-output, since Snakemake deletes those before a rerun), so a killed job resumes where it stopped.
+Read `train` first: one flat loop over global steps. `build_run` makes everything it uses (data,
+model, optimizer, schedule) and is shared with `benchmarks/bench_train.py`; `TrainState` is what
+the loop carries from step to step; `train_step` is one update.
 
-Resuming is exact: the state holds model, optimizer, scheduler, every rank's RNG streams, the
-step (which fixes the epoch and the position inside it) and the running log sums; the example
-order and the clip starts are pure functions of (seed, epoch, index), and validation draws from
-none of the training streams. On CPU a killed and resumed run therefore ends bit-identical to an
-uninterrupted one (tested); on GPU cuDNN autotuning and atomics make runs only close.
+Resumable state lives in `state_dir` (never a declared Snakemake output, since Snakemake deletes
+those before a rerun), so a killed job resumes where it stopped, but only the same run: the state
+records the settings that change the result and a digest of every input (questions, answer map,
+vocabulary, video LMDB, pretrained weights), and a state saved by any other run is set aside,
+the log naming what changed. Resuming is exact: the state holds model, optimizer, scheduler,
+every rank's RNG streams, the step (which fixes the epoch and the position inside it) and the
+running log sums; the example order and the clip starts are pure functions of (seed, epoch,
+index), and validation draws from none of the training streams. On CPU a killed and resumed run
+therefore ends bit-identical to an uninterrupted one (tested); on GPU cuDNN autotuning and
+atomics make runs only close.
 
-Under torchrun every rank takes a strided share of each global batch (`batch_size` is per
-process), the loss is scaled so that DDP's gradient average equals the single-process gradient of
-the global batch, validation is sharded over the ranks, and only rank 0 writes files.
+Under torchrun (`distributed.py`) the loss is scaled so that DDP's gradient average equals the
+single-process gradient of the global batch, validation is sharded over the ranks, and only rank
+0 writes files.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import inspect
 import json
 import math
-import os
 import random
 import shutil
-import subprocess
-import sys
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
 
+from clipbert import data, evaluate, runtime, vislmdb
+from clipbert.checkpoints import load_pretrained, unused_weights
+from clipbert.config import TrainConfig, result_settings
+from clipbert.distributed import Dist, setup_distributed, wrap_ddp
 from clipbert.errors import ClipbertError
-from clipbert.fsutil import atomic_path, read_jsonl
-from clipbert.model import ClipBert, ModelConfig, place_model
-
-
-@dataclass
-class TrainConfig:
-    """Every knob of a run. Defaults are the faithful SQA3D recipe (`sqa_video_base_resnet50`)."""
-
-    preset: str = "faithful"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    max_img_size: int = 448
-    max_txt_len: int = 100
-    pad_to_max: bool = True
-    num_frm: int = 2
-    sample_fps: float = 2.0
-    video_fps: float = 20.0
-    train_n_clips: int = 8
-    inference_n_clips: int = 1
-    batch_size: int = 16
-    eval_batch_size: int = 16
-    epochs: float = 10
-    lr: float = 5e-5
-    cnn_lr: float = 5e-5
-    weight_decay: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.98)
-    adam_eps: float = 1e-6
-    warmup_ratio: float = 0.1
-    grad_clip: float = 5.0
-    seed: int = 0
-    bf16: bool = False
-    reshuffle: bool = False
-    val_every: float = 0.1
-    select_best: bool = False
-    checkpoint_every: int = 500
-    log_every: int = 20
-    num_workers: int = 4
-    # Speed only (same arithmetic up to rounding): NHWC convolutions on CUDA, torch.compile.
-    channels_last: bool = True
-    compile: bool = False
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["model"] = self.model.to_dict()
-        d["betas"] = list(self.betas)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        d = dict(d)
-        d["model"] = ModelConfig.from_dict(d.get("model", {}))
-        d["betas"] = tuple(d.get("betas", (0.9, 0.98)))
-        return cls(**d)
-
-
-PRESETS: dict[str, dict] = {
-    # Upstream as published: one clip at the start of the video for evaluation, a shuffle that
-    # never changes between epochs, fp32, the last checkpoint, text padded to 100 tokens.
-    "faithful": {},
-    # The same model with what upstream gets wrong fixed.
-    "improved": {
-        "reshuffle": True,
-        "inference_n_clips": 16,
-        "select_best": True,
-        "bf16": True,
-        "pad_to_max": False,
-    },
-    # Minutes on two CPU cores: a narrow 4-block ResNet at 128 px and a 2-layer 128-wide BERT.
-    "tiny": {
-        "model.depths": [1, 1, 1, 1],
-        "model.stem_width": 16,
-        "model.widths": [16, 32, 64, 128],
-        # From scratch there are no statistics to freeze: BatchNorm trains, the stem too.
-        "model.frozen_bn": False,
-        "model.freeze_stem": False,
-        "model.hidden_size": 128,
-        "model.num_layers": 2,
-        "model.num_heads": 2,
-        "model.intermediate_size": 256,
-        "model.max_position_embeddings": 64,
-        # BERT's std 0.02 suits 768 wide; at 128 wide it leaves the fused signal too weak to
-        # learn from in minutes.
-        "model.initializer_range": 0.1,
-        "model.num_labels": 0,
-        "max_img_size": 128,
-        "max_txt_len": 40,
-        "pad_to_max": False,
-        "train_n_clips": 2,
-        "inference_n_clips": 2,
-        "epochs": 16,
-        "lr": 3e-4,
-        "cnn_lr": 1e-3,
-        "weight_decay": 1e-2,
-        "reshuffle": True,
-        "select_best": True,
-        "val_every": 0.1,
-        "checkpoint_every": 50,
-        "num_workers": 0,
-    },
-}
-
-
-def make_config(preset: str, overrides: dict | None = None) -> TrainConfig:
-    """A preset plus `overrides` (dotted keys such as `model.num_layers` reach the model)."""
-    if preset not in PRESETS:
-        raise ClipbertError(f"unknown preset {preset!r} (one of {', '.join(PRESETS)})")
-    d = TrainConfig().to_dict()
-    d["preset"] = preset
-    for key, value in {**PRESETS[preset], **(overrides or {})}.items():
-        target, name = d, key
-        if key.startswith("model."):
-            target, name = d["model"], key.removeprefix("model.")
-        if name not in target or name == "model":
-            raise ClipbertError(f"unknown training setting {key!r}")
-        target[name] = value
-    return TrainConfig.from_dict(d)
-
-
-def fingerprint(cfg: TrainConfig) -> str:
-    """What must match for a saved state to be resumed (everything but logging and speed
-    knobs)."""
-    d = cfg.to_dict()
-    for key in ("log_every", "checkpoint_every", "num_workers", "eval_batch_size",
-                "channels_last", "compile"):
-        d.pop(key)
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+from clipbert.fsutil import atomic_path, content_digest, file_sha256, read_jsonl, write_json
+from clipbert.model import build_model, variant_class
+from clipbert.modelfile import save_model_file, vocab_tokens
+from clipbert.sqa import ANS2LABEL, available_videos, check_videos
+from clipbert.tokenizer import load_tokenizer, truncation_report
 
 
 def lr_lambda(total_steps: int, warmup_ratio: float):
@@ -175,83 +60,6 @@ def lr_lambda(total_steps: int, warmup_ratio: float):
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
     return f
-
-
-def param_groups(model: ClipBert, cfg: TrainConfig) -> list[dict]:
-    """CNN and transformer get their own learning rate; biases and norm weights (the 1-D
-    parameters) get no weight decay."""
-    groups: dict[tuple[str, bool], list] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        part = "cnn" if name.startswith("cnn.") else "transformer"
-        groups.setdefault((part, p.ndim > 1), []).append(p)
-    return [
-        {
-            "params": params,
-            "lr": cfg.cnn_lr if part == "cnn" else cfg.lr,
-            "weight_decay": cfg.weight_decay if decay else 0.0,
-            "name": part,
-        }
-        for (part, decay), params in sorted(groups.items())
-    ]
-
-
-# Weight sources that hold only the CNN (the blind baseline has none).
-CNN_WEIGHTS = ("detectron2", "resnet")
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed() -> tuple[Dist, torch.device]:
-    """One process per GPU under torchrun (NCCL; gloo on CPU); a plain single process otherwise.
-
-    `CLIPBERT_DIST_BACKEND=gloo` lets several processes share the visible GPUs (NCCL refuses
-    two ranks on one device): slow, but it runs the multi-GPU code paths (DDP on CUDA tensors,
-    SyncBatchNorm) on a machine with a single GPU.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    d = Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
-    cuda = torch.cuda.is_available()
-    backend = os.environ.get("CLIPBERT_DIST_BACKEND") or ("nccl" if cuda else "gloo")
-    if backend not in ("nccl", "gloo"):
-        raise ClipbertError(f"CLIPBERT_DIST_BACKEND={backend!r}: nccl or gloo")
-    if cuda:
-        n_gpus = torch.cuda.device_count()
-        if d.local_rank >= n_gpus and backend == "nccl":
-            raise ClipbertError(f"process {d.local_rank} of {world} has no GPU: only {n_gpus} "
-                                "visible (CLIPBERT_DIST_BACKEND=gloo shares them)")
-        device = torch.device("cuda", d.local_rank % n_gpus)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend)
-    return d, device
-
-
-def vocab_tokens(tokenizer) -> list[str]:
-    """The vocabulary in id order, stored in the model file so inference needs no vocab path."""
-    return [t for t, _ in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])]
-
-
-def tokenizer_from_tokens(tokens: list[str]):
-    """Rebuild the tokenizer stored inside a model file, so inference needs no vocab path."""
-    from clipbert.tokenizer import load_tokenizer
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "vocab.txt"
-        path.write_text("".join(t + "\n" for t in tokens))
-        return load_tokenizer(path)
 
 
 def seed_everything(seed: int) -> None:
@@ -293,310 +101,235 @@ def epoch_batches(n: int, epoch: int, cfg: TrainConfig, d: Dist) -> list[list[in
     return [b[d.rank :: d.world] for b in batches]
 
 
-def save_model_file(path, model: ClipBert, cfg: TrainConfig, ans2label: dict, tokens: list[str],
-                    extra: dict) -> None:
-    """The self-contained model file: weights (fp32), configs, answer map, tokenizer vocab."""
-    state = {k: v.detach().float().cpu() if v.is_floating_point() else v.detach().cpu()
-             for k, v in model.state_dict().items()}
-    obj = {"format": "clipbert-native-1", "train_config": cfg.to_dict(), "state_dict": state,
-           "ans2label": ans2label, "vocab": tokens, **extra}
+# ---- a run: everything the loop uses ---------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """A training run as built from its settings and inputs (see `build_run`)."""
+
+    cfg: TrainConfig  # sized to the data: vocab_size and num_labels filled in
+    d: Dist
+    device: torch.device
+    model: nn.Module  # the bare model: saved, validated
+    step_model: nn.Module  # what a training step calls (the DDP wrapper under torchrun)
+    group: Any  # process group of host-side collectives (None in one process)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    tokenizer: Any
+    ans2label: dict[str, int]
+    train_rows: list[dict]
+    val_rows: list[dict]
+    train_set: data.VideoQADataset
+    val_set: data.VideoQADataset
+    collate: Any
+    steps_per_epoch: int
+    total: int
+    val_interval: int
+    inputs: dict[str, str]  # input name -> content digest (what a resumable state must match)
+
+    @property
+    def select_best(self) -> bool:
+        return self.cfg.select_best and bool(self.val_rows)
+
+
+@dataclass
+class Inputs:
+    """What a run reads from disk, checked before any compute."""
+
+    train_rows: list[dict]
+    val_rows: list[dict]
+    ans2label: dict[str, int]
+    tokenizer: Any
+    lmdb_dir: Path | None
+
+
+def read_inputs(cfg: TrainConfig, data_dir: Path, lmdb_dir, vocab, main: bool) -> Inputs:
+    """Questions, answer map and tokenizer; every question must have its video, and long
+    questions are reported, before anything is computed."""
+    if vocab is None:
+        raise ClipbertError("no tokenizer vocabulary given (config weights.vocab)")
+    if not variant_class(cfg.model).needs_video:
+        lmdb_dir = None
+    elif lmdb_dir is None:
+        raise ClipbertError("no video LMDB given (only the blind baseline, model.variant=blind, "
+                            "needs none)")
+    for need in ("train.jsonl", ANS2LABEL):
+        if not (data_dir / need).is_file():
+            raise ClipbertError(f"{data_dir / need}: not found (run the sqa conversion first)")
+    val_path = data_dir / "val.jsonl"
+    inputs = Inputs(read_jsonl(data_dir / "train.jsonl"),
+                    read_jsonl(val_path) if val_path.exists() else [],
+                    json.loads((data_dir / ANS2LABEL).read_text()), load_tokenizer(vocab),
+                    None if lmdb_dir is None else Path(lmdb_dir))
+    if not inputs.train_rows:
+        raise ClipbertError(f"{data_dir / 'train.jsonl'}: no training questions")
+    if inputs.lmdb_dir is not None:
+        videos = available_videos(inputs.lmdb_dir)
+        for path in (data_dir / "train.jsonl", val_path):
+            if path.exists():
+                check_videos(path, videos)
+    if main:
+        for split, rows in (("train", inputs.train_rows), ("val", inputs.val_rows)):
+            rep = truncation_report(inputs.tokenizer, [r["question"] for r in rows],
+                                    cfg.max_txt_len)
+            print(f"{split}: {rep['n']} questions, {rep['truncated']} cut at max_txt_len "
+                  f"{cfg.max_txt_len} (longest {rep['max_len']} tokens, median "
+                  f"{rep['median_len']}), {rep['with_unk']} with [UNK]", flush=True)
+    return inputs
+
+
+def input_digests(data_dir: Path, inputs: Inputs, vocab, weights: dict,
+                  cache: dict) -> dict[str, str]:
+    """Input name -> digest of its content: every file whose change changes the result."""
+    digests = {name: file_sha256(data_dir / name) if (data_dir / name).exists() else "absent"
+               for name in ("train.jsonl", "val.jsonl", ANS2LABEL)}
+    digests["vocabulary"] = content_digest(vocab, cache)
+    if inputs.lmdb_dir is not None:
+        digests["video LMDB"] = vislmdb.content_digest(inputs.lmdb_dir)
+    for kind, path in sorted(weights.items()):
+        digests[f"weights.{kind}"] = content_digest(path, cache)
+    return digests
+
+
+def build_run(cfg: TrainConfig, data_dir, lmdb_dir, vocab, weights: dict | None = None,
+              digest_cache: dict | None = None) -> Run:
+    """Data, model (with its pretrained weights), optimizer and schedule of a run."""
+    d, device = setup_distributed()
+    data_dir, weights = Path(data_dir), {k: v for k, v in (weights or {}).items() if v}
+    inputs = read_inputs(cfg, data_dir, lmdb_dir, vocab, d.main)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(
+        cfg.model, vocab_size=len(inputs.tokenizer.get_vocab()),
+        num_labels=max(len(inputs.ans2label), cfg.model.num_labels)))
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model)
+    for kind in unused_weights(model, weights):
+        if d.main:
+            print(f"weights: {kind} {weights[kind]} not used: the {cfg.model.variant} model "
+                  "has no part it fills", flush=True)
+        del weights[kind]
+    cache = {} if digest_cache is None else digest_cache
+    digests = input_digests(data_dir, inputs, vocab, weights, cache) if d.main else {}
+    load_pretrained(model, **weights, verbose=d.main)
+    runtime.place(model, cfg, device)
+    # Every rank built the same initial weights from `cfg.seed`; from here each rank draws its
+    # own dropout stream, independent of how many random numbers the initialisation consumed.
+    seed_everything(cfg.seed + d.rank)
+    step_model, group = wrap_ddp(model, d, device, trained_bn=not cfg.model.frozen_bn)
+    numerics = runtime.set_numerics(cfg, device)
+    if numerics and d.main:
+        print(numerics, flush=True)
+    steps_per_epoch = len(epoch_batches(len(inputs.train_rows), 0, cfg, d))
+    if steps_per_epoch == 0:
+        raise ClipbertError(f"{data_dir / 'train.jsonl'}: {len(inputs.train_rows)} questions "
+                            f"are too few for {d.world} processes")
+    total = math.ceil(cfg.epochs * steps_per_epoch)
+    optimizer = torch.optim.AdamW(model.param_groups(cfg), betas=cfg.betas, eps=cfg.adam_eps)
+    return Run(
+        cfg=cfg, d=d, device=device, model=model, step_model=step_model, group=group,
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, cfg.warmup_ratio)),
+        tokenizer=inputs.tokenizer, ans2label=inputs.ans2label, train_rows=inputs.train_rows,
+        val_rows=inputs.val_rows,
+        train_set=data.dataset_for(cfg, inputs.train_rows, inputs.lmdb_dir, inputs.ans2label,
+                                   train=True),
+        val_set=data.dataset_for(cfg, inputs.val_rows, inputs.lmdb_dir, inputs.ans2label,
+                                 train=False),
+        collate=data.make_collate(inputs.tokenizer, cfg.max_txt_len, cfg.pad_to_max),
+        steps_per_epoch=steps_per_epoch, total=total,
+        val_interval=max(1, round(total * cfg.val_every)), inputs=digests)
+
+
+# ---- the state carried from step to step -----------------------------------------------------
+
+
+@dataclass
+class TrainState:
+    """What the loop carries between steps; all but `timed` is saved for a resume."""
+
+    step: int = 0
+    best_acc: float = -1.0
+    last_acc: float | None = None
+    loss: float | torch.Tensor = 0.0  # this rank's summed loss since the last log row
+    labelled: int = 0  # labelled examples of all ranks since the last log row
+    timed: int = 0  # examples since the throughput clock last started
+
+
+def save_state(run: Run, st: TrainState, path: Path) -> None:
+    """Rank 0 writes the resumable state (fp32 weights, optimizer, every rank's RNG)."""
+    mine = {"rng": rng_state(), "loss": float(st.loss)}
+    ranks = [mine]
+    if run.d.world > 1:
+        ranks = [None] * run.d.world
+        dist.all_gather_object(ranks, mine, group=run.group)
+    if not run.d.main:
+        return
+    obj = {"settings": result_settings(run.cfg), "inputs": run.inputs, "world": run.d.world,
+           "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+           "scheduler": run.scheduler.state_dict(), "ranks": ranks, "step": st.step,
+           "best_acc": st.best_acc, "last_acc": st.last_acc, "labelled": st.labelled}
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
 
-def train_args(preset: str, overrides: dict, data_dir, lmdb_dir, out, state_dir, metrics=None,
-               vocab=None, weights: dict | None = None) -> list[str]:
-    """The `clipbert train` arguments of a run: what each torchrun process is started with."""
-    args = ["--preset", preset, "--data-dir", str(data_dir), "--out", str(out),
-            "--state-dir", str(state_dir)]
-    if lmdb_dir is not None:
-        args += ["--lmdb", str(lmdb_dir)]
-    if metrics is not None:
-        args += ["--metrics", str(metrics)]
-    if vocab is not None:
-        args += ["--vocab", str(vocab)]
-    for key, value in overrides.items():
-        args += ["--set", f"{key}={json.dumps(value)}"]
-    for kind, path in (weights or {}).items():
-        if path:
-            args += ["--init", f"{kind}={path}"]
-    return args
+def changes(saved: dict, run: Run) -> list[str]:
+    """What differs between the run that saved `saved` and this one (empty: the same run)."""
+    if "settings" not in saved or "inputs" not in saved:
+        return ["the state's format (saved by an older version)"]
+    now = result_settings(run.cfg)
+    out = [f"setting {k}" for k in sorted(set(now) | set(saved["settings"]))
+           if now.get(k) != saved["settings"].get(k)]
+    out += [name for name in sorted(set(run.inputs) | set(saved["inputs"]))
+            if run.inputs.get(name) != saved["inputs"].get(name)]
+    if saved["world"] != run.d.world:
+        out.append(f"process count ({saved['world']} then, {run.d.world} now)")
+    return out
 
 
-def torchrun_command(nproc: int, args: list[str]) -> list[str]:
-    """`torchrun --standalone --nproc_per_node N -m clipbert train ARGS`, through this Python."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={nproc}", "-m", "clipbert", "train", *args]
+def resume(run: Run, state_dir: Path) -> TrainState:
+    """The saved state of this very run, or a fresh one (the log says which, and why)."""
+    last, main = state_dir / "last.pt", run.d.main
+    saved, why = None, None  # why: None = nothing saved, [] = the same run, else what changed
+    if main and last.exists():
+        saved = _load_state(last, state_dir)
+        why = changes(saved, run) if isinstance(saved, dict) else ["not a resume state"]
+    if run.d.world > 1:  # rank 0 decides for all
+        box = [why]
+        dist.broadcast_object_list(box, src=0, group=run.group)
+        why = box[0]
+    if why != []:
+        if main and why:
+            print(f"not resuming {last}: saved by another run (changed: {', '.join(why)}); "
+                  "training starts over", flush=True)
+        if main:  # a leftover of another run is no candidate for the best weights either
+            last.unlink(missing_ok=True)
+            (state_dir / "best.pt").unlink(missing_ok=True)
+        return TrainState()
+    if saved is None:
+        saved = _load_state(last, state_dir)
+    run.model.load_state_dict(saved["model"])
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.scheduler.load_state_dict(saved["scheduler"])
+    mine = saved["ranks"][run.d.rank]
+    set_rng_state(mine["rng"])
+    if main:
+        print(f"resuming from {last} at step {saved['step']}/{run.total}", flush=True)
+    return TrainState(step=saved["step"], best_acc=saved["best_acc"],
+                      last_acc=saved["last_acc"], loss=mine["loss"], labelled=saved["labelled"])
 
 
-def launch_torchrun(nproc: int, args: list[str], log=None) -> None:
-    """Run `clipbert train ARGS` in `nproc` processes (one per GPU), output to `log` or ours."""
-    env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[1])  # so the workers import this very package
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-    cmd = torchrun_command(nproc, args)
-    print(" ".join(cmd), flush=True)
-    if log is None:
-        rc = subprocess.run(cmd, env=env).returncode
-    else:
-        with open(log, "a") as fh:
-            rc = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
-    if rc != 0:
-        where = f"; see {log}" if log is not None else ""
-        raise ClipbertError(f"training in {nproc} processes failed (exit status {rc}){where}")
+def _load_state(last: Path, state_dir: Path) -> Any:
+    try:
+        return torch.load(last, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - written atomically, so only a foreign file
+        raise ClipbertError(f"{last}: unreadable resume state ({type(e).__name__}); delete "
+                            f"{state_dir} to start over") from None
 
 
-def train(cfg: TrainConfig, data_dir, lmdb_dir, out, state_dir, metrics=None, vocab=None,
-          weights: dict | None = None) -> dict:
-    """Fine-tune on `{data_dir}/train.jsonl`, validate on `val.jsonl`, write the model to `out`.
-    The blind baseline (`model.blind`) reads no video: `lmdb_dir` may then be None."""
-    from clipbert import data, evaluate
-    from clipbert.checkpoints import load_pretrained
-    from clipbert.sqa import available_videos, check_videos
-    from clipbert.tokenizer import load_tokenizer, truncation_report
-
-    d, device = setup_distributed()
-    data_dir, state_dir = Path(data_dir), Path(state_dir)
-    if vocab is None:
-        raise ClipbertError("no tokenizer vocabulary given (config weights.vocab)")
-    blind = cfg.model.blind
-    if blind:
-        lmdb_dir = None
-        cnn_only = sorted(k for k, v in (weights or {}).items() if v and k in CNN_WEIGHTS)
-        if cnn_only and d.main:
-            print(f"blind baseline: no CNN, so the {' and '.join(cnn_only)} weights are not used",
-                  flush=True)
-        weights = {k: v for k, v in (weights or {}).items() if k not in CNN_WEIGHTS}
-    elif lmdb_dir is None:
-        raise ClipbertError("no video LMDB given (only the blind baseline, model.blind, needs "
-                            "none)")
-    for need in ("train.jsonl", "train_ans2label.json"):
-        if not (data_dir / need).is_file():
-            raise ClipbertError(f"{data_dir / need}: not found (run the sqa conversion first)")
-    tokenizer = load_tokenizer(vocab)
-    tokens = vocab_tokens(tokenizer)
-    ans2label = json.loads((data_dir / "train_ans2label.json").read_text())
-    train_rows = read_jsonl(data_dir / "train.jsonl")
-    val_path = data_dir / "val.jsonl"
-    val_rows = read_jsonl(val_path) if val_path.exists() else []
-    if not train_rows:
-        raise ClipbertError(f"{data_dir / 'train.jsonl'}: no training questions")
-    # Before any compute: every question needs its video, and long questions get reported.
-    if not blind:
-        videos = available_videos(lmdb_dir)
-        for path in (data_dir / "train.jsonl", val_path):
-            if path.exists():
-                check_videos(path, videos)
-    if d.main:
-        for split, rows in (("train", train_rows), ("val", val_rows)):
-            rep = truncation_report(tokenizer, [r["question"] for r in rows], cfg.max_txt_len)
-            print(f"{split}: {rep['n']} questions, {rep['truncated']} cut at max_txt_len "
-                  f"{cfg.max_txt_len} (longest {rep['max_len']} tokens, median "
-                  f"{rep['median_len']}), {rep['with_unk']} with [UNK]", flush=True)
-
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(
-        cfg.model, vocab_size=len(tokens), num_labels=max(len(ans2label), cfg.model.num_labels)))
-    seed_everything(cfg.seed)
-    model = ClipBert(cfg.model)
-    load_pretrained(model, **(weights or {}), verbose=d.main)
-    place_model(model, device, channels_last=cfg.channels_last and device.type == "cuda",
-                compile=cfg.compile)
-    # Every rank built the same initial weights from `cfg.seed`; from here each rank draws its
-    # own dropout stream, independent of how many random numbers the initialisation consumed.
-    seed_everything(cfg.seed + d.rank)
-    ddp_model: torch.nn.Module = model
-    cpu_group = None
-    if d.world > 1:
-        if not cfg.model.frozen_bn and device.type == "cuda":
-            # Trained BatchNorm must see the whole global batch, as in one process.
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            gradient_as_bucket_view=True, **_buffer_sync(not cfg.model.frozen_bn))
-        # Small host-side collectives (example counts, validation answers) go over gloo, so
-        # they never wait for the GPU queue.
-        cpu_group = dist.new_group(backend="gloo") if device.type == "cuda" else dist.group.WORLD
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-
-    train_set = data.VideoQADataset(
-        train_rows, lmdb_dir, ans2label, num_frm=cfg.num_frm, sample_fps=cfg.sample_fps,
-        video_fps=cfg.video_fps, n_clips=cfg.train_n_clips, train=True, seed=cfg.seed)
-    val_set = data.VideoQADataset(
-        val_rows, lmdb_dir, ans2label, num_frm=cfg.num_frm, sample_fps=cfg.sample_fps,
-        video_fps=cfg.video_fps, n_clips=cfg.inference_n_clips, train=False, seed=cfg.seed)
-    collate = data.make_collate(tokenizer, cfg.max_txt_len, cfg.pad_to_max)
-
-    steps_per_epoch = len(epoch_batches(len(train_rows), 0, cfg, d))
-    if steps_per_epoch == 0:
-        raise ClipbertError(f"{data_dir / 'train.jsonl'}: {len(train_rows)} questions are too few "
-                            f"for {d.world} processes")
-    total = math.ceil(cfg.epochs * steps_per_epoch)
-    val_interval = max(1, round(total * cfg.val_every))
-    optimizer = torch.optim.AdamW(param_groups(model, cfg), betas=cfg.betas, eps=cfg.adam_eps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, cfg.warmup_ratio))
-    use_bf16 = cfg.bf16 and device.type == "cuda"
-    select_best = cfg.select_best and bool(val_rows)
-    if cfg.select_best and not val_rows and d.main:
-        print(f"warning: {val_path} is missing or empty: keeping the final weights, not the "
-              "best on val", flush=True)
-
-    state_dir.mkdir(parents=True, exist_ok=True)
-    last, best = state_dir / "last.pt", state_dir / "best.pt"
-    metrics_tmp = state_dir / "metrics.jsonl"
-    step, best_acc, last_acc = 0, -1.0, None
-    # This rank's summed loss and the global example counts since the last log row (restored on
-    # resume, so the rows of a resumed run are those of an uninterrupted one); `timed` counts the
-    # examples since `t0` for the throughput.
-    local_loss: float | torch.Tensor = 0.0
-    items, labelled, timed = 0, 0, 0
-    fp = fingerprint(cfg)
-    if last.exists():
-        try:
-            st = torch.load(last, map_location="cpu", weights_only=False)
-        except Exception as e:  # noqa: BLE001 - written atomically, so only a foreign file
-            raise ClipbertError(f"{last}: unreadable resume state ({type(e).__name__}); delete "
-                                f"{state_dir} to start over") from None
-        if not isinstance(st, dict) or st.get("fingerprint") != fp:
-            raise ClipbertError(
-                f"{last}: saved by a run with other settings; delete {state_dir} to start over")
-        if st["world"] != d.world:
-            raise ClipbertError(
-                f"{last}: saved by a run of {st['world']} process(es), this one has {d.world} "
-                f"(the global batch would change); delete {state_dir} to start over")
-        model.load_state_dict(st["model"])
-        optimizer.load_state_dict(st["optimizer"])
-        scheduler.load_state_dict(st["scheduler"])
-        mine = st["ranks"][d.rank]
-        set_rng_state(mine["rng"])
-        local_loss = mine["loss"]
-        step, best_acc, last_acc = st["step"], st["best_acc"], st["last_acc"]
-        items, labelled = st["items"], st["labelled"]
-        if d.main:
-            print(f"resuming from {last} at step {step}/{total}", flush=True)
-        del st
-    elif d.main:
-        best.unlink(missing_ok=True)  # a leftover of an abandoned run is no candidate
-    if d.main:
-        _truncate_metrics(metrics_tmp, step)
-    if d.world > 1:
-        dist.barrier()
-
-    def save_state() -> None:
-        mine = {"rng": rng_state(), "loss": float(local_loss)}
-        ranks = [mine]
-        if d.world > 1:
-            ranks = [None] * d.world
-            dist.all_gather_object(ranks, mine, group=cpu_group)
-        if not d.main:
-            return
-        st = {"fingerprint": fp, "world": d.world, "model": model.state_dict(),
-              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-              "ranks": ranks, "step": step, "best_acc": best_acc, "last_acc": last_acc,
-              "items": items, "labelled": labelled}
-        with atomic_path(last) as tmp:
-            torch.save(st, tmp)
-
-    def validate() -> float:
-        """Each rank answers its share of val; rank 0 gets all answers (no idle waiting)."""
-        mine = list(range(d.rank, len(val_rows), d.world))
-        preds = evaluate.predict(model, torch.utils.data.Subset(val_set, mine), collate,
-                                 device, cfg)
-        shares = [(mine, preds)]
-        if d.world > 1:
-            shares = [None] * d.world
-            dist.all_gather_object(shares, (mine, preds), group=cpu_group)
-        labels = [0] * len(val_rows)
-        for idx, lab in shares:
-            for i, v in zip(idx, lab, strict=True):
-                labels[i] = v
-        return evaluate.score(val_rows, evaluate.label_answers(labels, ans2label))["overall"]
-
-    if d.main:
-        print(f"training {len(train_rows)} questions, {total} steps of global batch "
-              f"{cfg.batch_size * d.world} ({d.world} process(es), {device}); validation every "
-              f"{val_interval} steps, {'best on val' if select_best else 'final'} weights kept",
-              flush=True)
-    model.train()
-    t0 = time.perf_counter()
-    while step < total:
-        epoch, pos = divmod(step, steps_per_epoch)
-        train_set.epoch = epoch
-        batches = epoch_batches(len(train_rows), epoch, cfg, d)[pos:]
-        loader = torch.utils.data.DataLoader(
-            train_set, batch_sampler=batches, collate_fn=collate, num_workers=cfg.num_workers,
-            generator=torch.Generator().manual_seed(cfg.seed + epoch),
-            pin_memory=device.type == "cuda")
-        for batch in loader:
-            lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}  # the rates of this step
-            counts = [0, 0] if batch is None else [len(batch["labels"]),
-                                                   int((batch["labels"] >= 0).sum())]
-            if d.world > 1:
-                t = torch.tensor(counts, dtype=torch.long)
-                dist.all_reduce(t, group=cpu_group)
-                counts = t.tolist()
-            items, labelled, timed = items + counts[0], labelled + counts[1], timed + counts[0]
-            # A step whose every video failed to decode (logged by data) or whose answers are
-            # all outside the answer vocabulary changes nothing but still counts, so that the
-            # schedule and the data position stay those of an uninterrupted run.
-            if counts[1] > 0:
-                local_loss += _train_step(ddp_model, batch, cfg, d, device, counts[1],
-                                          tokenizer, use_bf16, optimizer)
-            scheduler.step()
-            step += 1
-            t_work = time.perf_counter()
-            row = None
-            if step % cfg.log_every == 0 or step % val_interval == 0 or step == total:
-                loss = float(local_loss)
-                if d.world > 1:
-                    t = torch.tensor([loss], dtype=torch.float64)
-                    dist.all_reduce(t, group=cpu_group)
-                    loss = float(t[0])
-                row = {"step": step, "epoch": epoch,
-                       "loss": round(loss / labelled, 5) if labelled else None,
-                       "lr": lrs.get("transformer"), "cnn_lr": lrs.get("cnn"),
-                       "val_acc": None,
-                       "examples_per_s": round(timed / max(t_work - t0, 1e-9), 2)}
-                local_loss, items, labelled, timed = 0.0, 0, 0, 0
-            if (step % val_interval == 0 or step == total) and val_rows:
-                row["val_acc"] = last_acc = validate()
-                if select_best and last_acc > best_acc:
-                    best_acc = last_acc
-                    if d.main:
-                        save_model_file(best, model, cfg, ans2label, tokens,
-                                        _model_extra(cfg, d, step, last_acc, "best on val"))
-                model.train()
-            if row is not None and d.main:
-                print(json.dumps(row), flush=True)
-                with open(metrics_tmp, "a") as fh:
-                    fh.write(json.dumps(row) + "\n")
-            if step % cfg.checkpoint_every == 0 or step % val_interval == 0 or step == total:
-                save_state()
-            # Validation and checkpoints are not training time.
-            t0 = time.perf_counter() if row is not None else t0 + time.perf_counter() - t_work
-            if step >= total:
-                break
-
-    if d.main:
-        if select_best and best.exists():
-            with atomic_path(out) as tmp:
-                shutil.copyfile(best, tmp)
-        else:
-            save_model_file(out, model, cfg, ans2label, tokens,
-                            _model_extra(cfg, d, step, last_acc, "final"))
-        if metrics:
-            with atomic_path(metrics) as tmp:
-                shutil.copyfile(metrics_tmp, tmp)
-    if d.world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    return {"steps": total, "best_val_acc": best_acc if select_best else None,
-            "final_val_acc": last_acc}
+# ---- one step, validation, logging ------------------------------------------------------------
 
 
-def _train_step(ddp_model: torch.nn.Module, batch: dict | None, cfg: TrainConfig, d: Dist,
-                device: torch.device, global_labelled: int, tokenizer, use_bf16: bool,
-                optimizer: torch.optim.Optimizer) -> torch.Tensor:
+def train_step(run: Run, batch: dict | None, global_labelled: int) -> torch.Tensor:
     """One update on this rank's share of a global batch; returns this rank's summed loss (a
     tensor, so that the host does not wait for the device every step).
 
@@ -607,48 +340,184 @@ def _train_step(ddp_model: torch.nn.Module, batch: dict | None, cfg: TrainConfig
     """
     empty = batch is None
     if empty:
-        batch = _blank_batch(cfg, tokenizer)
-    from clipbert import data
-
-    frames = data.batch_frames(batch, cfg.max_img_size, device)
-    labels = batch["labels"].to(device, non_blocking=True)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-        logits = ddp_model(frames, batch["input_ids"].to(device, non_blocking=True),
-                           batch["attention_mask"].to(device, non_blocking=True))
+        batch = _blank_batch(run)
+    logits = runtime.forward_batch(run.step_model, batch, run.cfg, run.device)
     if empty:
         loss_sum = logits.sum() * 0.0
     else:
+        labels = batch["labels"].to(run.device, non_blocking=True)
         loss_sum = F.cross_entropy(logits.float(), labels, ignore_index=-1, reduction="sum")
-    optimizer.zero_grad(set_to_none=True)
-    (loss_sum * (d.world / global_labelled)).backward()
+    run.optimizer.zero_grad(set_to_none=True)
+    (loss_sum * (run.d.world / global_labelled)).backward()
     torch.nn.utils.clip_grad_norm_(
-        [p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
-    optimizer.step()
+        [p for g in run.optimizer.param_groups for p in g["params"]], run.cfg.grad_clip)
+    run.optimizer.step()
     return loss_sum.detach()
 
 
-def _buffer_sync(on: bool) -> dict[str, bool]:
-    """DDP's per-forward buffer broadcast (trained BatchNorm statistics), under the argument name
-    this PyTorch knows: `forward_sync_buffers` replaced `broadcast_buffers` in 2.14."""
-    params = inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
-    return {"forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers": on}
-
-
-def _blank_batch(cfg: TrainConfig, tokenizer) -> dict:
+def _blank_batch(run: Run) -> dict:
     """One black clip with an empty question, shaped like a real batch of one."""
-    s = cfg.max_img_size
-    ids = torch.tensor([[tokenizer.cls_token_id, tokenizer.sep_token_id]])
+    cfg, tok = run.cfg, run.tokenizer
+    ids = torch.tensor([[tok.cls_token_id, tok.sep_token_id]])
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
              "labels": torch.full((1,), -1, dtype=torch.long)}
-    if not cfg.model.blind:
+    if run.model.needs_video:
+        s = cfg.max_img_size
         batch["frames"] = torch.zeros(1, cfg.train_n_clips, cfg.num_frm, s, s, 3,
                                       dtype=torch.uint8)
     return batch
 
 
-def _model_extra(cfg: TrainConfig, d: Dist, step: int, val_acc: float | None, chosen: str) -> dict:
-    return {"step": step, "val_accuracy": val_acc, "chosen": chosen, "world_size": d.world,
-            "global_batch": cfg.batch_size * d.world}
+def validate(run: Run) -> float:
+    """Each rank answers its share of val; rank 0 gets all answers (no idle waiting)."""
+    d = run.d
+    mine = list(range(d.rank, len(run.val_rows), d.world))
+    preds = evaluate.predict(run.model, torch.utils.data.Subset(run.val_set, mine), run.collate,
+                             run.device, run.cfg)
+    shares = [(mine, preds)]
+    if d.world > 1:
+        shares = [None] * d.world
+        dist.all_gather_object(shares, (mine, preds), group=run.group)
+    labels = [0] * len(run.val_rows)
+    for idx, lab in shares:
+        for i, v in zip(idx, lab, strict=True):
+            labels[i] = v
+    answers = evaluate.label_answers(labels, run.ans2label)
+    run.model.train()
+    return evaluate.score(run.val_rows, answers)["overall"]
+
+
+def due(run: Run, step: int) -> tuple[bool, bool, bool]:
+    """Whether this step logs a metrics row, validates, and saves the resumable state: every
+    validation (and the last step) does all three."""
+    check = step % run.val_interval == 0 or step == run.total
+    return (check or step % run.cfg.log_every == 0, check,
+            check or step % run.cfg.checkpoint_every == 0)
+
+
+def global_counts(run: Run, batch: dict | None) -> tuple[int, int]:
+    """(examples, labelled examples) of this global batch, summed over the ranks."""
+    counts = [0, 0] if batch is None else [len(batch["labels"]),
+                                           int((batch["labels"] >= 0).sum())]
+    if run.d.world > 1:
+        t = torch.tensor(counts, dtype=torch.long)
+        dist.all_reduce(t, group=run.group)
+        counts = t.tolist()
+    return counts[0], counts[1]
+
+
+def log_row(run: Run, st: TrainState, epoch: int, lrs: dict, seconds: float) -> dict:
+    """A metrics row from the sums since the last one (which it resets)."""
+    loss = float(st.loss)
+    if run.d.world > 1:
+        t = torch.tensor([loss], dtype=torch.float64)
+        dist.all_reduce(t, group=run.group)
+        loss = float(t[0])
+    row = {"step": st.step, "epoch": epoch,
+           "loss": round(loss / st.labelled, 5) if st.labelled else None,
+           "lr": lrs.get("transformer"), "cnn_lr": lrs.get("cnn"), "val_acc": None,
+           "examples_per_s": round(st.timed / max(seconds, 1e-9), 2)}
+    st.loss, st.labelled, st.timed = 0.0, 0, 0
+    return row
+
+
+def epoch_loader(run: Run, epoch: int, pos: int) -> torch.utils.data.DataLoader:
+    """The batches of `epoch` from batch `pos` on (a resumed run starts mid-epoch)."""
+    run.train_set.epoch = epoch
+    return torch.utils.data.DataLoader(
+        run.train_set, batch_sampler=epoch_batches(len(run.train_rows), epoch, run.cfg,
+                                                   run.d)[pos:],
+        collate_fn=run.collate, num_workers=run.cfg.num_workers,
+        generator=torch.Generator().manual_seed(run.cfg.seed + epoch),
+        pin_memory=run.device.type == "cuda")
+
+
+def model_extra(run: Run, st: TrainState, chosen: str) -> dict:
+    """What the model file records about the run besides weights and settings."""
+    return {"step": st.step, "val_accuracy": st.last_acc, "chosen": chosen,
+            "world_size": run.d.world, "global_batch": run.cfg.batch_size * run.d.world}
+
+
+# ---- the loop ---------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig, data_dir, lmdb_dir, out, state_dir, metrics=None, vocab=None,
+          weights: dict | None = None) -> dict:
+    """Fine-tune on `{data_dir}/train.jsonl`, validate on `val.jsonl`, write the model to `out`.
+    A model that reads no video (the blind baseline) needs no `lmdb_dir`."""
+    state_dir = Path(state_dir)
+    cache_path = state_dir / "digests.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    run = build_run(cfg, data_dir, lmdb_dir, vocab, weights, digest_cache=cache)
+    cfg, d = run.cfg, run.d
+    last, best = state_dir / "last.pt", state_dir / "best.pt"
+    rows_path = state_dir / "metrics.jsonl"
+    if d.main:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        write_json(cache_path, cache)
+    st = resume(run, state_dir)
+    if d.main:
+        _truncate_metrics(rows_path, st.step)
+        print(f"training {len(run.train_rows)} questions, {run.total} steps of global batch "
+              f"{cfg.batch_size * d.world} ({d.world} process(es), {run.device}); validation "
+              f"every {run.val_interval} steps, {'best on val' if run.select_best else 'final'} "
+              "weights kept", flush=True)
+        if cfg.select_best and not run.select_best:
+            print("warning: val.jsonl is missing or empty: keeping the final weights, not the "
+                  "best on val", flush=True)
+    if d.world > 1:
+        dist.barrier()
+    run.model.train()
+    t0 = time.perf_counter()
+    while st.step < run.total:
+        epoch, pos = divmod(st.step, run.steps_per_epoch)
+        for batch in epoch_loader(run, epoch, pos):
+            lrs = {g["name"]: g["lr"] for g in run.optimizer.param_groups}  # this step's rates
+            n, labelled = global_counts(run, batch)
+            st.labelled, st.timed = st.labelled + labelled, st.timed + n
+            # A step whose every video failed to decode (logged by data) or whose answers are
+            # all outside the answer vocabulary changes nothing but still counts, so that the
+            # schedule and the data position stay those of an uninterrupted run.
+            if labelled > 0:
+                st.loss += train_step(run, batch, labelled)
+            run.scheduler.step()
+            st.step += 1
+            t_work = time.perf_counter()
+            log, check, save = due(run, st.step)
+            row = log_row(run, st, epoch, lrs, t_work - t0) if log else None
+            if check and run.val_rows:
+                row["val_acc"] = st.last_acc = validate(run)
+                if run.select_best and st.last_acc > st.best_acc:
+                    st.best_acc = st.last_acc
+                    if d.main:
+                        save_model_file(best, run.model, cfg, run.ans2label,
+                                        vocab_tokens(run.tokenizer),
+                                        model_extra(run, st, "best on val"))
+            if row is not None and d.main:
+                print(json.dumps(row), flush=True)
+                with open(rows_path, "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+            if save:
+                save_state(run, st, last)
+            # Validation and checkpoints are not training time.
+            t0 = time.perf_counter() if row is not None else t0 + time.perf_counter() - t_work
+            if st.step >= run.total:
+                break
+    if d.main:
+        if run.select_best and best.exists():
+            with atomic_path(out) as tmp:
+                shutil.copyfile(best, tmp)
+        else:
+            save_model_file(out, run.model, cfg, run.ans2label, vocab_tokens(run.tokenizer),
+                            model_extra(run, st, "final"))
+        if metrics:
+            with atomic_path(metrics) as tmp:
+                shutil.copyfile(rows_path, tmp)
+    if d.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return {"steps": run.total, "best_val_acc": st.best_acc if run.select_best else None,
+            "final_val_acc": st.last_acc}
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

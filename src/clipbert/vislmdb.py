@@ -8,6 +8,7 @@ lazily in the process that reads, because an LMDB environment must not cross a f
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -137,6 +138,16 @@ def export_lmdb(lmdb_dir: str | os.PathLike, out_dir: str | os.PathLike) -> int:
             (tmp / f"{key}.mp4").write_bytes(bytes(v))
             n += 1
     return n
+
+
+def content_digest(lmdb_dir: str | os.PathLike) -> str:
+    """sha256 over every key, value size and value sha256 in key order: what a reader of this
+    LMDB can see, whatever the page layout or map size of the files."""
+    h = hashlib.sha256()
+    with _open_ro(lmdb_dir).begin(buffers=True) as txn:
+        for k, v in txn.cursor():
+            h.update(bytes(k) + b"\0" + len(v).to_bytes(8, "little") + hashlib.sha256(v).digest())
+    return h.hexdigest()
 
 
 class VideoLMDB:

@@ -1,0 +1,45 @@
+"""Where a model meets a device: placement, numerics (TF32, bf16 autocast) and the forward pass
+of a collated batch, shared by training and evaluation so that both compute alike."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from clipbert.config import TrainConfig
+from clipbert.data import batch_frames
+from clipbert.model import place_model
+
+
+def bf16_on(cfg: TrainConfig, device: torch.device) -> bool:
+    """bf16 autocast is used only on CUDA: on the CPU it is slow and changes the results."""
+    return cfg.bf16 and device.type == "cuda"
+
+
+def place(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
+    """Move `model` to `device` with the run's layout (channels-last on CUDA) and compilation."""
+    return place_model(model, device, channels_last=cfg.channels_last and device.type == "cuda",
+                       compile=cfg.compile)
+
+
+def set_numerics(cfg: TrainConfig, device: torch.device) -> str | None:
+    """On CUDA: cuDNN autotuning, and TF32 for matmuls and convolutions only where the preset
+    allows it (upstream trained in true fp32: the faithful preset keeps it off). Returns the
+    line to log, None on the CPU."""
+    if device.type != "cuda":
+        return None
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+    torch.backends.cudnn.allow_tf32 = cfg.tf32
+    return (f"numerics: TF32 {'on' if cfg.tf32 else 'off (true fp32, as upstream)'} for "
+            f"matmuls and convolutions; bf16 autocast {'on' if bf16_on(cfg, device) else 'off'}")
+
+
+def forward_batch(model: nn.Module, batch: dict, cfg: TrainConfig,
+                  device: torch.device) -> torch.Tensor:
+    """The model's (B, labels) logits for a collated batch, under bf16 autocast where the run
+    uses it: the one forward pass of training and evaluation."""
+    frames = batch_frames(batch, cfg.max_img_size, device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_on(cfg, device)):
+        return model(frames, batch["input_ids"].to(device, non_blocking=True),
+                     batch["attention_mask"].to(device, non_blocking=True))
