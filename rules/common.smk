@@ -1,12 +1,30 @@
-# Helpers shared by the rules: where each input comes from, and which scenes the run needs.
+# Helpers shared by the rules: where each input comes from, which scenes the run needs, and the
+# checks that stop a run before any job when the config or a real-data input is wrong.
+import sys
 from pathlib import Path
 
+from clipbert import config as settings
 from clipbert import demo, frames, sqa
+from clipbert.errors import ClipbertError
 
-DEMO = config["data"]["source"] == "demo"
-WORK = "work"
+SOURCE = config["data"]["source"]
+DEMO = SOURCE == "demo"
+# Each data source has its own work folder, so a checkout that ran the demo never trains a real
+# config on the demo's questions or videos (results/ is shared: its rules rerun when their
+# inputs change).
+WORK = f"work/{SOURCE}"
 ENV = "../envs/clipbert.yaml"  # relative to rules/
 SPLITS = ("train", "val", "test")
+SCENE_PATTERN = r"scene\d{4}_\d{2}"
+
+
+wildcard_constraints:
+    scene=SCENE_PATTERN,
+
+
+def stop(message: str) -> None:
+    """End the run before any job with one line (no traceback)."""
+    sys.exit(f"error: {message}")
 
 
 def require(key: str) -> str:
@@ -15,17 +33,39 @@ def require(key: str) -> str:
     for part in key.split("."):
         value = value[part]
     if not value:
-        raise ValueError(f"config: {key} is required when data.source is 'scannet'")
+        stop(f"config: {key} is required when data.source is 'scannet'")
     return value
 
 
-SCANS = f"{WORK}/demo/scans" if DEMO else config["data"]["scans_dir"]
-SQA_DIR = f"{WORK}/demo/sqa_task" if DEMO else require("data.sqa_dir")
-VOCAB = f"{WORK}/demo/vocab.txt" if DEMO else require("weights.vocab")
+def require_file(key: str, path: str) -> str:
+    """`path` (from config key `key`) must exist before the run starts."""
+    if not Path(path).exists():
+        stop(f"config: {key}: {path} not found")
+    return path
+
+
+def train_settings(overrides: dict) -> settings.TrainConfig:
+    """The training settings of `train.preset` + `overrides`, checked now: a misspelt key stops
+    the run before any job, naming it."""
+    try:
+        return settings.make_config(config["train"]["preset"], overrides)
+    except ClipbertError as e:
+        stop(f"config: train.overrides: {e}")
+
+
+DEMO_DIR = "work/demo/source"  # the demo's generated scans, SQA3D files and vocabulary
+SCANS = f"{DEMO_DIR}/scans" if DEMO else config["data"]["scans_dir"]
+SQA_DIR = f"{DEMO_DIR}/sqa_task" if DEMO else require("data.sqa_dir")
+VOCAB = f"{DEMO_DIR}/vocab.txt" if DEMO else require_file("weights.vocab",
+                                                           require("weights.vocab"))
 VIDEOS = None if DEMO else config["data"]["videos_dir"]
 BLIND = config["baselines"]["blind"]
+TRAIN = train_settings(config["train"]["overrides"])
 if not DEMO and not (SCANS or VIDEOS):
-    raise ValueError("config: data.scans_dir or data.videos_dir is required for real data")
+    stop("config: data.scans_dir or data.videos_dir is required for real data")
+for _kind, _path in config["weights"].items():
+    if _path:
+        require_file(f"weights.{_kind}", _path)
 
 
 def sqa_files(kind: str) -> list[str]:
@@ -33,17 +73,28 @@ def sqa_files(kind: str) -> list[str]:
     return [f"{SQA_DIR}/balanced/{name(s)}" for s in SPLITS]
 
 
+def check_real_inputs() -> None:
+    """Every SQA3D file the conversion reads exists (named, not silently skipped)."""
+    for path in [f"{SQA_DIR}/{sqa.ANSWER_DICT}", *sqa_files("questions"),
+                 *sqa_files("sqa_annotations")]:
+        require_file("data.sqa_dir", path)
+
+
 def scene_list() -> list[str]:
     """Demo: known from the config. Real data: the SQA3D baseline's selection, restricted to the
     scenes the question files use."""
     if DEMO:
         return demo.scene_ids(config["data"]["demo"]["scenes"])
+    check_real_inputs()
     questions = sqa_files("questions") if config["data"]["restrict_to_questions"] else []
-    return frames.select_scenes(
-        require("data.scene_lists.all"),
-        require("data.scene_lists.test"),
-        [q for q in questions if Path(q).exists()],
-    )
+    try:
+        return frames.select_scenes(
+            require_file("data.scene_lists.all", require("data.scene_lists.all")),
+            require_file("data.scene_lists.test", require("data.scene_lists.test")),
+            questions,
+        )
+    except ClipbertError as e:
+        stop(str(e))
 
 
 SCENES = scene_list()
@@ -56,3 +107,20 @@ def video_path(scene: str) -> str:
 
 def sens_path(scene: str) -> str:
     return f"{SCANS}/{scene}/{scene}.sens"
+
+
+def check_scene_inputs() -> None:
+    """Real data: every scene's released video, or else its scan, is there before any job."""
+    if DEMO:
+        return
+    paths = {s: video_path(s) if VIDEOS else sens_path(s) for s in SCENES}
+    missing = [s for s, p in paths.items() if not Path(p).is_file()]
+    if missing:
+        key, where = ("data.videos_dir", VIDEOS) if VIDEOS else ("data.scans_dir", SCANS)
+        shown = ", ".join(paths[s] for s in missing[:3])
+        stop(f"config: {key}: {len(missing)} of {len(SCENES)} scenes the questions use have "
+             f"no {'video' if VIDEOS else 'scan'} in {where}: {shown}"
+             f"{', ...' if len(missing) > 3 else ''}")
+
+
+check_scene_inputs()

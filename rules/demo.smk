@@ -6,8 +6,8 @@ rule demo_data:
     output:
         sens=[sens_path(s) for s in SCENES] if DEMO else [],
         sqa=sqa_files("questions") + sqa_files("sqa_annotations") if DEMO else [],
-        answers=f"{WORK}/demo/sqa_task/answer_dict.json",
-        vocab=f"{WORK}/demo/vocab.txt",
+        answers=f"{DEMO_DIR}/sqa_task/answer_dict.json",
+        vocab=f"{DEMO_DIR}/vocab.txt",
     params:
         out_dir=lambda w, output: str(Path(output.vocab).parent),
         scenes=config["data"]["demo"]["scenes"],

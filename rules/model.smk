@@ -2,7 +2,7 @@
 
 
 rule train:
-    """Fine-tune; resumable state lives in work/train_state (not an output: Snakemake would
+    """Fine-tune; resumable state lives in work/<source>/train_state (not an output: Snakemake would
     delete it before a rerun), so a killed job resumes."""
     input:
         train=f"{WORK}/sqa/train.jsonl",

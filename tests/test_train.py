@@ -425,3 +425,59 @@ def test_blind_baseline_trains_and_answers_without_video(ds, tmp_path: Path) -> 
         train.train(config.make_config("tiny", SMALL), ds["data_dir"], None, tmp_path / "m.pt",
                     tmp_path / "st", vocab=ds["vocab"])
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_state_of_another_run_is_set_aside(ds, tmp_path: Path, capsys) -> None:
+    """A resumable state is resumed only by the same run: changed questions or videos start
+    training over, the log naming what changed; the same inputs resume (a finished run then
+    writes the same model again without a step)."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(ds["data_dir"], root / "sqa")
+    shutil.copytree(ds["lmdb_dir"], root / "vis_db")
+    inputs = {"data_dir": root / "sqa", "lmdb_dir": root / "vis_db", "vocab": ds["vocab"]}
+    out = tmp_path / "run"
+    _, first = run_train(inputs, out, epochs=1)
+    model = (out / "model.pt").read_bytes()
+    capsys.readouterr()
+    _, again = run_train(inputs, out, epochs=1)
+    log = capsys.readouterr().out
+    assert f"resuming from {out / 'state' / 'last.pt'} at step 8/8" in log
+    assert (out / "model.pt").read_bytes() == model and again == first
+
+    lines = (root / "sqa" / "train.jsonl").read_text().splitlines(keepends=True)
+    row = json.loads(lines[0])
+    row["answer"] = next(a for a in json.loads((root / "sqa" / "train_ans2label.json")
+                                               .read_text()) if a != row["answer"])
+    (root / "sqa" / "train.jsonl").write_text(json.dumps(row) + "\n" + "".join(lines[1:]))
+    _, rows = run_train(inputs, out, epochs=1)
+    log = capsys.readouterr().out
+    assert "not resuming" in log and "(changed: train.jsonl); training starts over" in log
+    assert [r["step"] for r in rows] == list(range(1, 9))
+
+    # The same frames, encoded by another codec: other bytes, so another run.
+    scene = json.loads(lines[1])["video_id"]
+    frames_dir = ds["data_dir"].parent / "frames" / scene
+    mp4s = sorted((ds["data_dir"].parent / "videos").glob("*.mp4"))
+    video.encode_video(frames_dir, tmp_path / "videos" / f"{scene}.mp4", size=(64, 64),
+                       codec="libx264")
+    vislmdb.pack_lmdb(root / "vis_db", [tmp_path / "videos" / f"{scene}.mp4" if p.stem == scene
+                                        else p for p in mp4s])
+    _, rows = run_train(inputs, out, epochs=1)
+    log = capsys.readouterr().out
+    assert "(changed: video LMDB); training starts over" in log
+    assert [r["step"] for r in rows] == list(range(1, 9))
+
+
+def test_a_state_without_run_identity_is_not_resumed(ds, tmp_path: Path, capsys) -> None:
+    """A state written before inputs were recorded (or by anything else) starts a fresh run."""
+    run_train(ds, tmp_path, epochs=1)
+    last = tmp_path / "state" / "last.pt"
+    st = torch.load(last, map_location="cpu", weights_only=False)
+    del st["inputs"]
+    torch.save(st, last)
+    capsys.readouterr()
+    _, rows = run_train(ds, tmp_path, epochs=1)
+    assert "(changed: the state's format (saved by an older version))" in capsys.readouterr().out
+    assert [r["step"] for r in rows] == list(range(1, 9))

@@ -74,9 +74,9 @@ def test_rerun_one_stage(run_dir):
     video, the LMDB, training and inference are out of date (the blind baseline is not: it
     reads no video)."""
     scene = "scene0001_00"
-    other = run_dir / "work/frames/scene0002_00/frame-0.color.jpg"
+    other = run_dir / "work/demo/frames/scene0002_00/frame-0.color.jpg"
     before = other.stat().st_mtime_ns
-    proc = snakemake(run_dir, f"work/frames/{scene}", "--forcerun", "frames", config=SMALL)
+    proc = snakemake(run_dir, f"work/demo/frames/{scene}", "--forcerun", "frames", config=SMALL)
     assert job_stats(proc.stdout + proc.stderr) == {"frames": 1, "total": 1}
     assert other.stat().st_mtime_ns == before
     dry = snakemake(run_dir, "-n", "results/test_acc.json", "results/blind/test_acc.json",
@@ -119,3 +119,45 @@ def test_default_demo_learns_from_the_video(tmp_path):
     assert acc["preset"] == blind["preset"] == "tiny"
     assert acc["overall"] >= acc["majority_baseline"]["overall"] + 15, acc
     assert acc["overall"] >= blind["overall"] + 10, (acc["overall"], blind["overall"])
+
+
+def test_misspelt_override_stops_the_dry_run(tmp_path):
+    """Training settings are checked when the workflow starts, not minutes later in the job."""
+    proc = snakemake(tmp_path, "-n", config={"train": {"overrides": {"model.layers": 2}}},
+                     check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert ("error: config: train.overrides: unknown training setting 'model.layers'"
+            in out), out
+    assert "Traceback" not in out and not (tmp_path / "work").exists()
+
+
+def test_real_data_inputs_are_named_before_any_job(tmp_path):
+    """A real-data config names its missing inputs before any job runs, and plans its work in
+    its own folder: nothing of the demo's is reused."""
+    from clipbert import demo
+
+    src = tmp_path / "release"
+    demo.make_demo(src, scenes=6, frames=20)
+    real = {"data": {"source": "scannet", "sqa_dir": str(tmp_path / "missing"),
+                     "scans_dir": str(tmp_path / "no_scans"),
+                     "scene_lists": {"all": str(src / "scannetv2.txt"),
+                                     "test": str(src / "scannetv2_test.txt")}},
+            "weights": {"vocab": str(src / "vocab.txt")}}
+    proc = snakemake(tmp_path, "-n", config=real, check=False)
+    assert proc.returncode != 0
+    assert (f"error: config: data.sqa_dir: {tmp_path}/missing/answer_dict.json not found"
+            in proc.stdout + proc.stderr), proc.stderr
+    real["data"]["sqa_dir"] = str(src / "sqa_task")
+    proc = snakemake(tmp_path, "-n", config=real, check=False)
+    assert proc.returncode != 0
+    assert ("error: config: data.scans_dir: 6 of 6 scenes the questions use have no scan in "
+            f"{tmp_path}/no_scans: {tmp_path}/no_scans/scene0000_00/scene0000_00.sens"
+            in proc.stdout + proc.stderr), proc.stderr
+    real["data"]["scans_dir"] = str(src / "scans")
+    proc = snakemake(tmp_path, "-n", "results/test_acc.json", config=real)
+    counts = job_stats(proc.stdout + proc.stderr)
+    assert counts["sens_index"] == counts["frames"] == counts["encode_video"] == 6, counts
+    assert "demo_data" not in counts
+    dry = snakemake(tmp_path, "-n", "--forceall", "results/test_acc.json", config=real).stdout
+    assert "work/scannet/sqa/train.jsonl" in dry and "work/demo/" not in dry

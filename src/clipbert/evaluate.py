@@ -96,6 +96,9 @@ def infer(model_path, jsonl, lmdb_dir, predictions, out, n_clips: int | None = N
     baseline's model reads no video: `lmdb_dir` may then be None)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg, ans2label, tokenizer = load_model(model_path, dev)
+    numerics = runtime.set_numerics(cfg, dev)
+    if numerics:
+        print(numerics, flush=True)
     if not model.needs_video:
         lmdb_dir = None
     elif lmdb_dir is None:
