@@ -76,7 +76,10 @@ def test_training_sampling_is_seeded_per_epoch_and_index(lmdb_dir: Path, decoded
     ds = data.VideoQADataset(rows(), lmdb_dir, ANS, n_clips=8, train=True, seed=3)
     ds.epoch = 4
     item = ds[1]
-    clips = video.clip_frame_indices(24, 20, 2, 2, 8, True, np.random.default_rng([3, 4, 1]))
+    probe = video.probe_video(vislmdb.VideoLMDB(lmdb_dir).get("scene0001_00"))
+    assert (probe["time_base"], probe["duration"], probe["n_frames"]) == ("1/10240", 24 * 512, 24)
+    clips = video.clip_frame_indices([k * 512 for k in range(24)], 24 * 512, 20.0, 2, 2, 8, True,
+                                     np.random.default_rng([3, 4, 1]))
     want = decoded["scene0001_00"][np.array(clips).reshape(-1)].reshape(8, 2, 32, 32, 3)
     assert np.array_equal(item["frames"].numpy(), want)
     assert np.array_equal(ds[1]["frames"], item["frames"])
@@ -162,6 +165,47 @@ def test_undecodable_video_is_skipped_in_training(bad_lmdb: Path, tokenizer, cap
     assert batches[1] is None  # rows 4 and 5 both skipped: the trainer skips such a batch
     assert ds.skipped == 4
     assert "scene0002_00" in caplog.text and "scene0001_00" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def mixed_rates(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
+    """An LMDB of a 20 fps and a 30 fps video (60 frames each) and their decoded frames."""
+    root = tmp_path_factory.mktemp("rates")
+    mp4s = []
+    for sid, fps in (("scene0010_00", 20), ("scene0011_00", 30)):
+        scene = make_scene(root / "frames" / sid, n=60, w=32, h=32, extras=False)
+        mp4s.append(root / "videos" / f"{sid}.mp4")
+        video.encode_video(scene, mp4s[-1], size=(32, 32), fps=fps)
+    vislmdb.pack_lmdb(root / "vis_db", mp4s)
+    return root / "vis_db", {p.stem: decode_all(p) for p in mp4s}
+
+
+def test_each_video_is_sampled_at_its_own_rate_and_noted_once(mixed_rates, caplog) -> None:
+    db, decoded = mixed_rates
+    sids = ["scene0010_00", "scene0011_00", "scene0011_00", "scene0010_00", "scene0011_00"]
+    mixed = [dict(rows()[0], video_id=sid) for sid in sids]
+    for train in (False, True):
+        caplog.clear()
+        ds = data.VideoQADataset(mixed, db, ANS, video_fps=20, train=train)
+        with caplog.at_level(logging.WARNING, logger="clipbert.data"):
+            items = [ds[i] for i in range(len(ds))] + [ds[1]]
+        notes = [r.getMessage() for r in caplog.records]
+        assert len(notes) == 1, notes
+        assert "'scene0011_00'" in notes[0] and "30 fps" in notes[0] and "video_fps 20" in notes[0]
+        if not train:  # 30 frames a clip at 30 fps, 20 at 20 fps
+            assert np.array_equal(items[1]["frames"][0].numpy(), decoded["scene0011_00"][[0, 29]])
+            assert np.array_equal(items[0]["frames"][0].numpy(), decoded["scene0010_00"][[0, 19]])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="clipbert.data"):
+        ds = data.VideoQADataset(mixed, db, ANS, video_fps=30)
+        ds[0], ds[1], ds[3]
+        assert "'scene0010_00' is 20 fps" in caplog.text and "video_fps 30" in caplog.text
+        caplog.clear()
+        again = data.VideoQADataset(mixed[:2], db, ANS, video_fps=None)
+        again[0], again[1]
+        only20 = data.VideoQADataset(mixed[:1], db, ANS, video_fps=20.0)
+        only20[0]
+    assert caplog.records == []
 
 
 def test_missing_video_is_always_an_error(lmdb_dir: Path) -> None:

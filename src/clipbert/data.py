@@ -9,8 +9,10 @@ normalising run there, batched, in `preprocess_frames`. Upstream did per-frame C
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable
+from fractions import Fraction
 from typing import Any
 
 import av
@@ -20,7 +22,7 @@ import torch.nn.functional as F
 
 from clipbert.config import TrainConfig
 from clipbert.errors import ClipbertError
-from clipbert.video import sample_clips
+from clipbert.video import read_clips
 from clipbert.vislmdb import VideoLMDB
 
 IMAGE_MEAN = (123.675, 116.28, 103.53)
@@ -34,7 +36,9 @@ class VideoQADataset(torch.utils.data.Dataset):
     Training clip starts come from `np.random.default_rng([seed, epoch, index])`: reproducible,
     different every epoch (set `epoch` before each one) and independent of the worker count.
     `skipped` counts the undecodable videos met in training; with DataLoader workers each worker
-    keeps its own count, the warnings in the log are the complete record. Without an LMDB
+    keeps its own count, the warnings in the log are the complete record. Clips are sampled at
+    each video's own frame rate; `video_fps` is the rate expected, and the first video that has
+    another one is noted in the log (once per dataset and process). Without an LMDB
     (`lmdb_dir=None`, the blind baseline) examples are questions alone.
     """
 
@@ -46,7 +50,7 @@ class VideoQADataset(torch.utils.data.Dataset):
         *,
         num_frm: int = 2,
         sample_fps: float = 2,
-        video_fps: float = 20,
+        video_fps: float | None = 20,
         n_clips: int = 1,
         train: bool = False,
         seed: int = 0,
@@ -66,6 +70,7 @@ class VideoQADataset(torch.utils.data.Dataset):
         self.seed = seed
         self.epoch = 0
         self.skipped = 0
+        self._rate_noted = False
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -80,10 +85,9 @@ class VideoQADataset(torch.utils.data.Dataset):
         data = self.lmdb.get(vid)
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.train else None
         try:
-            frames = sample_clips(
-                data, num_frm=self.num_frm, fps=self.sample_fps, video_fps=self.video_fps,
-                n_clips=self.n_clips, train=self.train, rng=rng,
-                name=f"video {vid!r} in LMDB {self.lmdb.lmdb_dir}",
+            clips = read_clips(
+                data, num_frm=self.num_frm, fps=self.sample_fps, n_clips=self.n_clips,
+                train=self.train, rng=rng, name=f"video {vid!r} in LMDB {self.lmdb.lmdb_dir}",
             )
         except (ClipbertError, av.FFmpegError) as e:
             if not self.train:
@@ -93,7 +97,19 @@ class VideoQADataset(torch.utils.data.Dataset):
             self.skipped += 1
             log.warning("skipping undecodable video %r (row %d): %s", vid, index, e)
             return None
-        return {"frames": torch.from_numpy(frames), **item}
+        self._note_rate(vid, clips.timing.rate)
+        return {"frames": torch.from_numpy(clips.frames), **item}
+
+    def _note_rate(self, vid: str, rate: Fraction) -> None:
+        """Log once per dataset (and process) that a video's rate is not the expected one."""
+        if self.video_fps is None or self._rate_noted:
+            return
+        if math.isclose(float(rate), self.video_fps, rel_tol=1e-9):
+            return
+        self._rate_noted = True
+        log.warning("video %r is %.6g fps (%d/%d), not the expected video_fps %g: sampled at "
+                    "its own rate (noted once per dataset)", vid, float(rate), rate.numerator,
+                    rate.denominator, self.video_fps)
 
 
 class _Collate:

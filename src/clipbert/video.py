@@ -3,8 +3,9 @@
 The faithful preset (spec pipeline.md §4): 224x224, bilinear, aspect squashed, 20 fps, MPEG-4
 Part 2 (`mpeg4`) in mp4, frames in index order. Speed matters twice: encoding reads ~1.2 M source
 frames (so JPEGs are decoded with DCT-domain downscaling), and training decodes every example's
-video every epoch (so a video is decoded once, up to the last frame needed, and only the frames
-used are converted to RGB).
+video every epoch (so a video is demuxed and decoded once, up to the last frame needed, and only
+the frames used are converted to RGB). Clips are picked by upstream's timestamp arithmetic from
+each file's own rate, time base and pts (spec model.md §2).
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from __future__ import annotations
 import io
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import NamedTuple
 
 import av
 import numpy as np
@@ -174,75 +177,180 @@ def _open(src: bytes | str | os.PathLike, name: str) -> av.container.InputContai
     return container
 
 
-def _count_frames(container: av.container.InputContainer, name: str) -> int:
-    """Frame count from the container index, or by demuxing (no decoding) when it has none."""
+@dataclass(frozen=True)
+class VideoTiming:
+    """What clip sampling reads from a video stream: rate, time base, duration and every pts.
+
+    `pts` are in presentation order (frame k of the decoder's output has `pts[k]`), `duration`
+    in time-base units.
+    """
+
+    rate: Fraction
+    time_base: Fraction
+    duration: int
+    pts: tuple[int, ...]
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.pts)
+
+
+def _demux(
+    container: av.container.InputContainer, name: str
+) -> tuple[list[av.Packet], VideoTiming]:
+    """All packets of the video stream in decoding order, and the stream's timing.
+
+    Only the container is read, nothing is decoded. The duration is the stream's, or when the
+    container has none (Matroska, NUT) the span of the pts plus the last frame's own duration
+    (the mean spacing, or one tick for a lone frame, where the packet has none). The rate is the
+    stream's `average_rate`, or when it has none (NUT, MPEG-TS) frames per second of duration.
+    Upstream fell back to plain frame indices without a duration and failed without a rate;
+    here one arithmetic serves every video.
+    """
     stream = container.streams.video[0]
-    if stream.frames > 0:
-        return int(stream.frames)
+    packets = []
     try:
-        n = sum(1 for p in container.demux(stream) if p.size)
+        for p in container.demux(stream):
+            if p.size:
+                packets.append(p)
     except av.FFmpegError as e:
         raise ClipbertError(f"{name}: cannot read video ({e})") from None
-    container.seek(0)
-    return n
+    if not packets:
+        raise ClipbertError(f"{name}: the video stream has no frames")
+    if any(p.pts is None for p in packets):
+        raise ClipbertError(
+            f"{name}: a frame without a presentation timestamp (a raw stream? mux it into mp4)"
+        )
+    order = sorted(range(len(packets)), key=lambda i: packets[i].pts)
+    pts = tuple(int(packets[i].pts) for i in order)
+    dup = next((a for a, b in zip(pts, pts[1:], strict=False) if a == b), None)
+    if dup is not None:
+        raise ClipbertError(f"{name}: two frames share the presentation timestamp {dup}")
+    time_base = Fraction(stream.time_base)
+    duration = stream.duration
+    if not duration or duration <= 0:
+        last = packets[order[-1]].duration
+        if not last or last <= 0:
+            last = max(round((pts[-1] - pts[0]) / (len(pts) - 1)), 1) if len(pts) > 1 else 1
+        duration = pts[-1] - pts[0] + last
+    rate = stream.average_rate
+    rate = Fraction(rate) if rate else Fraction(len(pts)) / (duration * time_base)
+    return packets, VideoTiming(rate, time_base, int(duration), pts)
 
 
 def probe_video(path_or_bytes: bytes | str | os.PathLike, name: str | None = None) -> dict:
-    """Width, height, fps, codec and frame count, read from the container (nothing decoded)."""
+    """Size, rate, time base, duration, first pts, codec and frame count (demuxed, not decoded).
+
+    `rate` is the exact fraction clip sampling uses (`fps` the same as a float), `duration` is
+    in `time_base` units and `start_pts` is the first frame's presentation timestamp.
+    """
     name = name or (str(path_or_bytes) if not isinstance(path_or_bytes, bytes) else "<mp4 bytes>")
     with _open(path_or_bytes, name) as container:
         stream = container.streams.video[0]
-        rate = stream.average_rate or stream.guessed_rate
+        _, t = _demux(container, name)
         return {
             "width": stream.codec_context.width,
             "height": stream.codec_context.height,
-            "fps": float(rate) if rate else None,
+            "fps": float(t.rate),
+            "rate": f"{t.rate.numerator}/{t.rate.denominator}",
+            "time_base": f"{t.time_base.numerator}/{t.time_base.denominator}",
+            "duration": t.duration,
+            "start_pts": t.pts[0],
             "codec": stream.codec_context.name,
-            "n_frames": _count_frames(container, name),
+            "n_frames": t.n_frames,
         }
 
 
+def linspace_f32(end: float, steps: int) -> np.ndarray:
+    """`torch.linspace(0, end, steps)` as upstream computed it: float32, one rounding per value.
+
+    Torch takes `step = end / (steps - 1)` in float32, counts the first half up from 0 and the
+    second half down from `end` (a fused multiply-add, so each value is rounded once); here the
+    products and differences are exact in float64 and rounded to float32 once. Plain float64
+    `np.linspace` truncates differently when a value lands within float32 rounding of an integer.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if steps == 1:
+        return np.zeros(1, np.float32)
+    e = float(np.float32(end))
+    step = float(np.float32(e / (steps - 1)))
+    i = np.arange(steps, dtype=np.float64)
+    return np.where(i < steps // 2, step * i, e - step * (steps - 1 - i)).astype(np.float32)
+
+
 def clip_frame_indices(
-    n_frames: int,
-    video_fps: float,
+    pts: Sequence[int],
+    duration: int,
+    rate: float,
     num_frm: int,
     fps: float,
     n_clips: int,
     train: bool,
     rng: np.random.Generator | None = None,
+    name: str = "video",
 ) -> list[list[int]]:
-    """Source-frame indices of each clip, as ClipBERT samples them (spec model.md §2).
+    """Presentation-order frame indices of each clip, by upstream's timestamp arithmetic.
 
-    A clip spans `clip_size = num_frm / fps * video_fps` frames; with `delta = max(n - clip_size,
-    0)` training clips start at `uniform(0, delta)` (drawn from `rng`), evaluation clip i of N at
-    `delta * i / N`. The `num_frm` frames are `linspace(start, start + clip_size - 1, num_frm)`,
-    clamped to the video, then rounded down (upstream did the same in torch float32; float64 here
-    differs only when a value lands within float32 rounding of an integer).
+    `pts` are the frames' timestamps in presentation order, `duration` the stream's duration in
+    the same units and `rate` its frame rate. A clip spans `clip_size = num_frm / fps * rate`
+    frames; with `delta = max(n - clip_size, 0)` training clips start at `uniform(0, delta)`
+    (one draw from `rng` per clip), evaluation clip i of N at `delta * i / N`; `end = start +
+    clip_size - 1`. With `tick = duration / n` the clip keeps the frames whose pts lie in
+    `[int(start * tick), int(end * tick)]` plus the first frame past that, and takes
+    `linspace_f32(clip_size - 1, num_frm)`, clamped to that list, truncated (spec model.md §2).
+
+    So the result depends on the time base, not only on the rate: with a fine one (1/10240 in
+    this project's 20 fps mp4s) a clip's first frame is in effect the first at or after `start`,
+    with time base 1/rate the one at or before it (what plain frame arithmetic gives). Upstream
+    took pts as they are, which assumes a stream starting at 0; here they count from the first
+    frame, so that a stream starting later (an mp4 edit list, MPEG-TS) is sampled as the same
+    frames shifted, not with clips cut short.
     """
-    if n_frames < 1:
-        raise ClipbertError(f"cannot sample clips from a video of {n_frames} frames")
-    if num_frm < 1 or n_clips < 1 or fps <= 0 or video_fps <= 0:
+    n = len(pts)
+    if n < 1:
+        raise ClipbertError(f"{name}: cannot sample clips from a video of 0 frames")
+    if num_frm < 1 or n_clips < 1 or fps <= 0 or rate <= 0 or duration <= 0:
         raise ClipbertError(
-            f"invalid sampling: num_frm={num_frm}, n_clips={n_clips}, fps={fps}, "
-            f"video_fps={video_fps}"
+            f"{name}: invalid sampling: num_frm={num_frm}, n_clips={n_clips}, fps={fps}, "
+            f"rate={rate}, duration={duration}"
         )
-    clip_size = num_frm / fps * video_fps
-    delta = max(n_frames - clip_size, 0.0)
+    rel = np.asarray(pts, dtype=np.int64) - int(pts[0])
+    clip_size = num_frm / fps * rate
+    delta = max(n - clip_size, 0)
+    tick = duration / n
+    offsets = linspace_f32(clip_size - 1, num_frm)
     if train and rng is None:
         rng = np.random.default_rng()
     clips = []
     for i in range(n_clips):
         start = rng.uniform(0.0, delta) if train else delta * i / n_clips
-        idx = np.linspace(start, start + clip_size - 1, num_frm)
-        idx = np.floor(np.clip(idx, 0, n_frames - 1)).astype(np.int64)
-        clips.append([int(v) for v in idx])
+        end = start + clip_size - 1
+        lo, hi = int(start * tick), int(end * tick)
+        first = int(np.searchsorted(rel, lo, side="left"))
+        if first == n:
+            raise ClipbertError(
+                f"{name}: clip {i} starts at frame {start:.3f}, after the last frame's timestamp "
+                f"({n} frames, clip of {clip_size:g})"
+            )
+        past = max(int(np.searchsorted(rel, hi, side="right")), first)
+        last = min(past, n - 1)
+        idx = np.clip(offsets, np.float32(0), np.float32(last - first)).astype(np.int64)
+        clips.append([first + int(v) for v in idx])
     return clips
 
 
 def _decode_open(
-    container: av.container.InputContainer, indices: Sequence[int], name: str
+    container: av.container.InputContainer,
+    indices: Sequence[int],
+    name: str,
+    packets: Iterable[av.Packet] | None = None,
 ) -> np.ndarray:
-    """Decode from the start once, stopping after the last needed frame; RGB only where needed."""
+    """Decode from the start once, stopping after the last needed frame; RGB only where needed.
+
+    Frames are counted in the decoder's output order, which is presentation order. `packets`
+    (already demuxed, in decoding order) spare a second pass over the container.
+    """
     if len(indices) == 0:
         raise ClipbertError(f"{name}: no frame indices to decode")
     wanted = sorted(set(int(i) for i in indices))
@@ -252,10 +360,11 @@ def _decode_open(
     need = set(wanted)
     stream = container.streams.video[0]
     stream.codec_context.thread_count = 1
+    frames = container.decode(stream) if packets is None else _decode_packets(stream, packets)
     got: dict[int, np.ndarray] = {}
     k = -1
     try:
-        for frame in container.decode(stream):
+        for frame in frames:
             k += 1
             if k in need:
                 got[k] = frame.to_ndarray(format="rgb24")
@@ -268,17 +377,66 @@ def _decode_open(
     return np.stack([got[int(i)] for i in indices])
 
 
+def _decode_packets(
+    stream: av.VideoStream, packets: Iterable[av.Packet]
+) -> Iterator[av.VideoFrame]:
+    """Frames of demuxed packets, then the ones the decoder still holds."""
+    for p in packets:
+        yield from stream.decode(p)
+    yield from stream.decode(None)
+
+
 def decode_frames(
     mp4: bytes | str | os.PathLike, indices: Sequence[int], name: str | None = None
 ) -> np.ndarray:
     """uint8 RGB frames (len(indices), H, W, 3) in the order of `indices` (repeats allowed).
 
-    The video is decoded at most once, in order, and stops after the largest index: with the
-    sparse clips ClipBERT samples that is cheaper than a seek per clip (the mpeg4 GOP is 12).
+    Indices count frames in presentation order. The video is decoded at most once, in order, and
+    stops after the largest index: with the sparse clips ClipBERT samples that is cheaper than a
+    seek per clip (the mpeg4 GOP is 12).
     """
     name = name or (str(mp4) if not isinstance(mp4, bytes) else "<mp4 bytes>")
     with _open(mp4, name) as container:
         return _decode_open(container, indices, name)
+
+
+class Clips(NamedTuple):
+    """One video's sampled clips: frames (n_clips, num_frm, H, W, 3), their presentation-order
+    indices (n_clips lists of num_frm) and the timing they were computed from."""
+
+    frames: np.ndarray
+    indices: list[list[int]]
+    timing: VideoTiming
+
+
+def read_clips(
+    mp4: bytes | str | os.PathLike,
+    *,
+    num_frm: int,
+    fps: float,
+    n_clips: int,
+    train: bool,
+    rng: np.random.Generator | None = None,
+    name: str | None = None,
+    video_fps: float | None = None,
+) -> Clips:
+    """`sample_clips` with the indices and the timing (rate, time base) it used.
+
+    The container is demuxed once (pts, no decoding), the indices computed by
+    `clip_frame_indices` from the video's own rate, or `video_fps` when given, and the same
+    packets decoded up to the last frame needed.
+    """
+    name = name or (str(mp4) if not isinstance(mp4, bytes) else "<mp4 bytes>")
+    if video_fps is not None and video_fps <= 0:
+        raise ClipbertError(f"{name}: video_fps must be positive, got {video_fps}")
+    with _open(mp4, name) as container:
+        packets, timing = _demux(container, name)
+        rate = float(timing.rate) if video_fps is None else float(video_fps)
+        clips = clip_frame_indices(timing.pts, timing.duration, rate, num_frm, fps, n_clips,
+                                   train, rng, name)
+        flat = [i for clip in clips for i in clip]
+        frames = _decode_open(container, flat, name, packets)
+    return Clips(frames.reshape(n_clips, num_frm, *frames.shape[1:]), clips, timing)
 
 
 def sample_clips(
@@ -286,18 +444,17 @@ def sample_clips(
     *,
     num_frm: int,
     fps: float,
-    video_fps: float,
     n_clips: int,
     train: bool,
     rng: np.random.Generator | None = None,
     name: str | None = None,
+    video_fps: float | None = None,
 ) -> np.ndarray:
-    """uint8 frames (n_clips, num_frm, H, W, 3) of one video, opening and decoding it once."""
-    name = name or (str(mp4) if not isinstance(mp4, bytes) else "<mp4 bytes>")
-    with _open(mp4, name) as container:
-        n = _count_frames(container, name)
-        clips = clip_frame_indices(n, video_fps, num_frm, fps, n_clips, train, rng)
-        flat = [i for clip in clips for i in clip]
-        frames = _decode_open(container, flat, name)
-    return frames.reshape(n_clips, num_frm, *frames.shape[1:])
+    """uint8 frames (n_clips, num_frm, H, W, 3) of one video as upstream's decoder picks them.
 
+    The rate, frame count, duration and pts come from the file, so a video is sampled by its
+    own rate and time base; `video_fps` overrides the rate (None: the file's `average_rate`).
+    Training clips draw their starts from `rng`. See `clip_frame_indices` for the arithmetic.
+    """
+    return read_clips(mp4, num_frm=num_frm, fps=fps, n_clips=n_clips, train=train, rng=rng,
+                      name=name, video_fps=video_fps).frames
