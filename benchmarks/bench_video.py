@@ -146,7 +146,8 @@ def upstream_clip(mp4: bytes, start: int, end: int, num_frm: int, max_size: int)
 
 
 def upstream_item(db: vislmdb.VideoLMDB, vid: str, n: int, rng: np.random.Generator) -> None:
-    clips = video.clip_frame_indices(n, 20, 2, 2, 8, True, rng)
+    clips = video.clip_frame_indices([k * 512 for k in range(n)], n * 512, 20.0, 2, 2, 8, True,
+                                     rng)
     for clip in clips:
         upstream_clip(db.get(vid), clip[0], clip[0] + 19, 2, 448)
 

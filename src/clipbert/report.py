@@ -271,7 +271,7 @@ def plot_frames(lmdb_dir: str | os.PathLike, out: str | os.PathLike, cfg,
                 scenes: int = 4) -> Path:
     """A contact sheet: each row one scene's evaluation clips (`cfg.inference_n_clips` clips of
     `cfg.num_frm` frames), sampled and resized as inference does; `cfg` is a TrainConfig."""
-    from clipbert.video import sample_clips
+    from clipbert.video import read_clips
     from clipbert.vislmdb import VideoLMDB
 
     if scenes < 1:
@@ -287,11 +287,12 @@ def plot_frames(lmdb_dir: str | os.PathLike, out: str | os.PathLike, cfg,
     cols = n_clips * num_frm
     fig = _figure(1.6 * cols + 0.8, 1.7 * len(keys) + 0.5)
     axes = np.array(fig.subplots(len(keys), cols, squeeze=False))
+    rates = set()
     for r, key in enumerate(keys):
-        clips = sample_clips(db.get(key), num_frm=num_frm, fps=cfg.sample_fps,
-                             video_fps=cfg.video_fps, n_clips=n_clips, train=False,
-                             name=f"{lmdb_dir}: {key}")
-        view = model_view(clips, cfg.max_img_size)
+        clips = read_clips(db.get(key), num_frm=num_frm, fps=cfg.sample_fps, n_clips=n_clips,
+                           train=False, name=f"{lmdb_dir}: {key}")
+        rates.add(f"{float(clips.timing.rate):g}")
+        view = model_view(clips.frames, cfg.max_img_size)
         for c in range(cols):
             ax = axes[r, c]
             ax.imshow(view[c // num_frm, c % num_frm])
@@ -302,7 +303,7 @@ def plot_frames(lmdb_dir: str | os.PathLike, out: str | os.PathLike, cfg,
             if c == 0:
                 ax.set_ylabel(key, fontsize=8)
     fig.suptitle(f"evaluation input: {n_clips} clip(s) x {num_frm} frames at "
-                 f"{cfg.sample_fps:g} fps of {cfg.video_fps:g} fps video, "
+                 f"{cfg.sample_fps:g} fps of {'/'.join(sorted(rates))} fps video, "
                  f"{cfg.max_img_size} px canvas", fontsize=9)
     return _save(fig, out)
 
