@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 from clipbert import config as settings
-from clipbert import demo, frames, sqa
+from clipbert import demo, scannet, sqa
 from clipbert.errors import ClipbertError
 
 SOURCE = config["data"]["source"]
@@ -88,7 +88,7 @@ def scene_list() -> list[str]:
     check_real_inputs()
     questions = sqa_files("questions") if config["data"]["restrict_to_questions"] else []
     try:
-        return frames.select_scenes(
+        return scannet.select_scenes(
             require_file("data.scene_lists.all", require("data.scene_lists.all")),
             require_file("data.scene_lists.test", require("data.scene_lists.test")),
             questions,

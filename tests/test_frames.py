@@ -12,7 +12,7 @@ import pytest
 from conftest import SHARED_SQA, needs_shared
 from PIL import Image
 
-from clipbert import frames, sens
+from clipbert import frames, scannet, sens
 from clipbert.errors import ClipbertError
 from clipbert.sens import SensFrame, SensHeader
 
@@ -238,11 +238,11 @@ def _questions(path: Path, scenes: list[str], key: str = "questions") -> Path:
 
 def test_select_scenes(tmp_path: Path) -> None:
     a, t = _lists(tmp_path)
-    assert frames.select_scenes(a, t) == ["scene0000_00", "scene0001_00", "scene0002_00"]
+    assert scannet.select_scenes(a, t) == ["scene0000_00", "scene0001_00", "scene0002_00"]
     q1 = _questions(tmp_path / "q1.json", ["scene0002_00", "scene0002_00"])
     q2 = _questions(tmp_path / "q2.json", ["scene0000_00"], key="annotations")
-    assert frames.select_scenes(a, t, [q1]) == ["scene0002_00"]
-    assert frames.select_scenes(a, t, [q1, q2]) == ["scene0000_00", "scene0002_00"]
+    assert scannet.select_scenes(a, t, [q1]) == ["scene0002_00"]
+    assert scannet.select_scenes(a, t, [q1, q2]) == ["scene0000_00", "scene0002_00"]
 
 
 @pytest.mark.parametrize("content,pattern", [
@@ -256,13 +256,13 @@ def test_bad_question_files(tmp_path: Path, content, pattern: str) -> None:
     q = tmp_path / "q.json"
     q.write_text(content if isinstance(content, str) else json.dumps(content))
     with pytest.raises(ClipbertError, match=pattern) as e:
-        frames.select_scenes(a, t, [q])
+        scannet.select_scenes(a, t, [q])
     assert str(q) in str(e.value)
 
 
 def test_missing_list(tmp_path: Path) -> None:
     with pytest.raises(ClipbertError, match="nope.txt: cannot read scene list"):
-        frames.select_scenes(tmp_path / "nope.txt", tmp_path / "nope.txt")
+        scannet.select_scenes(tmp_path / "nope.txt", tmp_path / "nope.txt")
 
 
 def test_check_scans_lists_every_missing_scene(tmp_path: Path, cli) -> None:
@@ -271,11 +271,11 @@ def test_check_scans_lists_every_missing_scene(tmp_path: Path, cli) -> None:
         (scans / s).mkdir(parents=True)
     (scans / "scene0000_00" / "scene0000_00.sens").write_bytes(b"")
     with pytest.raises(ClipbertError) as e:
-        frames.check_scans(scans, ["scene0000_00", "scene0001_00", "scene0002_00"])
+        scannet.check_scans(scans, ["scene0000_00", "scene0001_00", "scene0002_00"])
     msg = str(e.value)
     assert "2 of 3" in msg and "scene0001_00" in msg and "scene0002_00" in msg
     assert "scene0000_00" not in msg.split(":", 1)[1]
-    frames.check_scans(scans, ["scene0000_00"])
+    scannet.check_scans(scans, ["scene0000_00"])
     a, t = _lists(tmp_path)
     proc = cli("sens", "scenes", a, t, "--scans", scans, check=False)
     assert proc.returncode == 1 and "scene0001_00, scene0002_00" in proc.stderr
@@ -287,11 +287,11 @@ def test_check_scans_lists_every_missing_scene(tmp_path: Path, cli) -> None:
 @needs_shared
 def test_real_lists_give_707_scenes(cli) -> None:
     a, t = SHARED_SQA / "scannetv2.txt", SHARED_SQA / "scannetv2_test.txt"
-    scenes = frames.select_scenes(a, t)
+    scenes = scannet.select_scenes(a, t)
     assert len(scenes) == 707 and scenes[0] == "scene0000_00"
     split = json.loads((SHARED_SQA / "scene_split.json").read_text())
     assert set(scenes) == {s for v in split.values() for s in v}
     q = SHARED_SQA / "v1_balanced_questions_test_scannetv2.json"
-    used = frames.select_scenes(a, t, [q])
+    used = scannet.select_scenes(a, t, [q])
     assert len(used) == 67 and set(used) <= set(scenes)
     assert cli("sens", "scenes", a, t, "--questions", q).stdout.splitlines() == used

@@ -105,7 +105,7 @@ def test_bad_input_names_the_file_and_leaves_no_png(tmp_path):
 def test_confusion_counts_and_plot(tmp_path):
     pairs = [("white", "white")] * 5 + [("white", "black")] * 2 + [("two", "two")] * 3 \
         + [("two", "xyz")] + [("rare", "white")]
-    rows = [{"gold": g, "predicted": p} for g, p in pairs]
+    rows = [{"answer": g, "predicted": p} for g, p in pairs]
     labels, m = report.confusion(rows, top=2)
     assert labels == ["white", "two"]
     # columns: white, two, (other); 'black' and 'xyz' are other; 'rare' is not a top gold

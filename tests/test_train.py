@@ -481,3 +481,43 @@ def test_a_state_without_run_identity_is_not_resumed(ds, tmp_path: Path, capsys)
     _, rows = run_train(ds, tmp_path, epochs=1)
     assert "(changed: the state's format (saved by an older version))" in capsys.readouterr().out
     assert [r["step"] for r in rows] == list(range(1, 9))
+
+
+class BagOfWords(torch.nn.Module):
+    """A third model variant, defined here: the mean of the question's word embeddings, then a
+    linear answer head. It needs no video."""
+
+    needs_video = False
+
+    def __init__(self, cfg) -> None:
+        super().__init__()
+        self.config = cfg
+        self.words = torch.nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.head = torch.nn.Linear(cfg.hidden_size, cfg.num_labels)
+
+    def param_groups(self, cfg) -> list[dict]:
+        return [{"params": list(self.parameters()), "lr": 1e-2, "weight_decay": 0.0,
+                 "name": "transformer"}]
+
+    def forward(self, frames, input_ids, attention_mask):
+        mask = attention_mask.unsqueeze(-1).float()
+        return self.head((self.words(input_ids) * mask).sum(1) / mask.sum(1))
+
+
+def test_a_new_model_variant_is_one_class(ds, tmp_path: Path, monkeypatch) -> None:
+    """Registering a class under a variant name is all it takes: training, resuming, the model
+    file and inference run it with no change to train.py or evaluate.py."""
+    from clipbert import evaluate, model
+
+    monkeypatch.setitem(model.VARIANTS, "bag_of_words", BagOfWords)
+    cfg = config.make_config("tiny", {**SMALL, "model.variant": "bag_of_words", "epochs": 4})
+    train.train(cfg, ds["data_dir"], None, tmp_path / "bow.pt", tmp_path / "state",
+                metrics=tmp_path / "metrics.jsonl", vocab=ds["vocab"])
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    saved = torch.load(tmp_path / "bow.pt", weights_only=True)
+    assert set(saved["state_dict"]) == {"words.weight", "head.weight", "head.bias"}
+    acc = evaluate.infer(tmp_path / "bow.pt", ds["data_dir"] / "test.jsonl", None,
+                         tmp_path / "pred.jsonl", tmp_path / "acc.json")
+    assert acc["variant"] == "bag_of_words" and acc["blind"] is True
+    assert acc["n_questions"] == 16

@@ -81,11 +81,11 @@ def _sens_export(a: argparse.Namespace) -> None:
 
 
 def _sens_scenes(a: argparse.Namespace) -> None:
-    from clipbert import frames
+    from clipbert import scannet
 
-    scenes = frames.select_scenes(a.all_list, a.test_list, a.questions)
+    scenes = scannet.select_scenes(a.all_list, a.test_list, a.questions)
     if a.scans:
-        frames.check_scans(a.scans, scenes)
+        scannet.check_scans(a.scans, scenes)
     _write_lines(scenes, a.out)
 
 

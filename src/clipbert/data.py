@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from clipbert.config import TrainConfig
 from clipbert.errors import ClipbertError
+from clipbert.qa import check_rows
 from clipbert.video import read_clips
 from clipbert.vislmdb import VideoLMDB
 
@@ -55,10 +56,7 @@ class VideoQADataset(torch.utils.data.Dataset):
         train: bool = False,
         seed: int = 0,
     ) -> None:
-        for n, row in enumerate(rows):
-            missing = [k for k in ("answer", "question", "video_id") if k not in row]
-            if missing:
-                raise ClipbertError(f"row {n}: missing {', '.join(missing)}")
+        check_rows(rows, "rows")
         self.rows = rows
         self.lmdb = None if lmdb_dir is None else VideoLMDB(lmdb_dir)
         self.ans2label = ans2label

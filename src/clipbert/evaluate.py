@@ -12,11 +12,10 @@ import torch
 from clipbert import data, runtime
 from clipbert.config import TrainConfig
 from clipbert.errors import ClipbertError
-from clipbert.fsutil import file_sha256, read_jsonl, write_json, write_jsonl
+from clipbert.fsutil import file_sha256, write_json, write_jsonl
 from clipbert.modelfile import load_model
 from clipbert.progress import progress
-
-ANSWER_TYPES = ("what", "is", "how", "can", "which", "others")
+from clipbert.qa import ANSWER_TYPES, UNKNOWN, answer_type, prediction_row, read_rows
 
 
 def pct(correct: int, total: int) -> float:
@@ -34,9 +33,9 @@ def score(rows: list[dict], predicted: list[str]) -> dict:
     right: collections.Counter = collections.Counter()
     count: collections.Counter = collections.Counter()
     for row, pred in zip(rows, predicted, strict=True):
-        t = row.get("answer_type", "others")
+        t = answer_type(row)
         count[t] += 1
-        if row["answer"] != "unknown" and pred == row["answer"]:
+        if row["answer"] != UNKNOWN and pred == row["answer"]:
             right[t] += 1
     types = [t for t in ANSWER_TYPES if count[t]] + sorted(set(count) - set(ANSWER_TYPES))
     n = len(rows)
@@ -55,10 +54,10 @@ def majority_baseline(rows: list[dict]) -> dict:
     possible blind answer-prior, so a model must beat it by looking."""
     by_type: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for row in rows:
-        if row["answer"] != "unknown":
-            by_type[row.get("answer_type", "others")][row["answer"]] += 1
+        if row["answer"] != UNKNOWN:
+            by_type[answer_type(row)][row["answer"]] += 1
     majority = {t: c.most_common(1)[0][0] for t, c in by_type.items()}
-    preds = [majority.get(row.get("answer_type", "others"), "") for row in rows]
+    preds = [majority.get(answer_type(row), "") for row in rows]
     result = score(rows, preds)
     return {"overall": result["overall"], "per_type": result["per_type"], "answers": majority}
 
@@ -105,18 +104,15 @@ def infer(model_path, jsonl, lmdb_dir, predictions, out, n_clips: int | None = N
         raise ClipbertError(f"{model_path}: a video model: give the video LMDB")
     if n_clips is not None:
         cfg = dataclasses.replace(cfg, inference_n_clips=n_clips)
-    rows = read_jsonl(jsonl)
+    rows = read_rows(jsonl)
     if not rows:
         raise ClipbertError(f"{jsonl}: no questions")
     dataset = data.dataset_for(cfg, rows, lmdb_dir, ans2label, train=False)
     collate = data.make_collate(tokenizer, cfg.max_txt_len, cfg.pad_to_max)
     answers = label_answers(predict(model, dataset, collate, dev, cfg), ans2label)
-    write_jsonl(predictions, (
-        {"question_id": r.get("question_id"), "scene": r["video_id"], "question": r["question"],
-         "gold": r["answer"], "predicted": a, "type": r.get("answer_type", "others")}
-        for r, a in zip(rows, answers, strict=True)))
+    write_jsonl(predictions, (prediction_row(r, a) for r, a in zip(rows, answers, strict=True)))
     result = score(rows, answers)
-    n_unknown = sum(r["answer"] == "unknown" for r in rows)
+    n_unknown = sum(r["answer"] == UNKNOWN for r in rows)
     result.update({
         "n_unknown": n_unknown,
         "ceiling": pct(len(rows) - n_unknown, len(rows)),

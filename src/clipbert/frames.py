@@ -1,4 +1,4 @@
-"""Frame downsampling (every stride-th colour frame, original JPEG bytes) and scene selection.
+"""Frame downsampling: every stride-th colour frame as its original JPEG bytes.
 
 The SQA3D video baseline keeps colour frames 0, 20, 40, ... of each scan. Copying the JPEG
 payload instead of decoding and re-encoding it is both exact and fast: an export touches only
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import operator
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,81 +112,3 @@ def export_frames(
             # Without indent, json uses its C encoder: ~10x faster on 1650-frame indexes.
             (tmp / INDEX_NAME).write_text(json.dumps(index) + "\n")
     return index
-
-
-# ---- scene selection ------------------------------------------------------------------------
-
-
-def _read_list(path: str | os.PathLike) -> list[str]:
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise ClipbertError(f"{path}: cannot read scene list ({e.strerror})") from None
-    return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def _question_scenes(path: str | os.PathLike) -> set[str]:
-    """Scene ids used by an SQA3D questions (or annotations) json file."""
-    try:
-        with open(path) as fh:
-            doc = json.load(fh)
-    except OSError as e:
-        raise ClipbertError(f"{path}: cannot read question file ({e.strerror})") from None
-    except json.JSONDecodeError as e:
-        raise ClipbertError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
-    items = None
-    if isinstance(doc, dict):
-        items = doc.get("questions", doc.get("annotations"))
-    if not isinstance(items, list):
-        raise ClipbertError(f"{path}: expected a 'questions' or 'annotations' list")
-    scenes = set()
-    for n, item in enumerate(items):
-        scene = item.get("scene_id") if isinstance(item, dict) else None
-        if not isinstance(scene, str) or not scene:
-            raise ClipbertError(f"{path}: item {n}: no scene_id")
-        scenes.add(scene)
-    return scenes
-
-
-def select_scenes(
-    all_list: str | os.PathLike,
-    test_list: str | os.PathLike,
-    question_files: Sequence[str | os.PathLike] = (),
-) -> list[str]:
-    """The SQA3D baseline's scenes: `_00` scans of `all_list` not in `test_list` (sorted).
-
-    With question files, only the scenes they use; a question on a scene outside that set is an
-    error, since the baseline would have no video for it.
-    """
-    test = set(_read_list(test_list))
-    scenes = sorted({s for s in _read_list(all_list) if s.endswith("_00") and s not in test})
-    if not question_files:
-        return scenes
-    chosen = set(scenes)
-    used: set[str] = set()
-    for qf in question_files:
-        q = _question_scenes(qf)
-        outside = sorted(q - chosen)
-        if outside:
-            shown = ", ".join(outside[:10]) + (" ..." if len(outside) > 10 else "")
-            raise ClipbertError(
-                f"{qf}: {len(outside)} scene(s) not among the selected scans of {all_list}: "
-                f"{shown}"
-            )
-        used |= q
-    return sorted(used)
-
-
-def sens_path(scans_dir: str | os.PathLike, scene: str) -> Path:
-    """ScanNet's layout: `<scans_dir>/<scene>/<scene>.sens`."""
-    return Path(scans_dir) / scene / f"{scene}.sens"
-
-
-def check_scans(scans_dir: str | os.PathLike, scenes: Sequence[str]) -> None:
-    """Fail listing every scene whose `.sens` file is missing (not just the first)."""
-    missing = [s for s in scenes if not sens_path(scans_dir, s).is_file()]
-    if missing:
-        raise ClipbertError(
-            f"{scans_dir}: {len(missing)} of {len(scenes)} scenes have no "
-            f"<scene>/<scene>.sens: {', '.join(missing)}"
-        )

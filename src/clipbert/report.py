@@ -19,13 +19,9 @@ import numpy as np
 
 from clipbert.errors import ClipbertError
 from clipbert.fsutil import atomic_path, read_jsonl
+from clipbert.qa import ANSWER_TYPES
+from clipbert.sqa import PUBLISHED_BLIND, PUBLISHED_CLIPBERT
 
-ANSWER_TYPES = ("what", "is", "how", "can", "which", "others")
-# SQA3D (Ma et al., ICLR 2023), Table 3, test split: the published ClipBERT baseline.
-PUBLISHED_CLIPBERT = {"overall": 43.31, "what": 30.24, "is": 60.12, "how": 38.71,
-                      "can": 63.31, "which": 42.45, "others": 42.71}
-# The blind (question-only) baseline of the same table, reported overall only.
-PUBLISHED_BLIND = 43.65
 DPI = 110
 
 
@@ -212,12 +208,12 @@ def plot_accuracy(acc_path: str | os.PathLike, out: str | os.PathLike,
 def confusion(rows: Sequence[dict], top: int) -> tuple[list[str], np.ndarray]:
     """Counts of (gold, predicted) over the `top` most frequent gold answers; the last column
     collects every other prediction, so each row sums to that answer's questions."""
-    golds = [a for a, _ in Counter(r["gold"] for r in rows).most_common(top)]
+    golds = [a for a, _ in Counter(r["answer"] for r in rows).most_common(top)]
     pos = {a: i for i, a in enumerate(golds)}
     m = np.zeros((len(golds), len(golds) + 1), dtype=np.int64)
     for r in rows:
-        if r["gold"] in pos:
-            m[pos[r["gold"]], pos.get(r["predicted"], len(golds))] += 1
+        if r["answer"] in pos:
+            m[pos[r["answer"]], pos.get(r["predicted"], len(golds))] += 1
     return golds, m
 
 
@@ -227,7 +223,7 @@ def plot_confusion(pred_path: str | os.PathLike, out: str | os.PathLike, top: in
     if not rows:
         raise ClipbertError(f"{pred_path}: no predictions")
     for n, r in enumerate(rows, 1):
-        for key in ("gold", "predicted"):
+        for key in ("answer", "predicted"):
             _need(pred_path, f"record {n}", r, key)
     labels, m = confusion(rows, top)
     share = m / np.maximum(m.sum(axis=1, keepdims=True), 1)

@@ -18,10 +18,14 @@ from typing import Any
 
 from clipbert.errors import ClipbertError
 from clipbert.fsutil import atomic_path, read_jsonl
+from clipbert.qa import ANSWER_TYPES, UNKNOWN
 
 SPLITS = ("train", "val", "test")
-ANSWER_TYPES = ("what", "is", "how", "can", "which", "others")
-UNKNOWN = "unknown"
+# SQA3D (Ma et al., ICLR 2023), Table 3, test split: the published ClipBERT baseline, and the
+# blind (question-only) baseline of the same table, reported overall only.
+PUBLISHED_CLIPBERT = {"overall": 43.31, "what": 30.24, "is": 60.12, "how": 38.71,
+                      "can": 63.31, "which": 42.45, "others": 42.71}
+PUBLISHED_BLIND = 43.65
 SCENE_RE = re.compile(r"scene\d{4}_\d{2}")
 _SPLIT_NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -253,6 +257,29 @@ def convert(
             tmp = stack.enter_context(atomic_path(target))
             tmp.write_text(text, encoding="utf-8")
     return stats
+
+
+def question_scenes(path: str | os.PathLike) -> set[str]:
+    """Scene ids used by an SQA3D questions (or annotations) json file."""
+    try:
+        with open(path) as fh:
+            doc = json.load(fh)
+    except OSError as e:
+        raise ClipbertError(f"{path}: cannot read question file ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise ClipbertError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    items = None
+    if isinstance(doc, dict):
+        items = doc.get("questions", doc.get("annotations"))
+    if not isinstance(items, list):
+        raise ClipbertError(f"{path}: expected a 'questions' or 'annotations' list")
+    scenes = set()
+    for n, item in enumerate(items):
+        scene = item.get("scene_id") if isinstance(item, dict) else None
+        if not isinstance(scene, str) or not scene:
+            raise ClipbertError(f"{path}: item {n}: no scene_id")
+        scenes.add(scene)
+    return scenes
 
 
 def split_scenes(jsonl_path: str | os.PathLike) -> list[str]:

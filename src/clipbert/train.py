@@ -43,9 +43,10 @@ from clipbert.checkpoints import load_pretrained, unused_weights
 from clipbert.config import TrainConfig, result_settings
 from clipbert.distributed import Dist, setup_distributed, wrap_ddp
 from clipbert.errors import ClipbertError
-from clipbert.fsutil import atomic_path, content_digest, file_sha256, read_jsonl, write_json
+from clipbert.fsutil import atomic_path, content_digest, file_sha256, write_json
 from clipbert.model import build_model, variant_class
 from clipbert.modelfile import save_model_file, vocab_tokens
+from clipbert.qa import read_rows
 from clipbert.sqa import ANS2LABEL, available_videos, check_videos
 from clipbert.tokenizer import load_tokenizer, truncation_report
 
@@ -158,8 +159,8 @@ def read_inputs(cfg: TrainConfig, data_dir: Path, lmdb_dir, vocab, main: bool) -
         if not (data_dir / need).is_file():
             raise ClipbertError(f"{data_dir / need}: not found (run the sqa conversion first)")
     val_path = data_dir / "val.jsonl"
-    inputs = Inputs(read_jsonl(data_dir / "train.jsonl"),
-                    read_jsonl(val_path) if val_path.exists() else [],
+    inputs = Inputs(read_rows(data_dir / "train.jsonl"),
+                    read_rows(val_path) if val_path.exists() else [],
                     json.loads((data_dir / ANS2LABEL).read_text()), load_tokenizer(vocab),
                     None if lmdb_dir is None else Path(lmdb_dir))
     if not inputs.train_rows:
