@@ -116,15 +116,23 @@ def test_build_vocab_round_trip(tmp_path):
     assert (tmp_path / "again.txt").read_bytes() == out.read_bytes()
 
 
-def test_encode_pads_and_truncates(tmp_path):
+def test_batches_pad_and_truncate(tmp_path):
+    """Text as the data loader batches it: [CLS] text [SEP], cut to max_txt_len with [SEP]
+    kept, padded to max_txt_len or to the batch's longest question."""
+    from clipbert.data import make_collate
+
+    def encode(texts, max_txt_len, pad_to_longest=False):
+        items = [{"question": t, "label": 0, "index": i} for i, t in enumerate(texts)]
+        return make_collate(tok, max_txt_len, pad_to_max=not pad_to_longest)(items)
+
     T.build_vocab(DEMO, tmp_path / "vocab.txt")
     tok = T.load_tokenizer(tmp_path / "vocab.txt")
-    batch = T.encode(tok, [DEMO[0], "Can I?"], max_txt_len=8)
+    batch = encode([DEMO[0], "Can I?"], max_txt_len=8)
     assert tuple(batch["input_ids"].shape) == (2, 8)
     assert batch["input_ids"][0, -1].item() == tok.sep_token_id  # cut, [SEP] kept
     assert batch["attention_mask"][1].tolist() == [1, 1, 1, 1, 1, 0, 0, 0]
     assert batch["input_ids"][1, 5:].tolist() == [0, 0, 0]
-    short = T.encode(tok, ["Can I?", "Can I reach"], max_txt_len=40, pad_to_longest=True)
+    short = encode(["Can I?", "Can I reach"], max_txt_len=40, pad_to_longest=True)
     assert tuple(short["input_ids"].shape) == (2, 5)
     report = T.truncation_report(tok, [DEMO[0], "Can I?"], 8)
     assert report["truncated"] == 1 and report["max_len"] > 8 and report["n"] == 2

@@ -2,13 +2,13 @@
 GPU (the rule's `gpu` resource) it starts one process per GPU under torchrun."""
 
 from clipbert import distributed, train
-from clipbert.config import make_config
+from clipbert.config import WEIGHT_KINDS, make_config
 from clipbert.fsutil import redirect_output
 
 snakemake = snakemake  # noqa: F821, PLW0127 - injected by Snakemake
 
 p = snakemake.params
-weights = {k: v for k, v in dict(p.weights).items() if k != "vocab"}
+weights = {k: v for k, v in dict(p.weights).items() if k in WEIGHT_KINDS}
 nproc = int(getattr(snakemake.resources, "gpu", 1) or 1)
 lmdb_dir = getattr(snakemake.input, "lmdb", None)  # the blind baseline reads no video
 if nproc > 1:

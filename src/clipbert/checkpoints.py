@@ -25,10 +25,9 @@ from torch import nn
 
 from clipbert.errors import ClipbertError
 
-KINDS = ("clipbert", "detectron2", "resnet", "bert")
-LAYOUTS = ("upstream", "native", "detectron2", "torchvision", "bert")
 _BERT_FILES = ("model.safetensors", "pytorch_model.bin")
-# Part of the native model each kind is expected to fill (for its "missing" list).
+# Part of the native model each kind of `config.WEIGHT_KINDS` is expected to fill (for its
+# "missing" list).
 _COVERS = {"clipbert": "", "detectron2": "cnn.backbone.", "resnet": "cnn.backbone.",
            "bert": "transformer.bert."}
 _SHOW = 8  # keys listed per category in printed reports
@@ -195,7 +194,8 @@ def read_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def detect_layout(state: dict[str, torch.Tensor]) -> str:
-    """Which of LAYOUTS a state dict is in, from its key names."""
+    """Which layout (upstream, native, detectron2, torchvision, bert) a state dict is in, from
+    its key names."""
     keys = list(state)
 
     def any_start(*prefixes: str) -> bool:

@@ -282,14 +282,13 @@ def _add_model(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(func=_model_convert)
 
 
-_TRAIN_INIT_KINDS = ("clipbert", "detectron2", "resnet", "bert")
-
-
 def _train_init_pair(text: str) -> tuple[str, str]:
+    from clipbert.config import WEIGHT_KINDS
+
     kind, sep, path = text.partition("=")
-    if not sep or not path or kind not in _TRAIN_INIT_KINDS:
+    if not sep or not path or kind not in WEIGHT_KINDS:
         raise argparse.ArgumentTypeError(
-            f"expected KIND=PATH with KIND one of {', '.join(_TRAIN_INIT_KINDS)}, got {text!r}")
+            f"expected KIND=PATH with KIND one of {', '.join(WEIGHT_KINDS)}, got {text!r}")
     return kind, path
 
 

@@ -115,6 +115,10 @@ class TrainConfig:
         return cls(**d)
 
 
+# The kinds of pretrained weights a run can start from (config `weights.*`, `train --init`), in
+# the order they are applied: later ones override earlier ones.
+WEIGHT_KINDS = ("clipbert", "detectron2", "resnet", "bert")
+
 # Settings that change how fast a run goes or how much it logs, never what it computes.
 SPEED_KNOBS = ("log_every", "checkpoint_every", "num_workers", "eval_batch_size",
                "channels_last", "compile")

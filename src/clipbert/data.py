@@ -36,8 +36,8 @@ class VideoQADataset(torch.utils.data.Dataset):
 
     Training clip starts come from `np.random.default_rng([seed, epoch, index])`: reproducible,
     different every epoch (set `epoch` before each one) and independent of the worker count.
-    `skipped` counts the undecodable videos met in training; with DataLoader workers each worker
-    keeps its own count, the warnings in the log are the complete record. Clips are sampled at
+    An undecodable video met in training is skipped with a warning in the log (the complete
+    record, whatever the number of DataLoader workers). Clips are sampled at
     each video's own frame rate; `video_fps` is the rate expected, and the first video that has
     another one is noted in the log (once per dataset and process). Without an LMDB
     (`lmdb_dir=None`, the blind baseline) examples are questions alone.
@@ -67,7 +67,6 @@ class VideoQADataset(torch.utils.data.Dataset):
         self.train = train
         self.seed = seed
         self.epoch = 0
-        self.skipped = 0
         self._rate_noted = False
 
     def __len__(self) -> int:
@@ -92,7 +91,6 @@ class VideoQADataset(torch.utils.data.Dataset):
                 if isinstance(e, ClipbertError):
                     raise
                 raise ClipbertError(f"video {vid!r}: cannot decode ({e})") from None
-            self.skipped += 1
             log.warning("skipping undecodable video %r (row %d): %s", vid, index, e)
             return None
         self._note_rate(vid, clips.timing.rate)

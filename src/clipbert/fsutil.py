@@ -97,6 +97,22 @@ def write_jsonl(path: str | os.PathLike, rows: Any) -> None:
             fh.write(json.dumps(row) + "\n")
 
 
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file; a missing or malformed file is an error naming it (and the line)."""
+    from clipbert.errors import ClipbertError
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise ClipbertError(f"{path}: no such file") from None
+    except json.JSONDecodeError as e:
+        raise ClipbertError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: "
+                            f"{e.msg})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ClipbertError(f"{path}: cannot read ({e})") from None
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a jsonl file; a malformed line is an error naming the file and line."""
     from clipbert.errors import ClipbertError

@@ -8,7 +8,6 @@ ClipbertError naming the file, and no half-written PNG is left behind.
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from clipbert.errors import ClipbertError
-from clipbert.fsutil import atomic_path, read_jsonl
+from clipbert.fsutil import atomic_path, read_json, read_jsonl
 from clipbert.qa import ANSWER_TYPES
 from clipbert.sqa import PUBLISHED_BLIND, PUBLISHED_CLIPBERT
 
@@ -38,15 +37,6 @@ def _save(fig, out: str | os.PathLike) -> Path:
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png")
     return out
-
-
-def _read_json(path: str | os.PathLike) -> Any:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ClipbertError(f"{path}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ClipbertError(f"{path}: not valid JSON ({e})") from None
 
 
 def _read_rows(path: str | os.PathLike) -> list[dict]:
@@ -79,7 +69,7 @@ def video_frame_counts(lmdb_dir: str | os.PathLike) -> dict[str, int]:
 def plot_data(stats_path: str | os.PathLike, lmdb_dir: str | os.PathLike,
               out: str | os.PathLike) -> Path:
     """Questions per split and answer type, `unknown` share and accuracy ceiling, frames/scene."""
-    stats = _read_json(stats_path)
+    stats = read_json(stats_path)
     if not isinstance(stats, dict) or not stats:
         raise ClipbertError(f"{stats_path}: no splits")
     splits = list(stats)
@@ -165,7 +155,7 @@ def plot_accuracy(acc_path: str | os.PathLike, out: str | os.PathLike,
     """This run per answer type beside the published ClipBERT, the blind baselines (this run's
     when it trained one, the published figure) and the majority answer of this very split (the
     bar a model must clear by looking)."""
-    acc = _read_json(acc_path)
+    acc = read_json(acc_path)
     per_type = _need(acc_path, "top level", acc, "per_type")
     overall = _need(acc_path, "top level", acc, "overall")
     majority = _need(acc_path, "top level", acc, "majority_baseline")
@@ -175,7 +165,7 @@ def plot_accuracy(acc_path: str | os.PathLike, out: str | os.PathLike,
         ("ClipBERT, published", [PUBLISHED_CLIPBERT[g] for g in groups]),
     ]
     if blind_path is not None:
-        blind = _read_json(blind_path)
+        blind = read_json(blind_path)
         b_types = _need(blind_path, "top level", blind, "per_type")
         series.append(("blind baseline, this run",
                        [_need(blind_path, "top level", blind, "overall")]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from clipbert.errors import ClipbertError
-from clipbert.fsutil import atomic_path, read_jsonl
+from clipbert.fsutil import atomic_path, read_json, read_jsonl
 from clipbert.qa import ANSWER_TYPES, UNKNOWN
 
 SPLITS = ("train", "val", "test")
@@ -53,18 +53,6 @@ def answer_type(question: str) -> str:
     return first if first in ANSWER_TYPES[:-1] else "others"
 
 
-def _load_json(path: Path) -> Any:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except FileNotFoundError:
-        raise ClipbertError(f"{path}: file not found") from None
-    except json.JSONDecodeError as e:
-        raise ClipbertError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ClipbertError(f"{path}: cannot read ({e})") from None
-
-
 def _is_label(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -77,7 +65,7 @@ def load_answer_dict(path: str | os.PathLike) -> dict[str, int]:
     they index the classifier's output.
     """
     path = Path(path)
-    data = _load_json(path)
+    data = read_json(path)
     if isinstance(data, list):
         if len(data) != 2 or not all(isinstance(d, dict) for d in data):
             raise ClipbertError(f"{path}: expected [answer->label, label->answer], got a list "
@@ -114,7 +102,7 @@ def _find(sqa_dir: Path, name: str) -> Path:
 
 
 def _records(path: Path, key: str) -> list[dict]:
-    data = _load_json(path)
+    data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get(key), list):
         raise ClipbertError(f"{path}: expected an object with a {key!r} list")
     return data[key]
@@ -261,13 +249,7 @@ def convert(
 
 def question_scenes(path: str | os.PathLike) -> set[str]:
     """Scene ids used by an SQA3D questions (or annotations) json file."""
-    try:
-        with open(path) as fh:
-            doc = json.load(fh)
-    except OSError as e:
-        raise ClipbertError(f"{path}: cannot read question file ({e.strerror})") from None
-    except json.JSONDecodeError as e:
-        raise ClipbertError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    doc = read_json(path)
     items = None
     if isinstance(doc, dict):
         items = doc.get("questions", doc.get("annotations"))

@@ -141,13 +141,3 @@ def truncation_report(tokenizer: Any, questions: Sequence[str], max_txt_len: int
         "with_unk": sum(unk in x for x in ids),
     }
 
-
-def encode(tokenizer: Any, texts: Sequence[str], max_txt_len: int,
-           pad_to_longest: bool = False) -> dict:
-    """Token ids and attention mask as upstream ClipBERT builds them: [CLS] text [SEP], cut to
-    `max_txt_len` and padded to it (or, with `pad_to_longest`, to the batch's longest text,
-    which gives the same predictions since padding is masked)."""
-    return dict(tokenizer(
-        list(texts), max_length=max_txt_len, truncation=True,
-        padding="longest" if pad_to_longest else "max_length", return_tensors="pt",
-    ))

@@ -43,7 +43,7 @@ from clipbert.checkpoints import load_pretrained, unused_weights
 from clipbert.config import TrainConfig, result_settings
 from clipbert.distributed import Dist, setup_distributed, wrap_ddp
 from clipbert.errors import ClipbertError
-from clipbert.fsutil import atomic_path, content_digest, file_sha256, write_json
+from clipbert.fsutil import atomic_path, content_digest, file_sha256, read_json, write_json
 from clipbert.model import build_model, variant_class
 from clipbert.modelfile import save_model_file, vocab_tokens
 from clipbert.qa import read_rows
@@ -161,7 +161,7 @@ def read_inputs(cfg: TrainConfig, data_dir: Path, lmdb_dir, vocab, main: bool) -
     val_path = data_dir / "val.jsonl"
     inputs = Inputs(read_rows(data_dir / "train.jsonl"),
                     read_rows(val_path) if val_path.exists() else [],
-                    json.loads((data_dir / ANS2LABEL).read_text()), load_tokenizer(vocab),
+                    read_json(data_dir / ANS2LABEL), load_tokenizer(vocab),
                     None if lmdb_dir is None else Path(lmdb_dir))
     if not inputs.train_rows:
         raise ClipbertError(f"{data_dir / 'train.jsonl'}: no training questions")
@@ -448,7 +448,7 @@ def train(cfg: TrainConfig, data_dir, lmdb_dir, out, state_dir, metrics=None, vo
     A model that reads no video (the blind baseline) needs no `lmdb_dir`."""
     state_dir = Path(state_dir)
     cache_path = state_dir / "digests.json"
-    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    cache = read_json(cache_path) if cache_path.exists() else {}
     run = build_run(cfg, data_dir, lmdb_dir, vocab, weights, digest_cache=cache)
     cfg, d = run.cfg, run.d
     last, best = state_dir / "last.pt", state_dir / "best.pt"

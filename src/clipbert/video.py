@@ -386,20 +386,6 @@ def _decode_packets(
     yield from stream.decode(None)
 
 
-def decode_frames(
-    mp4: bytes | str | os.PathLike, indices: Sequence[int], name: str | None = None
-) -> np.ndarray:
-    """uint8 RGB frames (len(indices), H, W, 3) in the order of `indices` (repeats allowed).
-
-    Indices count frames in presentation order. The video is decoded at most once, in order, and
-    stops after the largest index: with the sparse clips ClipBERT samples that is cheaper than a
-    seek per clip (the mpeg4 GOP is 12).
-    """
-    name = name or (str(mp4) if not isinstance(mp4, bytes) else "<mp4 bytes>")
-    with _open(mp4, name) as container:
-        return _decode_open(container, indices, name)
-
-
 class Clips(NamedTuple):
     """One video's sampled clips: frames (n_clips, num_frm, H, W, 3), their presentation-order
     indices (n_clips lists of num_frm) and the timing they were computed from."""

@@ -59,11 +59,6 @@ def _open_ro(lmdb_dir: str | os.PathLike) -> lmdb.Environment:
     return env
 
 
-def _is_open(lmdb_dir: Path) -> bool:
-    cached = _ENVS.get(str(lmdb_dir.resolve()))
-    return cached is not None and cached[1] == os.getpid()
-
-
 def pack_lmdb(
     lmdb_dir: str | os.PathLike, mp4_paths: Iterable[str | os.PathLike], *,
     map_size: int | None = None,
@@ -162,11 +157,6 @@ class VideoLMDB:
         self.lmdb_dir = Path(lmdb_dir)
         if not (self.lmdb_dir / "data.mdb").is_file():
             raise ClipbertError(f"{self.lmdb_dir}: not a video LMDB (no data.mdb)")
-
-    @property
-    def is_open(self) -> bool:
-        """Whether this process holds an open environment for the folder (tests the lazy open)."""
-        return _is_open(self.lmdb_dir)
 
     def get(self, key: str) -> bytes:
         with _open_ro(self.lmdb_dir).begin() as txn:
