@@ -388,9 +388,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from clipbert.errors import ClipbertError
+    from clipbert.signals import Terminated, sigterm_unwinds
 
     try:
-        return args.func(args) or 0
+        with sigterm_unwinds():  # SIGTERM (SLURM, Snakemake) unwinds like Ctrl-C: no temporaries
+            return args.func(args) or 0
     except ClipbertError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except Terminated as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_status
+    except KeyboardInterrupt:
+        print("error: interrupted (SIGINT)", file=sys.stderr)
+        return 130
