@@ -2,24 +2,23 @@
 GPU (the rule's `gpu` resource) it starts one process per GPU under torchrun."""
 
 from clipbert import train
-from clipbert.fsutil import redirect_output
+from clipbert.smk import workflow_step
 
 snakemake = snakemake  # noqa: F821, PLW0127 - injected by Snakemake
 
-p = snakemake.params
-weights = {k: v for k, v in dict(p.weights).items() if k != "vocab"}
-nproc = int(getattr(snakemake.resources, "gpu", 1) or 1)
-lmdb_dir = getattr(snakemake.input, "lmdb", None)  # the blind baseline reads no video
-if nproc > 1:
-    open(snakemake.log[0], "w").close()
-    args = train.train_args(
-        p.preset, dict(p.overrides), data_dir=p.data_dir, lmdb_dir=lmdb_dir,
-        out=snakemake.output.model, state_dir=p.state_dir, metrics=snakemake.output.metrics,
-        vocab=snakemake.input.vocab, weights=weights,
-    )
-    train.launch_torchrun(nproc, args, log=snakemake.log[0])
-else:
-    with redirect_output(snakemake.log[0]):
+with workflow_step(snakemake):
+    p = snakemake.params
+    weights = {k: v for k, v in dict(p.weights).items() if k != "vocab"}
+    nproc = int(getattr(snakemake.resources, "gpu", 1) or 1)
+    lmdb_dir = getattr(snakemake.input, "lmdb", None)  # the blind baseline reads no video
+    if nproc > 1:
+        args = train.train_args(
+            p.preset, dict(p.overrides), data_dir=p.data_dir, lmdb_dir=lmdb_dir,
+            out=snakemake.output.model, state_dir=p.state_dir, metrics=snakemake.output.metrics,
+            vocab=snakemake.input.vocab, weights=weights,
+        )
+        train.launch_torchrun(nproc, args, log=snakemake.log[0])
+    else:
         cfg = train.make_config(p.preset, dict(p.overrides))
         train.train(
             cfg, data_dir=p.data_dir, lmdb_dir=lmdb_dir,
