@@ -108,6 +108,17 @@ def test_sigterm_raises_inside_and_the_old_handler_comes_back() -> None:
     assert signal.getsignal(signal.SIGTERM) == before
 
 
+def test_an_ignored_sigterm_stays_ignored() -> None:
+    """`trap '' TERM` (or nohup-like wrappers) must keep working."""
+    old = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        with signals.sigterm_unwinds():
+            assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+            signal.raise_signal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def test_held_signals_land_after_the_block() -> None:
     steps = []
     with pytest.raises(signals.Terminated), signals.sigterm_unwinds():

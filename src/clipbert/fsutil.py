@@ -86,28 +86,6 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def redirect_output(log: str | os.PathLike | None) -> Iterator[None]:
-    """Send stdout and stderr (of Python and of child libraries) to `log`: how workflow scripts
-    honour a rule's `log:`."""
-    if log is None:
-        yield
-        return
-    import sys
-
-    Path(log).parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
-        try:
-            yield
-        except BaseException:
-            import traceback
-
-            traceback.print_exc(file=fh)
-            fh.flush()
-            print(f"error: see {log}", file=sys.__stderr__)
-            raise
-
-
-@contextlib.contextmanager
 def atomic_open(target: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temporary sibling of `target` for writing; renamed onto `target` on success."""
     with atomic_path(target) as tmp, open(tmp, mode) as fh:
