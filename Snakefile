@@ -1,6 +1,8 @@
 # SQA3D ClipBERT: ScanNet .sens -> frames -> mp4 -> LMDB, SQA3D -> jsonl, training, inference.
 # `snakemake --cores 2` runs the embedded demo to results/test_acc.json; see README.md.
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
+
+from clipbert.smk import check_config
 
 min_version("9.0")
 
@@ -8,7 +10,7 @@ min_version("9.0")
 configfile: workflow.source_path("config/config.yaml")
 
 
-validate(config, "config/schema.yaml")
+check_config(config, workflow, "config/schema.yaml")  # one line per bad key, then exit 1
 
 
 include: "rules/common.smk"

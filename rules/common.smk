@@ -1,11 +1,11 @@
 # Helpers shared by the rules: where each input comes from, which scenes the run needs, and the
 # checks that stop a run before any job when the config or a real-data input is wrong.
-import sys
 from pathlib import Path
 
 from clipbert import config as settings
 from clipbert import demo, scannet, sqa
 from clipbert.errors import ClipbertError
+from clipbert.smk import fail
 
 SOURCE = config["data"]["source"]
 DEMO = SOURCE == "demo"
@@ -22,25 +22,20 @@ wildcard_constraints:
     scene=SCENE_PATTERN,
 
 
-def stop(message: str) -> None:
-    """End the run before any job with one line (no traceback)."""
-    sys.exit(f"error: {message}")
-
-
 def require(key: str) -> str:
     """A path the real-data config must give; stops the run naming the missing key."""
     value = config
     for part in key.split("."):
         value = value[part]
     if not value:
-        stop(f"config: {key} is required when data.source is 'scannet'")
+        fail(f"config: {key} is required when data.source is 'scannet'")
     return value
 
 
 def require_file(key: str, path: str) -> str:
     """`path` (from config key `key`) must exist before the run starts."""
     if not Path(path).exists():
-        stop(f"config: {key}: {path} not found")
+        fail(f"config: {key}: {path} not found")
     return path
 
 
@@ -50,7 +45,7 @@ def train_settings(overrides: dict) -> settings.TrainConfig:
     try:
         return settings.make_config(config["train"]["preset"], overrides)
     except ClipbertError as e:
-        stop(f"config: train.overrides: {e}")
+        fail(f"config: train.overrides: {e}")
 
 
 DEMO_DIR = "work/demo/source"  # the demo's generated scans, SQA3D files and vocabulary
@@ -62,7 +57,7 @@ VIDEOS = None if DEMO else config["data"]["videos_dir"]
 BLIND = config["baselines"]["blind"]
 TRAIN = train_settings(config["train"]["overrides"])
 if not DEMO and not (SCANS or VIDEOS):
-    stop("config: data.scans_dir or data.videos_dir is required for real data")
+    fail("config: data.scans_dir or data.videos_dir is required for real data")
 for _kind, _path in config["weights"].items():
     if _path:
         require_file(f"weights.{_kind}", _path)
@@ -94,7 +89,7 @@ def scene_list() -> list[str]:
             questions,
         )
     except ClipbertError as e:
-        stop(str(e))
+        fail(str(e))
 
 
 SCENES = scene_list()
@@ -118,7 +113,7 @@ def check_scene_inputs() -> None:
     if missing:
         key, where = ("data.videos_dir", VIDEOS) if VIDEOS else ("data.scans_dir", SCANS)
         shown = ", ".join(paths[s] for s in missing[:3])
-        stop(f"config: {key}: {len(missing)} of {len(SCENES)} scenes the questions use have "
+        fail(f"config: {key}: {len(missing)} of {len(SCENES)} scenes the questions use have "
              f"no {'video' if VIDEOS else 'scan'} in {where}: {shown}"
              f"{', ...' if len(missing) > 3 else ''}")
 

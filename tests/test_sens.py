@@ -283,7 +283,9 @@ def test_occi_depth_cannot_be_decoded(tmp_path: Path) -> None:
 @pytest.mark.parametrize("cut,pattern", [(10, "header: truncated"), (300, "header: truncated"),
                                          ("head2", "frame 2: truncated"),
                                          ("pay2", "frame 2: payload sizes"),
-                                         ("imu", "trailing bytes"), ("imurec", "IMU count 3")])
+                                         ("imu", "trailing bytes"),
+                                         ("imurec", "IMU section truncated: 3 records need 392 "
+                                          "bytes, only 208 are left")])
 def test_truncated(tmp_path: Path, cli, cut, pattern) -> None:
     p = tmp_path / "a.sens"
     write(p, 4)
@@ -303,11 +305,30 @@ def test_payload_size_past_end(tmp_path: Path, cli) -> None:
     expect_error(p, "frame 3: payload sizes .* run past the end", cli)
 
 
-def test_trailing_bytes_that_are_not_an_imu_section(tmp_path: Path, cli) -> None:
+@pytest.mark.parametrize("imu,extra", [(IMU, 8), ((), 100)])
+def test_bytes_after_the_imu_section_are_ignored_with_a_warning(
+        tmp_path: Path, cli, capsys: pytest.CaptureFixture, imu, extra: int) -> None:
+    """ScanNet's reader ignores what follows the IMU records; so do we, saying so once."""
     p = tmp_path / "a.sens"
-    write(p, 2, imu=())
-    p.write_bytes(p.read_bytes() + b"\0" * 100)
-    expect_error(p, "IMU count 0 needs 8 bytes, file has 108", cli)
+    fr = write(p, 2, imu=imu)
+    p.write_bytes(p.read_bytes() + b"\x07" * extra)
+    warning = (f"warning: {p}: {extra} bytes after the IMU section ignored (ScanNet's reader "
+               "ignores them too)")
+    with SensReader(p) as r:
+        assert (r.trailing_bytes, r.imu()) == (extra, list(imu))
+        assert r.color_bytes(1) == fr[1].color_bytes
+    assert capsys.readouterr().err == warning + "\n"
+    proc = cli("sens", "info", p)
+    assert proc.stderr == warning + "\n" and json.loads(proc.stdout)["imu_count"] == len(imu)
+
+
+def test_an_imu_count_beyond_the_end_is_a_shortage(tmp_path: Path, cli) -> None:
+    p = tmp_path / "a.sens"
+    write(p, 2)
+    with SensReader(p) as r:
+        patch(p, r.imu_offset, "<Q", 5)
+    expect_error(p, "after frame 1: IMU section truncated: 5 records need 648 bytes, only 392 "
+                 r"are left \(truncated file\?\)", cli)
 
 
 def test_colour_not_jpeg(tmp_path: Path, cli) -> None:
@@ -361,3 +382,120 @@ def test_frame_number_out_of_range(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path, cli) -> None:
     proc = cli("sens", "info", tmp_path / "nope.sens", check=False)
     assert proc.returncode == 1 and "nope.sens: cannot open" in proc.stderr
+
+
+# ---- sens check: every payload read in full ---------------------------------------------------
+
+
+def corrupt_scan(path: Path) -> list[str]:
+    """Six frames, four of them bad in different ways; returns the expected problem lines."""
+    fr = frames(6)
+    fr[1].color_bytes = b"\x89PNG\r\n" + fr[1].color_bytes[2:]
+    fr[2].color_bytes = fr[2].color_bytes[:-40]  # cut short: no EOI
+    fr[4].depth_bytes = b"not zlib at all"
+    fr[5].color_bytes = fr[5].color_bytes[:-1]
+    fr[5].depth_bytes = sens.encode_depth(depth_image(5, DW, DH - 1))
+    sens.write_sens(path, header(6), fr)
+    return [
+        f"{path}: frame 1: colour payload is not a JPEG (no FF D8 start)",
+        f"{path}: frame 2: colour JPEG does not end with FF D9 (cut short?)",
+        f"{path}: frame 4: corrupt zlib depth payload (Error -3 while decompressing data: "
+        "incorrect header check)",
+        f"{path}: frame 5: colour JPEG does not end with FF D9 (cut short?); depth inflates to "
+        "600 bytes, expected 640 (20x16x2)",
+    ]
+
+
+def test_check_passes_a_sound_file(tmp_path: Path) -> None:
+    p = tmp_path / "a.sens"
+    write(p, 6, lost=(2,))
+    result = sens.check_file(p)
+    assert result.ok and result.frames == 6 and result.problems == []
+    assert result.summary() == f"{p}: ok: 6 frames"
+
+
+def test_check_reports_every_bad_frame_once(tmp_path: Path) -> None:
+    p = tmp_path / "a.sens"
+    expected = corrupt_scan(p)
+    seen: list[str] = []
+    result = sens.check_file(p, on_problem=seen.append)
+    assert result.problems == seen == expected
+    assert result.bad_frames == [1, 2, 4, 5] and result.frames == 6 and not result.ok
+    assert result.summary() == f"{p}: BAD: 4 of 6 frames"
+
+
+def test_check_finds_a_bad_depth_that_export_does_not_read(tmp_path: Path, cli) -> None:
+    """Without --depth an export never inflates depth; a check before the run does."""
+    p = tmp_path / "a.sens"
+    fr = frames(3)
+    fr[1].depth_bytes = fr[1].depth_bytes[:-9]
+    sens.write_sens(p, header(3), fr)
+    cli("sens", "export", p, tmp_path / "out", "--stride", "1")
+    assert sens.check_file(p).problems == [
+        f"{p}: frame 1: corrupt zlib depth payload (stream is truncated)"]
+
+
+def test_check_of_a_truncated_file_is_one_line(tmp_path: Path) -> None:
+    p = tmp_path / "a.sens"
+    write(p, 4)
+    p.write_bytes(p.read_bytes()[: frame_offset(p, 2) + 50])
+    result = sens.check_file(p)
+    assert len(result.problems) == 1 and "frame 2: truncated file" in result.problems[0]
+    assert result.summary() == f"{p}: BAD: unreadable" and result.frames == 0
+
+
+def test_check_notes_what_it_cannot_or_need_not_read(tmp_path: Path) -> None:
+    p = tmp_path / "a.sens"
+    write(p, 2, depth_compression=2)
+    p.write_bytes(p.read_bytes() + b"\0" * 3)
+    result = sens.check_file(p)
+    assert result.ok
+    assert result.summary() == (f"{p}: ok: 2 frames; 3 bytes after the IMU section ignored; "
+                                "depth is occi (no public decoder): not checked")
+
+
+def test_check_of_raw_and_png_colour(tmp_path: Path) -> None:
+    p = tmp_path / "a.sens"
+    rgb = np.zeros((CH, CW, 3), np.uint8)
+    png = io.BytesIO()
+    Image.fromarray(rgb).save(png, format="PNG")
+    d = sens.encode_depth(depth_image(0))
+    sens.write_sens(p, header(2, color_compression=1), [
+        SensFrame(pose(0), 1, 1, png.getvalue(), d), SensFrame(pose(1), 2, 2, b"GIF89a", d)])
+    assert sens.check_file(p).problems == [
+        f"{p}: frame 1: colour payload is not a PNG (no PNG signature)"]
+    sens.write_sens(p, header(2, color_compression=0), [
+        SensFrame(pose(0), 1, 1, rgb.tobytes(), d), SensFrame(pose(1), 2, 2, b"\0" * 9, d)])
+    assert sens.check_file(p).problems == [
+        f"{p}: frame 1: raw colour has 9 bytes, expected {CW * CH * 3}"]
+
+
+def test_check_command(tmp_path: Path, cli) -> None:
+    good, bad, cut = tmp_path / "good.sens", tmp_path / "bad.sens", tmp_path / "cut.sens"
+    write(good, 3)
+    expected = corrupt_scan(bad)
+    cut.write_bytes(good.read_bytes()[:200])
+    proc = cli("sens", "check", good, check=False)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, f"{good}: ok: 3 frames\n", "")
+    proc = cli("sens", "check", good, bad, cut, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stdout.splitlines() == [
+        f"{good}: ok: 3 frames", *expected, f"{bad}: BAD: 4 of 6 frames",
+        f"{cut}: header: truncated file (292 bytes needed at offset 27, file has 200)",
+        f"{cut}: BAD: unreadable", "1 of 3 files sound"]
+
+
+def test_check_does_not_import_torch(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    p = tmp_path / "a.sens"
+    write(p, 2)
+    code = ("import sys\nfrom clipbert.cli import main\n"
+            f"assert main(['sens', 'check', {str(p)!r}]) == 0\n"
+            "assert 'torch' not in sys.modules\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=cli_env())
+    assert proc.returncode == 0, proc.stderr

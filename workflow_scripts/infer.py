@@ -3,11 +3,11 @@
 import json
 
 from clipbert import evaluate
-from clipbert.fsutil import redirect_output
+from clipbert.smk import workflow_step
 
 snakemake = snakemake  # noqa: F821, PLW0127 - injected by Snakemake
 
-with redirect_output(snakemake.log[0]):
+with workflow_step(snakemake):
     result = evaluate.infer(snakemake.input.model, jsonl=snakemake.input.jsonl,
                             lmdb_dir=getattr(snakemake.input, "lmdb", None),
                             predictions=snakemake.output.predictions,

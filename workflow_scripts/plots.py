@@ -1,11 +1,11 @@
 """Rules plot_*: one figure of the report each, chosen by the rule's name."""
 
 from clipbert import report
-from clipbert.fsutil import redirect_output
+from clipbert.smk import workflow_step
 
 snakemake = snakemake  # noqa: F821, PLW0127 - injected by Snakemake
 
-with redirect_output(snakemake.log[0]):
+with workflow_step(snakemake):
     rule, i, out, p = snakemake.rule, snakemake.input, snakemake.output[0], snakemake.params
     if rule == "plot_data":
         report.plot_data(i.stats, i.lmdb, out)

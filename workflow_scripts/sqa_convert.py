@@ -4,10 +4,10 @@ import json
 from pathlib import Path
 
 from clipbert import sqa
-from clipbert.fsutil import redirect_output
+from clipbert.smk import workflow_step
 
 snakemake = snakemake  # noqa: F821, PLW0127 - injected by Snakemake
 
-with redirect_output(snakemake.log[0]):
+with workflow_step(snakemake):
     stats = sqa.convert(snakemake.params.sqa_dir, Path(snakemake.output.stats).parent)
     print(json.dumps(stats, indent=2))

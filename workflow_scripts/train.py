@@ -3,24 +3,23 @@ GPU (the rule's `gpu` resource) it starts one process per GPU under torchrun."""
 
 from clipbert import distributed, train
 from clipbert.config import WEIGHT_KINDS, make_config
-from clipbert.fsutil import redirect_output
+from clipbert.smk import workflow_step
 
 snakemake = snakemake  # noqa: F821, PLW0127 - injected by Snakemake
 
-p = snakemake.params
-weights = {k: v for k, v in dict(p.weights).items() if k in WEIGHT_KINDS}
-nproc = int(getattr(snakemake.resources, "gpu", 1) or 1)
-lmdb_dir = getattr(snakemake.input, "lmdb", None)  # the blind baseline reads no video
-if nproc > 1:
-    open(snakemake.log[0], "w").close()
-    args = distributed.train_args(
-        p.preset, dict(p.overrides), data_dir=p.data_dir, lmdb_dir=lmdb_dir,
-        out=snakemake.output.model, state_dir=p.state_dir, metrics=snakemake.output.metrics,
-        vocab=snakemake.input.vocab, weights=weights,
-    )
-    distributed.launch_torchrun(nproc, args, log=snakemake.log[0])
-else:
-    with redirect_output(snakemake.log[0]):
+with workflow_step(snakemake):
+    p = snakemake.params
+    weights = {k: v for k, v in dict(p.weights).items() if k in WEIGHT_KINDS}
+    nproc = int(getattr(snakemake.resources, "gpu", 1) or 1)
+    lmdb_dir = getattr(snakemake.input, "lmdb", None)  # the blind baseline reads no video
+    if nproc > 1:
+        args = distributed.train_args(
+            p.preset, dict(p.overrides), data_dir=p.data_dir, lmdb_dir=lmdb_dir,
+            out=snakemake.output.model, state_dir=p.state_dir, metrics=snakemake.output.metrics,
+            vocab=snakemake.input.vocab, weights=weights,
+        )
+        distributed.launch_torchrun(nproc, args, log=snakemake.log[0])
+    else:
         cfg = make_config(p.preset, dict(p.overrides))
         train.train(
             cfg, data_dir=p.data_dir, lmdb_dir=lmdb_dir,

@@ -80,6 +80,19 @@ def _sens_export(a: argparse.Namespace) -> None:
     print(f"{a.out_dir}: {len(index['frames'])} frames")
 
 
+def _sens_check(a: argparse.Namespace) -> int:
+    from clipbert import sens
+
+    bad = 0
+    for path in a.files:
+        result = sens.check_file(path, on_problem=lambda line: print(line, flush=True))
+        print(result.summary(), flush=True)
+        bad += not result.ok
+    if len(a.files) > 1:
+        print(f"{len(a.files) - bad} of {len(a.files)} files sound")
+    return 1 if bad else 0
+
+
 def _sens_scenes(a: argparse.Namespace) -> None:
     from clipbert import scannet
 
@@ -106,6 +119,14 @@ def _add_sens(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--depth", action="store_true", help="also write 16-bit depth PNGs")
     e.add_argument("--poses", action="store_true", help="also write 4x4 pose text files")
     e.set_defaults(func=_sens_export)
+    k = s.add_parser(
+        "check", help="read every frame: JPEG start and end markers, depth inflates whole",
+        description="Vet scans before a long run: every colour payload must start with a JPEG "
+        "SOI (FF D8) and end with an EOI (FF D9), every depth payload must inflate to "
+        "width*height*2 bytes. One line per bad frame, a summary per file, progress on stderr; "
+        "exit status 1 if any file is bad. Example: clipbert sens check scans/*/*.sens")
+    k.add_argument("files", nargs="+", metavar="FILE", help=".sens files")
+    k.set_defaults(func=_sens_check)
     c = s.add_parser("scenes", help="the SQA3D baseline's scene list (_00 scans minus test)")
     c.add_argument("all_list", help="scannetv2.txt")
     c.add_argument("test_list", help="scannetv2_test.txt")
@@ -368,10 +389,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from clipbert.errors import ClipbertError
+    from clipbert.signals import Terminated, sigterm_unwinds
 
     try:
-        args.func(args)
+        with sigterm_unwinds():  # SIGTERM (SLURM, Snakemake) unwinds like Ctrl-C: no temporaries
+            return args.func(args) or 0
     except ClipbertError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    return 0
+    except Terminated as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_status
+    except KeyboardInterrupt:
+        print("error: interrupted (SIGINT)", file=sys.stderr)
+        return 130

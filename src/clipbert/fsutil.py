@@ -12,39 +12,71 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from clipbert.signals import held
+
 
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a fresh sibling folder; on success it replaces `target`, on error it is removed."""
+    """Yield a fresh sibling folder; on success it replaces `target`, on error (SIGINT and
+    SIGTERM included) it is removed. The swap itself is held against signals, so `target` is
+    always either the old folder or the new one, whole."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp: Path | None = None
     try:
+        with held():
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         yield tmp
+        with held():
+            os.chmod(tmp, 0o777 & ~_umask())
+            _swap_in(tmp, target)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            with held():
+                shutil.rmtree(tmp, ignore_errors=True)
         raise
-    os.chmod(tmp, 0o777 & ~_umask())
-    if target.exists():
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
-    os.replace(tmp, target)
+
+
+def _swap_in(tmp: Path, target: Path) -> None:
+    """Rename `tmp` onto `target`; an old `target` is first renamed aside (a folder cannot be
+    replaced in one rename) and removed once the new one is in place."""
+    if not (target.exists() or target.is_symlink()):
+        os.replace(tmp, target)
+        return
+    old = tmp.with_name(tmp.name + ".old")
+    os.replace(target, old)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling path to write a file at; renamed onto `target` on success."""
+    """Yield a temporary sibling path to write a file at; renamed onto `target` on success,
+    removed on error (SIGINT and SIGTERM included)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp: Path | None = None
     try:
+        with held():
+            fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+            os.close(fd)
+            tmp = Path(name)
         yield tmp
+        with held():
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, target)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            with held():
+                tmp.unlink(missing_ok=True)
         raise
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, target)
 
 
 def _umask() -> int:
@@ -52,28 +84,6 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-@contextlib.contextmanager
-def redirect_output(log: str | os.PathLike | None) -> Iterator[None]:
-    """Send stdout and stderr (of Python and of child libraries) to `log`: how workflow scripts
-    honour a rule's `log:`."""
-    if log is None:
-        yield
-        return
-    import sys
-
-    Path(log).parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
-        try:
-            yield
-        except BaseException:
-            import traceback
-
-            traceback.print_exc(file=fh)
-            fh.flush()
-            print(f"error: see {log}", file=sys.__stderr__)
-            raise
 
 
 @contextlib.contextmanager

@@ -7,7 +7,8 @@ with the frame count (about 100 bytes a frame), never with the payload sizes.
 
 Layout (little-endian, packed; see shared/spec/pipeline.md section 1): a 304 + N byte header, F
 frame records (96-byte head + colour payload + depth payload), then either EOF (old writers) or
-a uint64 IMU count and that many 128-byte IMU records. Frame numbers in messages are 0-based.
+a uint64 IMU count and that many 128-byte IMU records. Bytes after the IMU records are ignored
+with a warning, as ScanNet's own reader ignores them. Frame numbers in messages are 0-based.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import io
 import json
 import os
 import struct
+import sys
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,8 @@ SENS_VERSION = 4
 FRAME_HEAD_SIZE = 96
 IMU_RECORD_SIZE = 128
 JPEG_SOI = b"\xff\xd8"
+JPEG_EOI = b"\xff\xd9"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class ColorCompression(enum.IntEnum):
@@ -226,31 +230,34 @@ def decode_depth(
     data: bytes, width: int, height: int, compression: int = DEPTH_ZLIB, where: str = "depth"
 ) -> np.ndarray:
     """Inverse of `encode_depth` (also raw uint16); `where` prefixes error messages."""
+    raw, problem = _depth_samples(data, width, height, compression)
+    if raw is None:
+        raise ClipbertError(f"{where}: {problem}")
+    return np.frombuffer(raw, dtype="<u2").reshape(height, width).astype(np.uint16)
+
+
+def _depth_samples(data: bytes, width: int, height: int,
+                   compression: int) -> tuple[bytes | None, str]:
+    """The raw little-endian samples of a depth payload, or None and what is wrong with it."""
     want = width * height * 2
     if compression == DepthCompression.ZLIB:
         d = zlib.decompressobj()
         try:
             raw = d.decompress(data, want + 1)
         except zlib.error as e:
-            raise ClipbertError(f"{where}: corrupt zlib depth payload ({e})") from None
+            return None, f"corrupt zlib depth payload ({e})"
         if len(raw) <= want and not d.eof:
             # Output stopped short of the limit, so all input was consumed without an end.
-            raise ClipbertError(f"{where}: corrupt zlib depth payload (stream is truncated)")
+            return None, "corrupt zlib depth payload (stream is truncated)"
         if len(raw) != want:
             got = f"{len(raw)}" if len(raw) <= want else f"more than {want}"
-            raise ClipbertError(
-                f"{where}: depth inflates to {got} bytes, expected {want} ({width}x{height}x2)"
-            )
-    elif compression == DepthCompression.RAW:
-        raw = data
-        if len(raw) != want:
-            raise ClipbertError(
-                f"{where}: raw depth has {len(raw)} bytes, expected {want} ({width}x{height}x2)"
-            )
-    else:
-        name = _enum_name(DepthCompression, compression)
-        raise ClipbertError(f"{where}: cannot decode depth compression {name}")
-    return np.frombuffer(raw, dtype="<u2").reshape(height, width).astype(np.uint16)
+            return None, f"depth inflates to {got} bytes, expected {want} ({width}x{height}x2)"
+        return raw, ""
+    if compression == DepthCompression.RAW:
+        if len(data) != want:
+            return None, f"raw depth has {len(data)} bytes, expected {want} ({width}x{height}x2)"
+        return data, ""
+    return None, f"cannot decode depth compression {_enum_name(DepthCompression, compression)}"
 
 
 def _enum_name(kind: type[enum.IntEnum], value: int) -> str:
@@ -275,10 +282,15 @@ class SensReader:
 
     Opening validates the header, every frame head (payload sizes within the file, JPEG SOI) and
     the ending. Payloads are only read when asked for, so a 3 GB scan costs a few hundred KB.
+    `check_jpeg_start=False` leaves the SOI to the caller (`check_file` reports every bad frame
+    instead of the first); `warn=False` keeps the trailing-bytes warning to the caller.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, *, check_jpeg_start: bool = True,
+                 warn: bool = True) -> None:
         self.path = Path(path)
+        self._check_jpeg_start = check_jpeg_start
+        self.trailing_bytes = 0
         try:
             self._fh = open(self.path, "rb", buffering=0)
         except OSError as e:
@@ -291,6 +303,13 @@ class SensReader:
         except BaseException:
             self._fh.close()
             raise
+        if warn and self.trailing_bytes:
+            print(f"warning: {self.trailing_message()}", file=sys.stderr, flush=True)
+
+    def trailing_message(self) -> str:
+        """The note on bytes after the IMU section (only meaningful when there are some)."""
+        return (f"{self.path}: {self.trailing_bytes} bytes after the IMU section ignored "
+                "(ScanNet's reader ignores them too)")
 
     # -- context manager ------------------------------------------------------------------------
 
@@ -354,7 +373,7 @@ class SensReader:
         offset = h.size
         heads = bytearray()
         offsets: list[int] = []
-        jpeg = h.color_compression == ColorCompression.JPEG
+        jpeg = h.color_compression == ColorCompression.JPEG and self._check_jpeg_start
         for i in range(h.num_frames):
             # The head and the first two colour bytes in one read (for the SOI check).
             data = os.pread(self._fd, FRAME_HEAD_SIZE + 2, offset)
@@ -390,11 +409,13 @@ class SensReader:
                 "too few for the IMU count (truncated file?)"
             )
         (count,) = _U64.unpack(self._read(_U64.size, offset, "IMU count"))
-        if rest != _U64.size + IMU_RECORD_SIZE * count:
+        need = _U64.size + IMU_RECORD_SIZE * count
+        if rest < need:
             raise ClipbertError(
-                f"{self.path}: after frame {h.num_frames - 1}: IMU count {count} needs "
-                f"{_U64.size + IMU_RECORD_SIZE * count} bytes, file has {rest} left"
+                f"{self.path}: after frame {h.num_frames - 1}: IMU section truncated: "
+                f"{count} records need {need} bytes, only {rest} are left (truncated file?)"
             )
+        self.trailing_bytes = rest - need
         return table, offs, offset, count
 
     # -- frames ---------------------------------------------------------------------------------
@@ -557,6 +578,105 @@ class SensReader:
             "intrinsic_depth": _f32_list(h.intrinsic_depth),
             "extrinsic_depth": _f32_list(h.extrinsic_depth),
         }
+
+
+@dataclass
+class SensCheck:
+    """What `check_file` found in one file: `problems` holds one line per bad frame, or the one
+    line of a file that cannot be read at all (then `frames` is 0)."""
+
+    path: str
+    frames: int = 0
+    bad_frames: list[int] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        """One line: how many frames were read and how many are bad, and any notes."""
+        if self.problems and not self.frames:
+            text = f"{self.path}: BAD: unreadable"
+        elif self.bad_frames:
+            text = f"{self.path}: BAD: {len(self.bad_frames)} of {self.frames} frames"
+        else:
+            text = f"{self.path}: ok: {self.frames} frames"
+        return "; ".join([text, *self.notes])
+
+
+def check_file(path: str | os.PathLike, on_problem: Callable[[str], None] | None = None,
+               progress_stream: Any = None) -> SensCheck:
+    """Read every frame of a `.sens` file in full, to vet a download before a long run.
+
+    Colour: a JPEG must start with SOI (FF D8) and end with EOI (FF D9), a PNG start with its
+    signature, raw colour be W*H*3 bytes. Depth must inflate to exactly W*H*2 bytes (OCCI
+    cannot be decoded: noted, not checked). Each bad frame is one `<file>: frame N: <what>` line,
+    passed to `on_problem` as found; progress goes to `progress_stream` (default stderr).
+    """
+    from clipbert.progress import Progress
+
+    result = SensCheck(str(path))
+
+    def problem(line: str) -> None:
+        result.problems.append(line)
+        if on_problem is not None:
+            on_problem(line)
+
+    try:
+        r = SensReader(path, check_jpeg_start=False, warn=False)
+    except ClipbertError as e:
+        problem(str(e))
+        return result
+    with r:
+        h = r.header
+        if r.trailing_bytes:
+            result.notes.append(f"{r.trailing_bytes} bytes after the IMU section ignored")
+        check_depth = h.depth_compression != DepthCompression.OCCI
+        if not check_depth:
+            result.notes.append("depth is occi (no public decoder): not checked")
+        bar = Progress(str(path), r.num_frames, unit="frames", stream=progress_stream)
+        try:
+            for i in range(r.num_frames):
+                try:
+                    found = _colour_problems(r, i)
+                    if check_depth:
+                        _, what = _depth_samples(r.depth_bytes(i), h.depth_width,
+                                                 h.depth_height, h.depth_compression)
+                        found += [what] if what else []
+                except OSError as e:
+                    found = [f"read error ({e.strerror})"]
+                result.frames += 1
+                if found:
+                    result.bad_frames.append(i)
+                    problem(f"{path}: frame {i}: {'; '.join(found)}")
+                bar.update()
+        finally:
+            bar.close()
+    return result
+
+
+def _colour_problems(r: SensReader, i: int) -> list[str]:
+    """The colour payload's markers (JPEG, PNG) or size (raw); reads only the bytes it checks."""
+    h = r.header
+    size = int(r._heads["color_size"][i])
+    off = int(r._offsets[i]) + FRAME_HEAD_SIZE
+    if h.color_compression == ColorCompression.JPEG:
+        if size < 4:
+            return [f"colour payload of {size} bytes cannot be a JPEG"]
+        out = []
+        if os.pread(r._fd, 2, off) != JPEG_SOI:
+            out.append("colour payload is not a JPEG (no FF D8 start)")
+        if os.pread(r._fd, 2, off + size - 2) != JPEG_EOI:
+            out.append("colour JPEG does not end with FF D9 (cut short?)")
+        return out
+    if h.color_compression == ColorCompression.PNG:
+        if os.pread(r._fd, len(PNG_SIGNATURE), off) != PNG_SIGNATURE:
+            return ["colour payload is not a PNG (no PNG signature)"]
+        return []
+    want = h.color_width * h.color_height * 3
+    return [] if size == want else [f"raw colour has {size} bytes, expected {want}"]
 
 
 def sens_info(path: str | os.PathLike) -> dict[str, Any]:

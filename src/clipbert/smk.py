@@ -1,0 +1,229 @@
+"""What the Snakefile and the workflow scripts need from the package, so that a failure inside
+Snakemake reads as the same one line `error: <file>: <where>: <what>` as standalone.
+
+Without it a rule's script ends in a 20-line Python traceback around the one useful line, and a
+misspelt config key in a 25-line schema dump. Torch-free: the Snakefile imports this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import os
+import sys
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any, NoReturn
+
+from clipbert.errors import ClipbertError
+from clipbert.signals import Terminated, sigterm_unwinds
+
+
+def fail(message: str) -> NoReturn:
+    """Stop with `error: MESSAGE` on stderr and exit status 1, no traceback. For the Snakefile and
+    its includes, where a raised exception is shown with Snakemake's traceback around it."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(1)
+
+
+# ---- workflow scripts -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def workflow_step(snakemake: Any) -> Iterator[None]:
+    """The body of a rule's script, as the rule's job: `with workflow_step(snakemake): ...`.
+
+    Output (of Python, C libraries and child processes) goes to the rule's log; SIGTERM unwinds
+    like Ctrl-C, so temporaries are removed. A ClipbertError (bad input) becomes the one line
+    `error: ...` in the log and on the job's stderr, exit 1; SIGTERM and SIGINT one line too, exit
+    143 and 130. Any other exception is a bug: its traceback goes to the log and the job's stderr
+    gets one line pointing there, exit 1.
+    """
+    log = Path(snakemake.log[0]) if len(snakemake.log) else None
+    with sigterm_unwinds(), _output_to(log) as real_stderr:
+        try:
+            yield
+        except ClipbertError as e:
+            _both(f"error: {e}", real_stderr)
+            raise SystemExit(1) from None
+        except Terminated as e:
+            _both(f"error: {e}", real_stderr)
+            raise SystemExit(e.exit_status) from None
+        except KeyboardInterrupt:
+            _both("error: interrupted (SIGINT)", real_stderr)
+            raise SystemExit(130) from None
+        except Exception as e:
+            traceback.print_exc()
+            what = (str(e).splitlines() or [""])[0]
+            where = log if log is not None else "the script"
+            print(f"error: {where}: {type(e).__name__}: {what} (not bad input but a bug: the "
+                  "traceback is in the log)", file=real_stderr, flush=True)
+            raise SystemExit(1) from None
+
+
+def _both(line: str, real_stderr: IO[str]) -> None:
+    """One line to the log (our stderr) and to the job's own stderr (what Snakemake shows)."""
+    print(line, file=sys.stderr, flush=True)
+    if real_stderr is not sys.stderr:
+        print(line, file=real_stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _output_to(log: Path | None) -> Iterator[IO[str]]:
+    """Point file descriptors 1 and 2 at `log`, so that C libraries and child processes write
+    there too; opened for appending, so that a child writing to the log itself (torchrun) does
+    not overwrite it. Yields the job's real stderr."""
+    if log is None:
+        yield sys.stderr
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        with open(os.dup(2), "w", buffering=1) as real, open(log, "a", buffering=1) as fh:
+            os.dup2(fh.fileno(), 1)
+            os.dup2(fh.fileno(), 2)
+            try:
+                with contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+                    yield real
+            finally:
+                fh.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        for fd in saved:
+            os.close(fd)
+
+
+# ---- the config check -------------------------------------------------------------------------
+
+
+def check_config(config: dict, workflow: Any, schema: str = "config/schema.yaml") -> None:
+    """Check the Snakemake config against `schema` (relative to the Snakefile) and fill in its
+    defaults, as Snakemake's `validate` does; each problem is one line naming the key path and
+    the config file that set it, then exit 1."""
+    import yaml
+
+    schema_doc = yaml.safe_load(Path(workflow.basedir, schema).read_text())
+    settings = workflow.config_settings
+    given = [Path(f).absolute() for f in settings.configfiles]
+    directive = [f for f in workflow.configfiles if Path(f).absolute() not in given]
+    sources = [(_display(_original_path(f)), _load(f)) for f in directive]
+    sources += [(_display(f), _load(f)) for f in given]
+    if settings.config:
+        sources.append(("--config", _plain(settings.config)))
+    problems = config_problems(config, schema_doc, sources)
+    if problems:
+        for line in problems:
+            print(f"error: {line}", file=sys.stderr)
+        sys.stderr.flush()
+        raise SystemExit(1)
+
+
+def config_problems(config: dict, schema: dict,
+                    sources: Sequence[tuple[str, Mapping]] = ()) -> list[str]:
+    """Validate `config` against the JSON `schema`, setting the schema's defaults in place; one
+    `<source>: <key path>: <what>` line per problem. `sources` are (name, content) pairs in the
+    order they were merged, to tell which of them set the offending key."""
+    from jsonschema import Draft202012Validator, validators
+
+    base = Draft202012Validator
+    properties = base.VALIDATORS["properties"]
+
+    def properties_with_defaults(validator, props, instance, subschema):
+        if validator.is_type(instance, "object"):
+            for key, sub in props.items():
+                if "default" in sub:
+                    instance.setdefault(key, sub["default"])
+        yield from properties(validator, props, instance, subschema)
+
+    cls = validators.extend(base, {"properties": properties_with_defaults})
+    lines: list[str] = []
+    for e in sorted(cls(schema).iter_errors(config), key=lambda e: [str(p) for p in e.path]):
+        path = list(e.path)
+        if e.validator == "additionalProperties" and isinstance(e.instance, dict):
+            known = list(e.schema.get("properties", {}))
+            for key in e.instance:
+                if key in known:
+                    continue
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                owner = _where(path) if path else "the top level"
+                lines.append(f"{_who(sources, path + [key], every=True)}: {_where(path + [key])}:"
+                             f" unknown key ({hint}{owner} takes {', '.join(known)})")
+            continue
+        lines.append(f"{_who(sources, path)}: {_where(path) or 'the top level'}: "
+                     f"{_what(e)}")
+    return lines
+
+
+def _what(e: Any) -> str:
+    """The problem of one schema error, in words, with the value found."""
+    if e.validator == "type":
+        kinds = e.validator_value if isinstance(e.validator_value, list) else [e.validator_value]
+        return f"expected {' or '.join(kinds)}, got {e.instance!r}"
+    if e.validator == "enum":
+        return f"expected one of {', '.join(map(str, e.validator_value))}, got {e.instance!r}"
+    if e.validator == "minimum":
+        return f"must be at least {e.validator_value}, got {e.instance!r}"
+    return e.message.replace("\n", " ")
+
+
+def _where(path: Sequence[Any]) -> str:
+    """`frames.stride`, `video.size[0]`."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out
+
+
+def _has(doc: Any, path: Sequence[Any]) -> bool:
+    for part in path:
+        try:
+            doc = doc[part]
+        except (KeyError, IndexError, TypeError):
+            return False
+    return True
+
+
+def _who(sources: Sequence[tuple[str, Mapping]], path: Sequence[Any], every: bool = False) -> str:
+    """The source whose value of `path` counts (the last to set it), or every one that set it."""
+    names = [name for name, doc in sources if _has(doc, path)]
+    if not names:
+        return "the config"
+    return ", ".join(names) if every else names[-1]
+
+
+def _load(path: str | os.PathLike) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def _plain(value: Any) -> Any:
+    """`--config` values as plain dicts (Snakemake keeps them in immutable maps)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _original_path(path: Any) -> str:
+    """Snakemake hands the Snakefile's `configfile:` over as a copy in its source cache; the
+    original path travels along as a flag."""
+    flags = getattr(path, "flags", None) or {}
+    return str(flags.get("sourcecache_entry") or path)
+
+
+def _display(path: str | os.PathLike) -> str:
+    """Relative to the working directory when inside it, as a user would type it."""
+    p = Path(path).absolute()
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
