@@ -392,3 +392,44 @@ def test_train_resumes_bit_identically(ds, reference: Path, tmp_path: Path, work
     rows = [[{k: v for k, v in json.loads(line).items() if k != "examples_per_s"}
              for line in (d / "metrics.jsonl").open()] for d in (reference, run)]
     assert rows[0] == rows[1] and len(rows[0]) == 16
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_train_rule_stops_its_torchrun_workers(ds, tmp_path: Path) -> None:
+    """The train rule with several GPUs starts torchrun: stopping the rule's process with SIGTERM
+    (SLURM's time limit, Snakemake's cancel) stops torchrun and its workers too."""
+    from clipbert import distributed
+
+    run = tmp_path / "ddp"
+    args = train_command(ds, run, epochs=20)[1:]
+    code = ("import sys; from clipbert import distributed, signals\n"
+            "try:\n"
+            "    with signals.sigterm_unwinds():\n"
+            f"        distributed.launch_torchrun(2, {args!r}, log={str(tmp_path / 'log')!r})\n"
+            "except signals.Terminated as e:\n"
+            "    sys.exit(e.exit_status)\n")
+    err = tmp_path / "stderr.txt"
+    with open(err, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-c", code], stderr=fh,
+                                env={**cli_env(), "OMP_NUM_THREADS": "1"})
+    last = run / "state" / "last.pt"
+
+    def workers() -> list[int]:
+        """Processes whose command line names this run's state folder (torchrun's workers)."""
+        found = []
+        for d in Path("/proc").iterdir():
+            try:
+                if d.name.isdigit() and str(run / "state") in (d / "cmdline").read_text():
+                    found.append(int(d.name))
+            except OSError:
+                continue
+        return found
+
+    rc = stop_mid_way(proc, err, lambda: last.exists() and len(workers()) >= 2, timeout=240)
+    assert rc == 143, err.read_text()
+    deadline = time.monotonic() + 30
+    while workers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert workers() == [], "torchrun workers outlived the train rule's process"
+    assert distributed.torchrun_command(2, args)[:3] == [sys.executable, "-m",
+                                                          "torch.distributed.run"]

@@ -8,9 +8,11 @@ gradient is that of the global batch.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -113,17 +115,29 @@ def torchrun_command(nproc: int, args: list[str]) -> list[str]:
 
 
 def launch_torchrun(nproc: int, args: list[str], log=None) -> None:
-    """Run `clipbert train ARGS` in `nproc` processes (one per GPU), output to `log` or ours."""
+    """Run `clipbert train ARGS` in `nproc` processes (one per GPU), output to `log` or ours.
+
+    If this process is stopped (SIGTERM unwinding, Ctrl-C), torchrun gets SIGTERM and is waited
+    for, so that it stops its workers rather than leaving them running."""
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[1])  # so the workers import this very package
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     cmd = torchrun_command(nproc, args)
     print(" ".join(cmd), flush=True)
-    if log is None:
-        rc = subprocess.run(cmd, env=env).returncode
-    else:
-        with open(log, "a") as fh:
-            rc = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(open(log, "a")) if log is not None else None
+        proc = subprocess.Popen(cmd, env=env, stdout=out,
+                                stderr=subprocess.STDOUT if out is not None else None)
+        try:
+            rc = proc.wait()
+        except BaseException:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            raise
     if rc != 0:
         where = f"; see {log}" if log is not None else ""
         raise ClipbertError(f"training in {nproc} processes failed (exit status {rc}){where}")
