@@ -431,5 +431,7 @@ def test_sigterm_to_the_train_rule_stops_its_torchrun_workers(ds, tmp_path: Path
     while workers() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert workers() == [], "torchrun workers outlived the train rule's process"
+    # torchrun itself was told (SIGKILL would leave the workers to notice on their own)
+    assert "Received 15 death signal, shutting down workers" in (tmp_path / "log").read_text()
     assert distributed.torchrun_command(2, args)[:3] == [sys.executable, "-m",
                                                           "torch.distributed.run"]
