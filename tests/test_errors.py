@@ -105,7 +105,7 @@ def test_every_workflow_script_uses_the_step() -> None:
 @pytest.fixture
 def demo_run(tmp_path: Path) -> Path:
     """A workdir with the small demo's data made (rule demo_data)."""
-    snakemake(tmp_path, "work/demo/vocab.txt", config=SMALL)
+    snakemake(tmp_path, "work/demo/source/vocab.txt", config=SMALL)
     return tmp_path
 
 
@@ -119,29 +119,31 @@ def assert_one_line_failure(proc: subprocess.CompletedProcess, line: str, log: P
 
 def test_a_corrupt_scan_fails_its_rule_with_one_line(demo_run: Path) -> None:
     scene = "scene0002_00"
-    scan = demo_run / f"work/demo/scans/{scene}/{scene}.sens"
+    scan = demo_run / f"work/demo/source/scans/{scene}/{scene}.sens"
     data = scan.read_bytes()
     scan.write_bytes(data[: len(data) // 2])
-    proc = snakemake(demo_run, f"work/index/{scene}.json", config=SMALL, check=False)
+    proc = snakemake(demo_run, f"work/demo/index/{scene}.json", config=SMALL, check=False)
     text = proc.stdout + proc.stderr
     errors = [x for x in text.splitlines() if x.startswith("error: ")]
-    assert errors and errors[0].startswith(f"error: work/demo/scans/{scene}/{scene}.sens: frame ")
+    assert errors and errors[0].startswith(
+        f"error: work/demo/source/scans/{scene}/{scene}.sens: frame ")
     assert "run past the end of the file" in errors[0]
     assert_one_line_failure(proc, errors[0], demo_run / f"logs/sens_index/{scene}.log")
-    assert not (demo_run / f"work/index/{scene}.json").exists()
+    assert not (demo_run / f"work/demo/index/{scene}.json").exists()
 
 
 def test_a_duplicate_question_id_fails_its_rule_with_one_line(demo_run: Path) -> None:
-    path = demo_run / "work/demo/sqa_task/balanced/v1_balanced_questions_val_scannetv2.json"
+    path = demo_run / "work/demo/source/sqa_task/balanced/v1_balanced_questions_val_scannetv2.json"
     doc = json.loads(path.read_text())
     qid = doc["questions"][0]["question_id"]
     doc["questions"][1]["question_id"] = qid
     path.write_text(json.dumps(doc))
-    proc = snakemake(demo_run, "work/sqa/stats.json", config=SMALL, check=False)
+    proc = snakemake(demo_run, "work/demo/sqa/stats.json", config=SMALL, check=False)
     rel = path.relative_to(demo_run)
     line = f"error: {rel}: question {qid}: duplicate question_id"
     assert_one_line_failure(proc, line, demo_run / "logs/sqa_convert.log")
-    assert not (demo_run / "work/sqa").exists() or not list((demo_run / "work/sqa").iterdir())
+    sqa_out = demo_run / "work/demo/sqa"
+    assert not sqa_out.exists() or not list(sqa_out.iterdir())
 
 
 # ---- the config check ------------------------------------------------------------------------

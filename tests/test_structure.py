@@ -79,3 +79,19 @@ def test_functions_are_short() -> None:
                 if n > MAX_FUNCTION_LINES:
                     long.append(f"{path.name}:{node.lineno} {node.name} ({n} lines)")
     assert not long, long
+
+
+def test_dependencies_are_listed_once() -> None:
+    """pyproject.toml lists the dependencies; the rules' conda environment installs the checkout
+    with them instead of repeating them."""
+    import tomllib
+
+    import yaml
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert {"torch", "torchvision", "transformers", "av", "numpy", "lmdb", "pandas"} <= {
+        d.split(">")[0].split("=")[0].split("<")[0] for d in project["dependencies"]}
+    env = yaml.safe_load((REPO / "envs" / "clipbert.yaml").read_text())
+    pip = [d for d in env["dependencies"] if isinstance(d, dict)]
+    assert pip == [{"pip": ["-e .."]}], pip
+    assert f"python={project['requires-python'].removeprefix('>=')}" in env["dependencies"]

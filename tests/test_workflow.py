@@ -161,3 +161,41 @@ def test_real_data_inputs_are_named_before_any_job(tmp_path):
     assert "demo_data" not in counts
     dry = snakemake(tmp_path, "-n", "--forceall", "results/test_acc.json", config=real).stdout
     assert "work/scannet/sqa/train.jsonl" in dry and "work/demo/" not in dry
+
+
+@pytest.mark.slow
+def test_reruns_follow_the_inputs(tmp_path):
+    """Every rerun gives the artifact its inputs call for: a rerun of the conversion with the
+    same SQA3D files changes no byte (training resumes its finished state: the same model); an
+    edited question or another video size retrains, the log naming what changed; with nothing
+    changed, nothing runs."""
+    wd = tmp_path
+    snakemake(wd, "results/test_acc.json", config=SMALL)
+    sqa = wd / "work/demo/sqa"
+    before = {p.name: p.read_bytes() for p in sqa.iterdir()}
+    model = (wd / "results/model.pt").read_bytes()
+    snakemake(wd, "results/test_acc.json", "--forcerun", "sqa_convert", config=SMALL)
+    assert {p.name: p.read_bytes() for p in sqa.iterdir()} == before
+    assert "resuming from work/demo/train_state/last.pt" in (wd / "logs/train.log").read_text()
+    assert (wd / "results/model.pt").read_bytes() == model
+
+    lines = (sqa / "train.jsonl").read_text().splitlines(keepends=True)
+    row = json.loads(lines[0])
+    row["question"] = row["question"] + " Please answer."
+    (sqa / "train.jsonl").write_text(json.dumps(row) + "\n" + "".join(lines[1:]))
+    proc = snakemake(wd, "results/test_acc.json", config=SMALL)
+    assert job_stats(proc.stdout + proc.stderr) == {"train": 1, "infer": 1, "total": 2}
+    log = (wd / "logs/train.log").read_text()
+    assert "(changed: train.jsonl); training starts over" in log, log
+    assert (wd / "results/model.pt").read_bytes() != model
+    model = (wd / "results/model.pt").read_bytes()
+
+    smaller = {**SMALL, "video": {"size": [48, 48]}}
+    proc = snakemake(wd, "results/test_acc.json", config=smaller)
+    counts = job_stats(proc.stdout + proc.stderr)
+    assert counts["encode_video"] == 6 and counts["train"] == 1, counts
+    log = (wd / "logs/train.log").read_text()
+    assert "(changed: video LMDB); training starts over" in log, log
+    assert (wd / "results/model.pt").read_bytes() != model
+    proc = snakemake(wd, "results/test_acc.json", config=smaller)
+    assert "Nothing to be done" in proc.stdout + proc.stderr

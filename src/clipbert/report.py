@@ -7,7 +7,6 @@ ClipbertError naming the file, and no half-written PNG is left behind.
 
 from __future__ import annotations
 
-import csv
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -304,30 +303,36 @@ def benchmark_files(folder: str | os.PathLike) -> list[Path]:
 
 def read_benchmarks(paths: Sequence[str | os.PathLike]) -> dict[str, dict[str, float]]:
     """Per rule (the benchmark file's folder under logs/benchmarks/, else the file's stem):
-    jobs, total and longest wall seconds, peak RSS in MB."""
-    out: dict[str, dict[str, float]] = {}
-    for p in paths:
-        p = Path(p)
-        rule = p.parent.name if p.parent.name != "benchmarks" else p.stem
+    jobs, total and longest wall seconds, peak RSS in MB (`-`, not measured, counts as 0)."""
+    import pandas as pd
+
+    tables = []
+    for p in map(Path, paths):
         try:
-            with open(p, newline="") as fh:
-                rows = list(csv.DictReader(fh, delimiter="\t"))
+            t = pd.read_csv(p, sep="\t", dtype=str)
         except FileNotFoundError:
             raise ClipbertError(f"{p}: no such file") from None
-        if not rows:
+        except pd.errors.EmptyDataError:
+            t = pd.DataFrame()
+        if t.empty:
             raise ClipbertError(f"{p}: no benchmark rows")
-        agg = out.setdefault(rule, {"jobs": 0, "seconds": 0.0, "longest": 0.0, "max_rss": 0.0})
-        for n, row in enumerate(rows, 2):
-            try:
-                s = float(row["s"])
-                rss = float(row["max_rss"]) if row.get("max_rss") not in (None, "", "-") else 0.0
-            except (KeyError, ValueError):
-                raise ClipbertError(f"{p}: line {n}: no numeric 's' / 'max_rss' column") from None
-            agg["jobs"] += 1
-            agg["seconds"] += s
-            agg["longest"] = max(agg["longest"], s)
-            agg["max_rss"] = max(agg["max_rss"], rss)
-    return out
+        if "s" not in t:
+            raise ClipbertError(f"{p}: line 1: no 's' column (not a Snakemake benchmark file)")
+        s = pd.to_numeric(t["s"], errors="coerce")
+        rss = (pd.to_numeric(t["max_rss"].replace("-", "0"), errors="coerce") if "max_rss" in t
+               else s * 0)
+        bad = s.isna() | rss.isna()
+        if bad.any():
+            raise ClipbertError(f"{p}: line {int(bad.to_numpy().argmax()) + 2}: no numeric 's' / "
+                                "'max_rss' column")
+        tables.append(pd.DataFrame({"rule": p.parent.name if p.parent.name != "benchmarks"
+                                    else p.stem, "s": s, "max_rss": rss}))
+    if not tables:
+        return {}
+    agg = pd.concat(tables).groupby("rule", sort=False).agg(
+        jobs=("s", "size"), seconds=("s", "sum"), longest=("s", "max"), max_rss=("max_rss", "max"))
+    return {rule: {k: (int(v) if k == "jobs" else float(v)) for k, v in row.items()}
+            for rule, row in agg.iterrows()}
 
 
 def plot_benchmarks(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
