@@ -206,12 +206,13 @@ def _check_splits(splits: Iterable[str]) -> list[str]:
     out = []
     for s in splits:
         if not isinstance(s, str) or not _SPLIT_NAME_RE.fullmatch(s):
-            raise ClipbertError(f"invalid split name {s!r}")
+            raise ClipbertError(f"split {s!r}: not a split name (letters, digits, _ and - only, "
+                               "e.g. train,val,test)")
         if s in out:
-            raise ClipbertError(f"split {s!r} given twice")
+            raise ClipbertError(f"split {s!r}: given twice; give each split once")
         out.append(s)
     if not out:
-        raise ClipbertError("no splits given")
+        raise ClipbertError("no splits given; name at least one, e.g. train,val,test")
     return out
 
 
@@ -232,7 +233,8 @@ def convert(
     sqa_dir, out_dir = Path(sqa_dir), Path(out_dir)
     split_list = _check_splits(splits)
     if not sqa_dir.is_dir():
-        raise ClipbertError(f"{sqa_dir}: SQA3D folder not found")
+        raise ClipbertError(f"{sqa_dir}: SQA3D folder not found (the release's sqa_task folder: "
+                           "answer_dict.json and balanced/)")
     vocab_path = Path(answer_dict) if answer_dict is not None else sqa_dir / ANSWER_DICT
     vocab = load_answer_dict(vocab_path)
     paths = {s: (_find(sqa_dir, questions_name(s)), _find(sqa_dir, annotations_name(s)))
@@ -272,6 +274,10 @@ def _video_ids(path: Path) -> list[tuple[str, Any]]:
     return out
 
 
+_SHOW_SCENES = 20  # scenes listed by name when videos are missing
+_SHOW_QIDS = 3  # question ids listed per scene
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
@@ -307,10 +313,6 @@ def check_videos(jsonl_path: str | os.PathLike, available: Iterable[str],
         f"{path}: {_count(n_q, 'question')} (in {_count(len(missing), 'scene')}) "
         f"{'has' if n_q == 1 else 'have'} no video{f' in {where}' if where else ''}: {listing}; "
         f"{todo}")
-
-
-_SHOW_SCENES = 20  # scenes listed by name in that message
-_SHOW_QIDS = 3  # question ids listed per scene
 
 
 class VideoSet(set):
