@@ -7,13 +7,48 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import textwrap
 from collections.abc import Sequence
+
+DESCRIPTION = """\
+The ClipBERT baseline of SQA3D (situated question answering in ScanNet scenes), one command per
+stage: ScanNet .sens scans -> frames -> mp4 -> video LMDB, SQA3D json -> jsonl, then training
+and inference. The Snakemake workflow runs these same stages; here each one runs by hand.
+
+Start with `./run snakemake --cores 2` in the checkout: a few minutes on the embedded demo
+(synthetic scans and questions in the real formats), after which every example below and in
+`clipbert COMMAND ACTION --help` runs as written: they read what the workflow wrote
+(work/demo/source, work/demo/frames, work/demo/videos, work/demo/vis_db, work/demo/sqa,
+results/model.pt) and write under work/try/.
+Without the workflow, `clipbert demo make work/try/demo` writes the demo's inputs alone.
+
+Bad input stops with one line `error: <file>: <where>: <what>` and exit status 1, and leaves
+no half-written output."""
+
+# Lists of numbers up to this many characters stay on one line in printed JSON.
+_INLINE_WIDTH = 72
+
+
+def _json_text(obj: object, indent: int = 0) -> str:
+    """JSON indented by 2, except that a short list of numbers or strings (a matrix row, a
+    shape) stays on one line: a 4x4 matrix prints as 4 rows, not 16 lines."""
+    pad, inner = " " * indent, " " * (indent + 2)
+    if isinstance(obj, dict) and obj:
+        items = [f"{inner}{json.dumps(str(k))}: {_json_text(v, indent + 2)}"
+                 for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+    if isinstance(obj, list | tuple) and obj:
+        flat = json.dumps(list(obj))
+        if all(not isinstance(v, dict | list | tuple) for v in obj) and len(flat) <= _INLINE_WIDTH:
+            return flat
+        return "[\n" + ",\n".join(f"{inner}{_json_text(v, indent + 2)}" for v in obj) + f"\n{pad}]"
+    return json.dumps(obj)
 
 
 def _print_json(obj: object) -> None:
-    json.dump(obj, sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    sys.stdout.write(_json_text(obj) + "\n")
 
 
 def _write_lines(lines: Sequence[str], out: str | None) -> None:
@@ -32,8 +67,44 @@ def _size(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WxH, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected WxH such as 224x224, got {text!r}") from None
     return w, h
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Prose is wrapped, an indented block (the examples) is kept as written; every option
+    with a value to fall back on shows it as `(default: ...)` (unless its help says it)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = []
+        for par in text.split("\n\n"):
+            if any(line.startswith(" ") for line in par.splitlines()):
+                paragraphs.append("".join(indent + line for line in par.splitlines(True)))
+            else:
+                paragraphs.append(textwrap.fill(" ".join(par.split()), width,
+                                                initial_indent=indent, subsequent_indent=indent))
+        return "\n\n".join(paragraphs)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or action.required or "default" in text
+                or default is None or default is False or default == []
+                or default is argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _examples(*lines: str) -> str:
+    """An `Examples:` epilog; `# ...` lines say what the next one does. Every `clipbert ...`
+    line runs as written after the demo workflow (see DESCRIPTION), reading its files and
+    writing only under work/try/ (tests/test_cli_help.py runs them all)."""
+    return "Examples:\n" + "".join(f"  {line}\n" for line in lines)
+
+
+# Workflow files the examples read (the demo's layout, see README.md).
+_SENS = "work/demo/source/scans/scene0000_00/scene0000_00.sens"
+_TRAIN_DATA = "--data-dir work/demo/sqa --lmdb work/demo/vis_db --vocab work/demo/source/vocab.txt"
 
 
 # ---- demo -----------------------------------------------------------------------------------
@@ -46,12 +117,24 @@ def _demo_make(a: argparse.Namespace) -> None:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="synthetic ScanNet scans and SQA3D questions")
+    p = sub.add_parser("demo", help="synthetic ScanNet scans and SQA3D questions",
+                       description="A synthetic data set in the real formats, to try every "
+                       "stage without the real data.")
     s = p.add_subparsers(dest="action", required=True)
-    m = s.add_parser("make", help="write the embedded demo data set")
-    m.add_argument("out_dir")
-    m.add_argument("--scenes", type=int, default=60)
-    m.add_argument("--seed", type=int, default=0)
+    m = s.add_parser(
+        "make", help="write the embedded demo data set",
+        description="Write OUT_DIR/scans/<scene>/<scene>.sens (ScanNet .sens files of "
+        "synthetic rooms), OUT_DIR/sqa_task/ (SQA3D question and annotation files whose "
+        "answers can only be read off the video), the scene lists scannetv2.txt and "
+        "scannetv2_test.txt, and a WordPiece vocab.txt; print a summary as JSON. The same "
+        "arguments give byte-identical files.",
+        epilog=_examples("clipbert demo make work/try/demo",
+                         "# a smaller one: 6 scenes of 40 frames",
+                         "clipbert demo make work/try/demo_small --scenes 6 --frames 40 --seed 1"))
+    m.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (replaced if it exists)")
+    m.add_argument("--scenes", type=int, default=60,
+                   help="number of scenes (at least 5), split by scene into train/val/test")
+    m.add_argument("--seed", type=int, default=0, help="random seed of the rooms and questions")
     m.add_argument("--frames", type=int, default=60, help="frames per scan")
     m.set_defaults(func=_demo_make)
 
@@ -103,19 +186,39 @@ def _sens_scenes(a: argparse.Namespace) -> None:
 
 
 def _add_sens(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sens", help="ScanNet .sens files")
+    p = sub.add_parser("sens", help="ScanNet .sens files",
+                       description="Read ScanNet v2 .sens files (streamed: memory stays flat "
+                       "whatever the scan size) and choose the scenes the baseline uses.")
     s = p.add_subparsers(dest="action", required=True)
-    i = s.add_parser("info", help="print the header as JSON")
-    i.add_argument("file")
+    i = s.add_parser("info", help="print the header as JSON",
+                     description="Print a .sens file's header as JSON: sensor, colour and depth "
+                     "sizes and compression, frame count, duration, IMU records, lost-tracking "
+                     "frames, and the intrinsic and extrinsic 4x4 matrices (one row a line).",
+                     epilog=_examples(f"clipbert sens info {_SENS}"))
+    i.add_argument("file", metavar="FILE", help="a ScanNet .sens file")
     i.set_defaults(func=_sens_info)
-    x = s.add_parser("index", help="write the per-frame index (offsets, poses, timestamps)")
-    x.add_argument("file")
-    x.add_argument("out_json")
+    x = s.add_parser("index", help="write the per-frame index (offsets, poses, timestamps)",
+                     description="Write the header plus every frame's byte offsets, sizes, "
+                     "timestamps, camera pose and lost-tracking flag as one JSON file.",
+                     epilog=_examples(f"clipbert sens index {_SENS} "
+                                      "work/try/index/scene0000_00.json"))
+    x.add_argument("file", metavar="FILE", help="a ScanNet .sens file")
+    x.add_argument("out_json", metavar="OUT.json", help="index file to write")
     x.set_defaults(func=_sens_index)
-    e = s.add_parser("export", help="export every stride-th colour frame as its original JPEG")
-    e.add_argument("file")
-    e.add_argument("out_dir")
-    e.add_argument("--stride", type=int, default=20)
+    e = s.add_parser("export", help="export every stride-th colour frame as its original JPEG",
+                     description="Export colour frames 0, N, 2N, ... (N = --stride) as "
+                     "OUT_DIR/frame-{k}.color.jpg, the JPEG bytes copied unchanged, numbered "
+                     "0..K-1, plus OUT_DIR/index.json (source frame numbers, timestamps, poses, "
+                     "sizes, intrinsics). The folder appears whole or not at all.",
+                     epilog=_examples(
+                         f"clipbert sens export {_SENS} work/try/frames/scene0000_00",
+                         "# every frame, with depth PNGs and pose text files",
+                         f"clipbert sens export {_SENS} work/try/frames_all/scene0000_00 "
+                         "--stride 1 --depth --poses"))
+    e.add_argument("file", metavar="FILE", help="a ScanNet .sens file")
+    e.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (replaced if it exists)")
+    e.add_argument("--stride", type=int, default=20,
+                   help="keep every N-th frame (the published baseline keeps every 20th)")
     e.add_argument("--depth", action="store_true", help="also write 16-bit depth PNGs")
     e.add_argument("--poses", action="store_true", help="also write 4x4 pose text files")
     e.set_defaults(func=_sens_export)
@@ -124,17 +227,35 @@ def _add_sens(sub: argparse._SubParsersAction) -> None:
         description="Vet scans before a long run: every colour payload must start with a JPEG "
         "SOI (FF D8) and end with an EOI (FF D9), every depth payload must inflate to "
         "width*height*2 bytes. One line per bad frame, a summary per file, progress on stderr; "
-        "exit status 1 if any file is bad. Example: clipbert sens check scans/*/*.sens")
-    k.add_argument("files", nargs="+", metavar="FILE", help=".sens files")
+        "exit status 1 if any file is bad.",
+        epilog=_examples("clipbert sens check work/demo/source/scans/*/*.sens"))
+    k.add_argument("files", nargs="+", metavar="FILE", help=".sens files to read through")
     k.set_defaults(func=_sens_check)
-    c = s.add_parser("scenes", help="the SQA3D baseline's scene list (_00 scans minus test)")
-    c.add_argument("all_list", help="scannetv2.txt")
-    c.add_argument("test_list", help="scannetv2_test.txt")
-    c.add_argument("--questions", nargs="*", default=[],
-                   help="SQA3D question json files: keep only the scenes they use")
-    c.add_argument("--scans", default=None,
-                   help="ScanNet scans folder: fail listing every scene without its .sens")
-    c.add_argument("--out", default=None, help="write the list here instead of stdout")
+    c = s.add_parser("scenes", help="the SQA3D baseline's scene list (_00 scans minus test)",
+                     description="Print the scenes the SQA3D baseline uses, one a line: the _00 "
+                     "scan of every scene of ALL_LIST that is not in TEST_LIST, sorted.",
+                     epilog=_examples(
+                         "clipbert sens scenes work/demo/source/scannetv2.txt "
+                         "work/demo/source/scannetv2_test.txt",
+                         "# only the scenes the questions use; fail naming any scan without its "
+                         ".sens",
+                         "clipbert sens scenes work/demo/source/scannetv2.txt "
+                         "work/demo/source/scannetv2_test.txt --questions "
+                         "work/demo/source/sqa_task/balanced/"
+                         "v1_balanced_questions_*_scannetv2.json --scans work/demo/source/scans "
+                         "--out work/try/scenes.txt"))
+    c.add_argument("all_list", metavar="ALL_LIST",
+                   help="ScanNet's scannetv2.txt: every scan id, one a line")
+    c.add_argument("test_list", metavar="TEST_LIST",
+                   help="ScanNet's scannetv2_test.txt: the scans to leave out")
+    c.add_argument("--questions", nargs="*", default=[], metavar="Q.json",
+                   help="SQA3D question json files: keep only the scenes they use "
+                   "(default: every selected scan)")
+    c.add_argument("--scans", default=None, metavar="SCANS_DIR",
+                   help="ScanNet scans folder: fail listing every scene without its "
+                   "<scene>/<scene>.sens (default: no check)")
+    c.add_argument("--out", default=None, metavar="FILE",
+                   help="write the list here instead of stdout (default: stdout)")
     c.set_defaults(func=_sens_scenes)
 
 
@@ -158,19 +279,41 @@ def _video_probe(a: argparse.Namespace) -> None:
 
 
 def _add_video(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("video", help="mp4 encoding and probing")
+    p = sub.add_parser("video", help="mp4 encoding and probing",
+                       description="Encode a scene's frames into the mp4 ClipBERT reads, and "
+                       "read an mp4's size, rate, codec and frame count.")
     s = p.add_subparsers(dest="action", required=True)
-    e = s.add_parser("encode", help="encode a folder of frame-{k}.color.jpg into an mp4")
-    e.add_argument("frames_dir")
-    e.add_argument("out")
-    e.add_argument("--size", type=_size, default=(224, 224), help="WxH (default 224x224)")
-    e.add_argument("--fps", type=int, default=20)
-    e.add_argument("--codec", default="mpeg4")
-    e.add_argument("--keep-aspect", action="store_true")
-    e.add_argument("--gop", type=int, default=None)
+    e = s.add_parser("encode", help="encode a folder of frame-{k}.color.jpg into an mp4",
+                     description="Encode FRAMES_DIR/frame-{k}.color.jpg (k = 0..K-1, in order) "
+                     "into one mp4; the defaults are the published preset (224x224, aspect "
+                     "squashed, 20 fps, MPEG-4 Part 2). Prints the video's description as "
+                     "JSON.",
+                     epilog=_examples(
+                         "clipbert video encode work/demo/frames/scene0000_00 "
+                         "work/try/videos/scene0000_00.mp4",
+                         "# larger, keeping the aspect (padded right and bottom), every frame a "
+                         "key frame",
+                         "clipbert video encode work/demo/frames/scene0000_00 "
+                         "work/try/videos_448/scene0000_00.mp4 --size 448x336 --keep-aspect "
+                         "--gop 1"))
+    e.add_argument("frames_dir", metavar="FRAMES_DIR",
+                   help="a scene folder written by `clipbert sens export`")
+    e.add_argument("out", metavar="OUT.mp4", help="video file to write")
+    e.add_argument("--size", type=_size, default="224x224", metavar="WxH",
+                   help="frame size of the video")
+    e.add_argument("--fps", type=int, default=20, help="frame rate written into the video")
+    e.add_argument("--codec", default="mpeg4",
+                   help="FFmpeg encoder name (mpeg4 is MPEG-4 Part 2, what upstream wrote)")
+    e.add_argument("--keep-aspect", action="store_true",
+                   help="scale the longer side to fit and pad with black instead of squashing")
+    e.add_argument("--gop", type=int, default=None, metavar="N",
+                   help="frames between key frames (default: 12, as upstream's writer)")
     e.set_defaults(func=_video_encode)
-    q = s.add_parser("probe", help="print size, fps, codec and frame count as JSON")
-    q.add_argument("file")
+    q = s.add_parser("probe", help="print size, fps, codec and frame count as JSON",
+                     description="Print an mp4's width, height, fps, codec and frame count as "
+                     "JSON, read from the container (nothing is decoded).",
+                     epilog=_examples("clipbert video probe work/demo/videos/scene0000_00.mp4"))
+    q.add_argument("file", metavar="FILE.mp4", help="a video file")
     q.set_defaults(func=_video_probe)
 
 
@@ -196,18 +339,30 @@ def _lmdb_export(a: argparse.Namespace) -> None:
 
 
 def _add_lmdb(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("lmdb", help="the video LMDB (ClipBERT vis_db layout)")
+    p = sub.add_parser("lmdb", help="the video LMDB (ClipBERT vis_db layout)",
+                       description="The video LMDB training and inference read: key = scene "
+                       "id, value = the mp4 file's bytes.")
     s = p.add_subparsers(dest="action", required=True)
-    k = s.add_parser("pack", help="pack mp4 files (key = file name without .mp4)")
-    k.add_argument("lmdb_dir")
-    k.add_argument("mp4", nargs="+")
+    k = s.add_parser("pack", help="pack mp4 files (key = file name without .mp4)",
+                     description="Pack mp4 files into a new LMDB at LMDB_DIR (replacing it); "
+                     "each file must be a readable video, and the key is its name without "
+                     ".mp4.",
+                     epilog=_examples("clipbert lmdb pack work/try/vis_db work/demo/videos/*.mp4"))
+    k.add_argument("lmdb_dir", metavar="LMDB_DIR", help="folder to write (replaced if it exists)")
+    k.add_argument("mp4", nargs="+", metavar="MP4", help="video files, one per scene")
     k.set_defaults(func=_lmdb_pack)
-    ls = s.add_parser("ls", help="list keys, sizes and frame counts")
-    ls.add_argument("lmdb_dir")
+    ls = s.add_parser("ls", help="list keys, sizes and frame counts",
+                      description="Print one line per video: key, size in bytes and frame "
+                      "count, tab-separated, in key order.",
+                      epilog=_examples("clipbert lmdb ls work/demo/vis_db"))
+    ls.add_argument("lmdb_dir", metavar="LMDB_DIR", help="a video LMDB folder")
     ls.set_defaults(func=_lmdb_ls)
-    x = s.add_parser("export", help="write the mp4 files back out, byte-identical")
-    x.add_argument("lmdb_dir")
-    x.add_argument("out_dir")
+    x = s.add_parser("export", help="write the mp4 files back out, byte-identical",
+                     description="Write every video of the LMDB to OUT_DIR/<key>.mp4, "
+                     "byte-identical to what was packed.",
+                     epilog=_examples("clipbert lmdb export work/demo/vis_db work/try/videos"))
+    x.add_argument("lmdb_dir", metavar="LMDB_DIR", help="a video LMDB folder")
+    x.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (replaced if it exists)")
     x.set_defaults(func=_lmdb_export)
 
 
@@ -238,22 +393,50 @@ def _sqa_check(a: argparse.Namespace) -> None:
 
 
 def _add_sqa(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sqa", help="SQA3D annotations")
+    p = sub.add_parser("sqa", help="SQA3D annotations",
+                       description="SQA3D question files -> the jsonl files ClipBERT trains "
+                       "on, and checks that every question has its video.")
     s = p.add_subparsers(dest="action", required=True)
-    c = s.add_parser("convert", help="SQA3D json -> ClipBERT jsonl + answer vocabulary")
-    c.add_argument("sqa_dir", help="answer_dict.json + balanced/v1_balanced_*_{split}_*.json")
-    c.add_argument("out_dir")
-    c.add_argument("--splits", default="train,val,test")
-    c.add_argument("--answer-dict", default=None,
-                   help="answer_dict.json if not in SQA_DIR (the early-commit layout)")
+    c = s.add_parser("convert", help="SQA3D json -> ClipBERT jsonl + answer vocabulary",
+                     description="Validate the SQA3D release, then write OUT_DIR/{split}.jsonl, "
+                     "train_ans2label.json (the answer vocabulary) and stats.json (counts per "
+                     "split and answer type, which it also prints). Nothing is written if any "
+                     "input is wrong; a rerun is byte-identical.",
+                     epilog=_examples(
+                         "clipbert sqa convert work/demo/source/sqa_task work/try/sqa",
+                         "# only the test split, the answer vocabulary given apart",
+                         "clipbert sqa convert work/demo/source/sqa_task work/try/sqa_test "
+                         "--splits test --answer-dict work/demo/source/sqa_task/answer_dict.json"))
+    c.add_argument("sqa_dir", metavar="SQA_DIR",
+                   help="SQA3D's sqa_task folder: answer_dict.json and "
+                   "balanced/v1_balanced_*_{split}_scannetv2.json")
+    c.add_argument("out_dir", metavar="OUT_DIR",
+                   help="folder for the jsonl files (other files in it are left alone)")
+    c.add_argument("--splits", default="train,val,test", metavar="S1,S2,...",
+                   help="comma-separated splits to convert")
+    c.add_argument("--answer-dict", default=None, metavar="FILE",
+                   help="the answer vocabulary, if not in SQA_DIR (the early-commit layout; "
+                   "default: SQA_DIR/answer_dict.json)")
     c.set_defaults(func=_sqa_convert)
-    n = s.add_parser("scenes", help="the sorted scene ids the given jsonl splits need")
-    n.add_argument("jsonl", nargs="+")
-    n.add_argument("--out", default=None, help="write them here (one a line) instead of stdout")
+    n = s.add_parser("scenes", help="the sorted scene ids the given jsonl splits need",
+                     description="Print the sorted scene ids the questions of the given jsonl "
+                     "files use, one a line: the scenes whose video must exist.",
+                     epilog=_examples("clipbert sqa scenes work/demo/sqa/train.jsonl "
+                                      "work/demo/sqa/val.jsonl --out work/try/scenes_trainval.txt"))
+    n.add_argument("jsonl", nargs="+", metavar="JSONL", help="jsonl files of `sqa convert`")
+    n.add_argument("--out", default=None, metavar="FILE",
+                   help="write them here (one a line) instead of stdout (default: stdout)")
     n.set_defaults(func=_sqa_scenes)
-    k = s.add_parser("check", help="fail if a question's scene has no video")
-    k.add_argument("jsonl", nargs="+")
-    k.add_argument("--videos", required=True,
+    k = s.add_parser("check", help="fail if a question's scene has no video",
+                     description="Fail, listing the scenes and questions concerned, if a "
+                     "question's scene has no video: what training checks before it starts.",
+                     epilog=_examples(
+                         "clipbert sqa check work/demo/sqa/train.jsonl work/demo/sqa/val.jsonl "
+                         "work/demo/sqa/test.jsonl --videos work/demo/vis_db",
+                         "# against a folder of SCENE.mp4",
+                         "clipbert sqa check work/demo/sqa/test.jsonl --videos work/demo/videos"))
+    k.add_argument("jsonl", nargs="+", metavar="JSONL", help="jsonl files of `sqa convert`")
+    k.add_argument("--videos", required=True, metavar="PATH",
                    help="video LMDB folder, folder of SCENE.mp4, or a text file of scene ids")
     k.set_defaults(func=_sqa_check)
 
@@ -265,8 +448,9 @@ def _parse_sets(pairs: Sequence[str]) -> dict:
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"error: --set expects KEY=VALUE, got {pair!r}")
+        if not sep or not key:
+            raise SystemExit(f"error: --set {pair!r}: expected KEY=VALUE, e.g. "
+                             "--set model.num_layers=2")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -274,12 +458,43 @@ def _parse_sets(pairs: Sequence[str]) -> dict:
     return out
 
 
+def _settings(a: argparse.Namespace) -> str:
+    """The command line's preset and overrides: where a settings error comes from."""
+    return " ".join([f"--preset {a.preset}", *(f"--set {pair}" for pair in a.set)])
+
+
+def _make_config(a: argparse.Namespace):
+    """The run's settings from --preset and --set; a bad one names the argument and says what
+    it should be."""
+    from clipbert.config import make_config
+    from clipbert.errors import ClipbertError
+
+    made = None
+    for pair in a.set:  # one at a time first, so that an error names its --set
+        try:
+            make_config(a.preset, _parse_sets([pair]))
+        except ClipbertError as e:
+            if "unknown preset" not in str(e):
+                raise ClipbertError(f"--set {pair}: {e}") from None
+    try:
+        made = make_config(a.preset, _parse_sets(a.set))
+    except ClipbertError as e:
+        raise ClipbertError(f"{_settings(a)}: {e}") from None
+    return made
+
+
 def _model_summary(a: argparse.Namespace) -> None:
     from clipbert import model
-    from clipbert.config import make_config
+    from clipbert.errors import ClipbertError
 
-    cfg = make_config(a.preset, _parse_sets(a.set))
-    _print_json(model.summary(cfg.model))
+    cfg = _make_config(a)
+    try:
+        # The dummy pass has the preset's own sizes: image, frames, evaluation clips, text.
+        info = model.summary(cfg.model, max_img_size=cfg.max_img_size, num_frm=cfg.num_frm,
+                             n_clips=cfg.inference_n_clips, txt_len=cfg.max_txt_len)
+    except ClipbertError as e:
+        raise ClipbertError(f"{_settings(a)}: {e}") from None
+    _print_json(info)
 
 
 def _model_convert(a: argparse.Namespace) -> None:
@@ -288,18 +503,50 @@ def _model_convert(a: argparse.Namespace) -> None:
     _print_json(checkpoints.convert(a.input, a.output, a.to))
 
 
+_PRESET_HELP = "faithful (the published recipe), improved (its mistakes fixed) or tiny (the demo)"
+_SET_HELP = ("override one preset value, repeatable; dotted keys reach the model "
+             "(e.g. --set epochs=2 --set model.num_layers=4; values are JSON, else strings; "
+             "default: the preset's values)")
+
+
 def _add_model(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("model", help="the ClipBERT model")
+    p = sub.add_parser("model", help="the ClipBERT model",
+                       description="Inspect the model of a preset, and convert checkpoints "
+                       "between this project's and upstream ClipBERT's tensor names.")
     s = p.add_subparsers(dest="action", required=True)
-    m = s.add_parser("summary", help="parameter counts and output shapes as JSON")
-    m.add_argument("--preset", default="faithful")
-    m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    m = s.add_parser("summary", help="parameter counts and output shapes as JSON",
+                     description="Print the parameter counts of each part (total and "
+                     "trainable) and the shapes of one dummy forward pass at the preset's image "
+                     "size, frames, evaluation clips and text length, as JSON. Computed on "
+                     "PyTorch's meta device: no memory, no arithmetic, seconds for any size. The "
+                     "word embeddings and the answer head are as model.vocab_size and "
+                     "model.num_labels say; training sizes them from the tokenizer and the "
+                     "answers instead (tiny's num_labels 0: one output per answer).",
+                     epilog=_examples(
+                         "clipbert model summary",
+                         "clipbert model summary --preset tiny",
+                         "# the blind baseline's model (no CNN); a deeper tiny one, larger frames",
+                         "clipbert model summary --preset improved --set model.variant=blind",
+                         "clipbert model summary --preset tiny --set model.num_layers=4 "
+                         "--set max_img_size=256"))
+    m.add_argument("--preset", default="faithful", help=_PRESET_HELP)
+    m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP)
     m.set_defaults(func=_model_summary)
     c = s.add_parser("convert", help="rename a checkpoint's tensors to the native or upstream "
-                     "ClipBERT layout (input layout detected from its keys)")
+                     "ClipBERT layout (input layout detected from its keys)",
+                     description="Rename a checkpoint's tensors into this project's (native) "
+                     "or upstream ClipBERT's key layout and save them as a flat state dict; "
+                     "the input's layout (upstream, native, detectron2, torchvision, Hugging "
+                     "Face BERT) is detected from its keys. Prints what was kept and dropped.",
+                     epilog=_examples(
+                         "clipbert model convert results/model.pt work/try/model_upstream.pt "
+                         "--to upstream",
+                         "clipbert model convert results/model.pt work/try/model_native.pt "
+                         "--to native"))
     c.add_argument("input", metavar="IN", help="checkpoint file (or Hugging Face BERT folder)")
     c.add_argument("output", metavar="OUT", help="flat state dict to write")
-    c.add_argument("--to", required=True, choices=("native", "upstream"))
+    c.add_argument("--to", required=True, choices=("native", "upstream"),
+                   help="key layout to write")
     c.set_defaults(func=_model_convert)
 
 
@@ -317,16 +564,16 @@ def _train_init_weights(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
     out: dict[str, str] = {}
     for kind, path in pairs:
         if kind in out:
-            raise SystemExit(f"error: --init {kind}= given twice")
+            raise SystemExit(f"error: --init {kind}= given twice ({out[kind]} and {path}); "
+                             "keep one")
         out[kind] = path
     return out
 
 
 def _train(a: argparse.Namespace) -> None:
     from clipbert import train
-    from clipbert.config import make_config
 
-    cfg = make_config(a.preset, _parse_sets(a.set))
+    cfg = _make_config(a)
     train.train(
         cfg, data_dir=a.data_dir, lmdb_dir=a.lmdb, out=a.out, state_dir=a.state_dir,
         metrics=a.metrics, vocab=a.vocab, weights=_train_init_weights(a.init),
@@ -349,51 +596,121 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "train", help="fine-tune ClipBERT on jsonl + video LMDB",
         description="Fine-tune; rerunning with the same --state-dir resumes a killed run. For "
         "several GPUs start it under torchrun (--standalone --nproc_per_node N -m clipbert "
-        "train ...): batch_size is then per process.")
-    t.add_argument("--preset", default="faithful", help="faithful, improved or tiny")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one preset value (dotted keys reach the model: model.layers=2)")
-    t.add_argument("--data-dir", required=True, help="folder with train/val jsonl")
-    t.add_argument("--lmdb", default=None,
-                   help="video LMDB folder (not for the blind baseline, model.variant=blind)")
-    t.add_argument("--vocab", default=None, help="WordPiece vocab.txt or tokenizer folder")
-    t.add_argument("--out", required=True, help="the chosen model file")
-    t.add_argument("--state-dir", required=True, help="resumable checkpoints (not an output)")
-    t.add_argument("--metrics", default=None, help="metrics log (jsonl)")
+        "train ...): batch_size is then per process.",
+        epilog=_examples(
+            "# the demo's model (a few minutes on two CPU cores)",
+            f"clipbert train --preset tiny {_TRAIN_DATA} --out work/try/model.pt "
+            "--state-dir work/try/train_state --metrics work/try/train_log.jsonl",
+            "# a quick look: two epochs of a 1-layer model",
+            f"clipbert train --preset tiny --set epochs=2 --set model.num_layers=1 {_TRAIN_DATA} "
+            "--out work/try/quick.pt --state-dir work/try/quick_state",
+            "# the blind baseline: the questions alone, no video",
+            "clipbert train --preset tiny --set model.variant=blind --set epochs=2 "
+            "--data-dir work/demo/sqa --vocab work/demo/source/vocab.txt --out work/try/blind.pt "
+            "--state-dir work/try/blind_state",
+            "# fine-tune further from a model file (a ClipBERT checkpoint goes the same way)",
+            f"clipbert train --preset tiny --set epochs=2 {_TRAIN_DATA} "
+            "--init clipbert=results/model.pt --out work/try/more.pt "
+            "--state-dir work/try/more_state"))
+    t.add_argument("--preset", default="faithful", help=_PRESET_HELP)
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP)
+    t.add_argument("--data-dir", required=True, metavar="DIR",
+                   help="folder with train.jsonl, val.jsonl and train_ans2label.json "
+                   "(`clipbert sqa convert`)")
+    t.add_argument("--lmdb", default=None, metavar="LMDB_DIR",
+                   help="video LMDB folder (no default: required but for the blind baseline, "
+                   "model.variant=blind)")
+    t.add_argument("--vocab", default=None, metavar="PATH",
+                   help="WordPiece vocab.txt or tokenizer folder (no default: training stops "
+                   "without one)")
+    t.add_argument("--out", required=True, metavar="MODEL.pt", help="the chosen model file")
+    t.add_argument("--state-dir", required=True, metavar="DIR",
+                   help="resumable checkpoints (not an output; delete it to start over)")
+    t.add_argument("--metrics", default=None, metavar="FILE.jsonl",
+                   help="also write the metrics log here, one JSON object a line (default: "
+                   "printed only, and kept in --state-dir)")
     t.add_argument("--init", action="append", default=[], type=_train_init_pair,
                    metavar="KIND=PATH",
                    help="pretrained weights, repeatable, applied in the order clipbert, "
                    "detectron2, resnet, bert (KIND: clipbert = upstream or native ClipBERT "
                    "file, detectron2 = grid-feat checkpoint, resnet = torchvision ResNet-50 "
-                   "state dict, bert = Hugging Face BERT folder); none: random weights")
+                   "state dict, bert = Hugging Face BERT folder; default: random weights)")
     t.set_defaults(func=_train)
-    i = sub.add_parser("infer", help="answer a jsonl split and score it")
-    i.add_argument("--model", required=True)
-    i.add_argument("--jsonl", required=True)
-    i.add_argument("--lmdb", default=None, help="video LMDB folder (not for a blind model)")
-    i.add_argument("--predictions", required=True)
-    i.add_argument("--out", required=True, help="accuracy json")
-    i.add_argument("--n-clips", type=int, default=None, help="override inference_n_clips")
+    i = sub.add_parser(
+        "infer", help="answer a jsonl split and score it",
+        description="Answer every question of a jsonl split with a trained model, write the "
+        "predictions and the accuracy json (overall and per answer type, with the "
+        "majority-answer baseline), and print the accuracy.",
+        epilog=_examples(
+            "clipbert infer --model results/model.pt --jsonl work/demo/sqa/test.jsonl "
+            "--lmdb work/demo/vis_db --predictions work/try/test_predictions.jsonl "
+            "--out work/try/test_acc.json",
+            "# 4 evaluation clips over each video, on the CPU",
+            "clipbert infer --model results/model.pt --jsonl work/demo/sqa/val.jsonl "
+            "--lmdb work/demo/vis_db --predictions work/try/val_predictions.jsonl "
+            "--out work/try/val_acc.json --n-clips 4 --device cpu"))
+    i.add_argument("--model", required=True, metavar="MODEL.pt",
+                   help="a model file written by `clipbert train`")
+    i.add_argument("--jsonl", required=True, metavar="JSONL",
+                   help="the questions to answer (`clipbert sqa convert`)")
+    i.add_argument("--lmdb", default=None, metavar="LMDB_DIR",
+                   help="video LMDB folder (no default: required but for a blind model)")
+    i.add_argument("--predictions", required=True, metavar="FILE.jsonl",
+                   help="answers to write, one JSON object a question")
+    i.add_argument("--out", required=True, metavar="FILE.json", help="accuracy json to write")
+    i.add_argument("--n-clips", type=int, default=None, metavar="N",
+                   help="evaluation clips per video (default: the model's inference_n_clips)")
     i.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if any)")
     i.set_defaults(func=_infer)
 
 
+def _finish_help(parser: argparse.ArgumentParser) -> None:
+    """Every parser of the tree gets the help formatter; a command family without examples of
+    its own shows the first example of each of its actions."""
+    parser.formatter_class = _HelpFormatter
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        firsts = []
+        for child in action.choices.values():
+            _finish_help(child)
+            lines = (child.epilog or "").splitlines()
+            firsts += [line.strip() for line in lines if line.strip().startswith("clipbert ")][:1]
+        if parser.epilog is None and firsts:
+            parser.epilog = _examples(*firsts)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clipbert", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="clipbert", description=DESCRIPTION,
+        epilog=_examples("clipbert demo make work/try/demo", f"clipbert sens info {_SENS}",
+                         "clipbert model summary --preset tiny", "clipbert train --help"))
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_demo, _add_sens, _add_video, _add_lmdb, _add_sqa, _add_model, _add_train):
         add(sub)
+    _finish_help(parser)
     return parser
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null once its reader has gone (`clipbert ... | head -1`), so that
+    the interpreter's own flush at exit does not fail a second time."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     from clipbert.errors import ClipbertError
     from clipbert.signals import Terminated, sigterm_unwinds
 
     try:
-        with sigterm_unwinds():  # SIGTERM (SLURM, Snakemake) unwinds like Ctrl-C: no temporaries
-            return args.func(args) or 0
+        try:
+            args = build_parser().parse_args(argv)
+            with sigterm_unwinds():  # SIGTERM (SLURM, Snakemake) unwinds like Ctrl-C
+                status = args.func(args) or 0
+        finally:
+            sys.stdout.flush()  # here, not at exit, so that a closed pipe is caught below
     except ClipbertError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -403,3 +720,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted (SIGINT)", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader went away
+    return status

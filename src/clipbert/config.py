@@ -10,6 +10,7 @@ that a misspelt override fails at once, naming the key.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -188,30 +189,50 @@ def _type_ok(kind: str, value: Any) -> bool:
     return True
 
 
+_KIND_WORDS = {"bool": "true or false", "int": "a whole number", "float": "a number",
+               "str": "a string"}
+
+
 def _fields(cls: type) -> dict[str, str]:
     return {f.name: str(f.type) for f in dataclasses.fields(cls)}
+
+
+def _flat(d: dict) -> dict[str, Any]:
+    """`TrainConfig.to_dict()` with the model's keys dotted, as overrides name them."""
+    return {**{k: v for k, v in d.items() if k != "model"},
+            **{f"model.{k}": v for k, v in d["model"].items()}}
+
+
+def _apply(d: dict, key: str, value: Any) -> None:
+    """Set dotted `key` in the nested settings `d`, naming a bad key or value."""
+    kinds = {"": _fields(TrainConfig), "model.": _fields(ModelConfig)}
+    prefix = "model." if key.startswith("model.") else ""
+    name = key.removeprefix(prefix)
+    if name not in kinds[prefix] or name in ("model", "preset"):
+        known = [k for k in _flat(d) if k != "preset"]
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+        raise ClipbertError(f"unknown training setting {key!r}; " + (
+            f"did you mean {close[0]}?" if close else f"one of {', '.join(known)}"))
+    kind = kinds[prefix][name]
+    if not _type_ok(kind, value):
+        words = "a list of numbers" if kind.startswith("tuple") else _KIND_WORDS.get(kind, kind)
+        raise ClipbertError(f"training setting {key!r}: expected {words}, like the preset's "
+                            f"{json.dumps(_flat(d)[key])}")
+    (d["model"] if prefix else d)[name] = value
 
 
 def make_config(preset: str, overrides: dict | None = None) -> TrainConfig:
     """A preset plus `overrides` (dotted keys such as `model.num_layers` reach the model).
 
-    An unknown preset, an unknown key or a value of the wrong type is a ClipbertError naming it.
+    An unknown preset, an unknown key or a value of the wrong type is a ClipbertError naming it
+    (with the nearest known key, or the preset's value for comparison).
     """
     if preset not in PRESETS:
         raise ClipbertError(f"unknown preset {preset!r} (one of {', '.join(PRESETS)})")
     d = TrainConfig().to_dict()
     d["preset"] = preset
-    kinds = {"": _fields(TrainConfig), "model.": _fields(ModelConfig)}
-    for key, value in {**PRESETS[preset], **(overrides or {})}.items():
-        prefix = "model." if key.startswith("model.") else ""
-        target = d["model"] if prefix else d
-        name = key.removeprefix(prefix)
-        if name not in kinds[prefix] or name in ("model", "preset"):
-            raise ClipbertError(f"unknown training setting {key!r}")
-        if not _type_ok(kinds[prefix][name], value):
-            raise ClipbertError(f"training setting {key!r}: {value!r} is not a "
-                                f"{kinds[prefix][name]}")
-        target[name] = value
+    for key, value in [*PRESETS[preset].items(), *(overrides or {}).items()]:
+        _apply(d, key, value)
     return TrainConfig.from_dict(d)
 
 
@@ -221,9 +242,7 @@ def result_settings(cfg: TrainConfig) -> dict:
     d = cfg.to_dict()
     for key in SPEED_KNOBS:
         d.pop(key)
-    flat = {k: v for k, v in d.items() if k != "model"}
-    flat.update({f"model.{k}": v for k, v in d["model"].items()})
-    return flat
+    return _flat(d)
 
 
 def settings_fingerprint(cfg: TrainConfig) -> str:

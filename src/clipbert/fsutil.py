@@ -124,21 +124,41 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a jsonl file; a malformed line is an error naming the file and line."""
+    """Read a jsonl file (one JSON object a line, blank lines skipped); a missing file or a bad
+    line is an error naming the file, the line and the column, and saying what to do."""
     from clipbert.errors import ClipbertError
 
-    rows = []
-    with open(path) as fh:
-        for n, line in enumerate(fh, 1):
+    rows: list[dict] = []
+    try:
+        fh = open(path, "rb")  # bytes, decoded line by line: a bad byte gets its line number
+    except FileNotFoundError:
+        raise ClipbertError(f"{path}: file not found") from None
+    with fh:
+        for n, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ClipbertError(f"{path}: line {n}, column {e.start + 1}: not UTF-8 text "
+                                    f"({e.reason}); save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ClipbertError(f"{path}: line {n}: not valid JSON ({e.msg})") from None
+                # json's own message ends in " at" before the position it leaves out here.
+                raise ClipbertError(f"{path}: line {n}, column {e.colno}: not valid JSON "
+                                    f"({e.msg.removesuffix(' at')}); fix or remove that "
+                                    "line") from None
+            if not isinstance(row, dict):
+                raise ClipbertError(f"{path}: line {n}: expected a JSON object {{...}}, got "
+                                    f"{_JSON_KINDS.get(type(row), 'a value')}; fix or remove "
+                                    "that line")
+            rows.append(row)
     return rows
 
 
+_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "true or false", type(None): "null"}
 
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex sha256 of a file's bytes, read in 1 MiB chunks."""

@@ -11,6 +11,7 @@ Module names are chosen so that state-dict keys line up with the checkpoints use
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -336,8 +337,12 @@ def summary(cfg: ModelConfig, max_img_size: int = 448, num_frm: int = 2, n_clips
     """Parameter counts per part and output shapes of one dummy forward pass (batch 1).
 
     Built and run on the meta device: counts and shapes are exact, no memory is allocated and
-    no arithmetic is done (a real faithful pass costs ~30 s on two CPU cores)."""
-    with torch.device("meta"):
+    no arithmetic is done (a real faithful pass costs ~30 s on two CPU cores). Settings that
+    cannot work together are a ClipbertError naming them, before anything is built."""
+    _check_sizes(cfg, max_img_size, txt_len)
+    with torch.device("meta"), warnings.catch_warnings():
+        # num_labels 0 (sized from the answers at training) makes an empty head: not a problem.
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors")
         model = build_model(cfg).eval()
     tr, cnn = model.transformer, getattr(model, "cnn", None)
     parts = {
@@ -377,3 +382,38 @@ def summary(cfg: ModelConfig, max_img_size: int = 448, num_frm: int = 2, n_clips
             "logits": list(logits.shape),
         },
     }
+
+
+def _grid_side(cfg: ModelConfig, image_size: int) -> int:
+    """Side of the visual grid for square `image_size` input: the stem (7x7 conv and 3x3 max-pool,
+    both stride 2), a stride-2 1x1 conv at the start of every stage after the first, then the
+    grid encoder's 2x2 max-pool."""
+    side = (image_size - 1) // 2 + 1  # conv1: kernel 7, stride 2, padding 3
+    side = (side - 1) // 2 + 1  # max-pool: kernel 3, stride 2, padding 1
+    for _ in cfg.depths[1:]:
+        side = (side - 1) // 2 + 1
+    return side // 2
+
+
+def _check_sizes(cfg: ModelConfig, max_img_size: int, txt_len: int) -> None:
+    """The size constraints a forward pass would otherwise break with a shape error."""
+    if cfg.num_heads < 1 or cfg.hidden_size % cfg.num_heads:
+        raise ClipbertError(f"model.hidden_size {cfg.hidden_size} is not a multiple of "
+                            f"model.num_heads {cfg.num_heads}: change one of them")
+    if len(cfg.depths) != len(cfg.widths) or not cfg.depths:
+        raise ClipbertError(f"model.depths {list(cfg.depths)} and model.widths "
+                            f"{list(cfg.widths)} need one entry per ResNet stage each")
+    if not 1 <= txt_len <= cfg.max_position_embeddings:
+        raise ClipbertError(f"max_txt_len {txt_len} is outside 1..model.max_position_embeddings "
+                            f"({cfg.max_position_embeddings}): lower max_txt_len or raise "
+                            "model.max_position_embeddings")
+    if cfg.variant != "clipbert":
+        return
+    side = _grid_side(cfg, max_img_size)
+    if side < 1:
+        raise ClipbertError(f"max_img_size {max_img_size} is too small: the visual grid would be "
+                            "empty; raise max_img_size")
+    if side > cfg.max_grid_positions:
+        raise ClipbertError(f"max_img_size {max_img_size} gives a {side}x{side} visual grid, more "
+                            f"than model.max_grid_positions {cfg.max_grid_positions}: lower "
+                            "max_img_size or raise model.max_grid_positions")

@@ -198,12 +198,13 @@ def _check_splits(splits: Iterable[str]) -> list[str]:
     out = []
     for s in splits:
         if not isinstance(s, str) or not _SPLIT_NAME_RE.fullmatch(s):
-            raise ClipbertError(f"invalid split name {s!r}")
+            raise ClipbertError(f"split {s!r}: not a split name (letters, digits, _ and - only, "
+                               "e.g. train,val,test)")
         if s in out:
-            raise ClipbertError(f"split {s!r} given twice")
+            raise ClipbertError(f"split {s!r}: given twice; give each split once")
         out.append(s)
     if not out:
-        raise ClipbertError("no splits given")
+        raise ClipbertError("no splits given; name at least one, e.g. train,val,test")
     return out
 
 
@@ -224,7 +225,8 @@ def convert(
     sqa_dir, out_dir = Path(sqa_dir), Path(out_dir)
     split_list = _check_splits(splits)
     if not sqa_dir.is_dir():
-        raise ClipbertError(f"{sqa_dir}: SQA3D folder not found")
+        raise ClipbertError(f"{sqa_dir}: SQA3D folder not found (the release's sqa_task folder: "
+                           "answer_dict.json and balanced/)")
     vocab_path = Path(answer_dict) if answer_dict is not None else sqa_dir / ANSWER_DICT
     vocab = load_answer_dict(vocab_path)
     paths = {s: (_find(sqa_dir, questions_name(s)), _find(sqa_dir, annotations_name(s)))
@@ -281,9 +283,21 @@ def _video_ids(path: Path) -> list[tuple[str, Any]]:
     return out
 
 
-def check_videos(jsonl_path: str | os.PathLike, available: Iterable[str]) -> None:
-    """Fail before training if any question's scene has no video, listing those scenes."""
+_SHOW_SCENES = 20  # scenes listed by name when videos are missing
+_SHOW_QIDS = 3  # question ids listed per scene
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def check_videos(jsonl_path: str | os.PathLike, available: Iterable[str],
+                 where: str | os.PathLike | None = None) -> None:
+    """Fail before training if any question's scene has no video, listing those scenes and a
+    few of their question ids. `where` names the videos' place in the message (by default the
+    one `available_videos` read them from)."""
     path = Path(jsonl_path)
+    where = where if where is not None else getattr(available, "where", None)
     have = set(available)
     missing: dict[str, list] = {}
     for vid, qid in _video_ids(path):
@@ -292,15 +306,34 @@ def check_videos(jsonl_path: str | os.PathLike, available: Iterable[str]) -> Non
     if not missing:
         return
     n_q = sum(len(v) for v in missing.values())
-    shown = sorted(missing)[:20]
-    listing = ", ".join(f"{s} ({len(missing[s])}: {', '.join(map(str, missing[s][:3]))}"
-                        f"{', ...' if len(missing[s]) > 3 else ''})" for s in shown)
-    more = f", and {len(missing) - len(shown)} more scenes" if len(missing) > len(shown) else ""
-    raise ClipbertError(f"{path}: {n_q} questions in {len(missing)} scenes have no video: "
-                        f"{listing}{more}")
+    shown = sorted(missing)[:_SHOW_SCENES]
+
+    def questions(qids: list) -> str:
+        ids = ", ".join(map(str, qids[:_SHOW_QIDS]))
+        more = f" and {len(qids) - _SHOW_QIDS} more" if len(qids) > _SHOW_QIDS else ""
+        return f"{'question' if len(qids) == 1 else 'questions'} {ids}{more}"
+
+    listing = ", ".join(f"{s} ({questions(missing[s])})" for s in shown)
+    if len(missing) > len(shown):
+        listing += f", and {_count(len(missing) - len(shown), 'more scene')}"
+    todo = ("encode the scene's video or remove its questions" if len(missing) == 1
+            else "encode the scenes' videos or remove their questions")
+    raise ClipbertError(
+        f"{path}: {_count(n_q, 'question')} (in {_count(len(missing), 'scene')}) "
+        f"{'has' if n_q == 1 else 'have'} no video{f' in {where}' if where else ''}: {listing}; "
+        f"{todo}")
 
 
-def available_videos(path: str | os.PathLike) -> set[str]:
+class VideoSet(set):
+    """The video ids found somewhere, and that place (`where`), for messages about the
+    missing ones."""
+
+    def __init__(self, ids: Iterable[str] = (), where: str | os.PathLike | None = None) -> None:
+        super().__init__(ids)
+        self.where = where
+
+
+def available_videos(path: str | os.PathLike) -> VideoSet:
     """Video ids found at `path`: LMDB keys, `*.mp4` stems of a folder, or lines of a text file.
 
     The LMDB goes through `vislmdb.VideoLMDB`, the process's one shared read-only handle
@@ -310,10 +343,10 @@ def available_videos(path: str | os.PathLike) -> set[str]:
     if path.is_dir() and (path / "data.mdb").is_file():
         from clipbert.vislmdb import VideoLMDB
 
-        return set(VideoLMDB(path).keys())
+        return VideoSet(VideoLMDB(path).keys(), path)
     if path.is_dir():
-        return {p.stem for p in path.glob("*.mp4")}
+        return VideoSet((p.stem for p in path.glob("*.mp4")), path)
     if path.is_file():
         with open(path, encoding="utf-8") as fh:
-            return {line.strip() for line in fh if line.strip()}
-    raise ClipbertError(f"{path}: no such video LMDB, folder or list")
+            return VideoSet((line.strip() for line in fh if line.strip()), path)
+    raise ClipbertError(f"{path}: no such video LMDB, folder or list of scene ids")

@@ -127,7 +127,7 @@ def encode_video(
     """
     w, h = int(size[0]), int(size[1])
     if w < 1 or h < 1:
-        raise ClipbertError(f"{out}: invalid size {w}x{h}")
+        raise ClipbertError(f"{out}: invalid size {w}x{h} (width and height must be at least 1)")
     if fps <= 0:
         raise ClipbertError(f"{out}: fps must be positive, got {fps}")
     if gop is not None and gop < 1:

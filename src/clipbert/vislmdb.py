@@ -39,7 +39,8 @@ def _open_ro(lmdb_dir: str | os.PathLike) -> lmdb.Environment:
     try:
         st = (d / "data.mdb").stat()
     except OSError:
-        raise ClipbertError(f"{d}: not a video LMDB (no data.mdb)") from None
+        raise ClipbertError(f"{d}: not a video LMDB (no data.mdb); make one with `clipbert lmdb "
+                            "pack`") from None
     ident = (st.st_dev, st.st_ino)
     key = str(d.resolve())
     cached = _ENVS.get(key)
@@ -71,15 +72,16 @@ def pack_lmdb(
     """
     paths = [Path(p) for p in mp4_paths]
     if not paths:
-        raise ClipbertError(f"{lmdb_dir}: no mp4 files to pack")
+        raise ClipbertError(f"{lmdb_dir}: no mp4 files given to pack")
     seen: dict[str, Path] = {}
     total = 0
     for p in progress(paths, f"{lmdb_dir}: checking", unit="videos"):
         if not p.is_file():
-            raise ClipbertError(f"{p}: no such file")
+            raise ClipbertError(f"{p}: file not found")
         key = p.stem
         if key in seen:
-            raise ClipbertError(f"{p}: duplicate key {key!r} (also {seen[key]})")
+            raise ClipbertError(f"{p}: duplicate key {key!r} (also {seen[key]}); the key is the "
+                                "file name without .mp4: pack one of the two")
         probe_video(p)
         seen[key] = p
         total += p.stat().st_size
@@ -156,13 +158,15 @@ class VideoLMDB:
     def __init__(self, lmdb_dir: str | os.PathLike) -> None:
         self.lmdb_dir = Path(lmdb_dir)
         if not (self.lmdb_dir / "data.mdb").is_file():
-            raise ClipbertError(f"{self.lmdb_dir}: not a video LMDB (no data.mdb)")
+            raise ClipbertError(f"{self.lmdb_dir}: not a video LMDB (no data.mdb); make one with "
+                                "`clipbert lmdb pack`")
 
     def get(self, key: str) -> bytes:
         with _open_ro(self.lmdb_dir).begin() as txn:
             value = txn.get(key.encode("utf-8"))
         if value is None:
-            raise ClipbertError(f"video {key!r} is not in LMDB {self.lmdb_dir}")
+            raise ClipbertError(f"{self.lmdb_dir}: no video {key!r} in this LMDB; pack the "
+                                "scene's mp4 into it or remove its questions")
         return value
 
     def keys(self) -> list[str]:
