@@ -166,6 +166,7 @@ def _test_profile_resources(profile: Path) -> dict:
     return yaml.safe_load((profile / "config.yaml").read_text())["set-resources"]
 
 
+@pytest.mark.slow
 def test_demo_workflow_on_slurm(cluster, tmp_path):
     assert slurm_cluster.MIN_JOB_AGE >= 3 * FIRST_STATUS_CHECK
     profile = _test_profile(cluster, tmp_path / "profile")

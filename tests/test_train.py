@@ -283,6 +283,7 @@ def _wait_for_checkpoint(proc: subprocess.Popen, last: Path, after_step: int,
     pytest.fail("no checkpoint in time")
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_bit_identically(ds, tmp_path: Path) -> None:
     """SIGKILL at random points after checkpoints, rerun: the same weights, bit for bit, and the
     same metrics rows as an uninterrupted run (dropout on, so RNG state matters)."""
@@ -318,6 +319,7 @@ def test_killed_run_resumes_bit_identically(ds, tmp_path: Path) -> None:
             k: v for k, v in y.items() if k != "examples_per_s"}
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_with_the_same_global_batch(ds, tmp_path: Path) -> None:
     """torchrun --nproc_per_node 2 on CPU (gloo), batch 4 per process, against one process with
     batch 8: the same loss curve within float tolerance (dropout off: masks differ by rank;
@@ -360,7 +362,7 @@ def test_workflow_script_starts_torchrun_for_several_gpus(tmp_path: Path, monkey
                                data_dir="sqa", weights={"vocab": "v", "resnet": "r50.pt"}),
         input=SimpleNamespace(lmdb="vis_db", vocab="vocab.txt"),
         output=SimpleNamespace(model="model.pt", metrics="log.jsonl"),
-        resources=SimpleNamespace(gpu=gpus), log=[str(tmp_path / "train.log")])
+        resources=SimpleNamespace(gpu=gpus), threads=2, log=[str(tmp_path / "train.log")])
     script = Path(__file__).resolve().parents[1] / "workflow_scripts" / "train.py"
     runpy.run_path(str(script), init_globals={"snakemake": smk})
     assert len(calls) == 1
@@ -369,7 +371,7 @@ def test_workflow_script_starts_torchrun_for_several_gpus(tmp_path: Path, monkey
         assert cfg == config.make_config("tiny", {"epochs": 3})
         assert kw == {"data_dir": "sqa", "lmdb_dir": "vis_db", "out": "model.pt",
                       "state_dir": "st", "metrics": "log.jsonl", "vocab": "vocab.txt",
-                      "weights": {"resnet": "r50.pt"}}
+                      "weights": {"resnet": "r50.pt"}, "threads": 2}
     else:
         args = distributed.train_args("tiny", {"epochs": 3}, "sqa", "vis_db", "model.pt", "st",
                                 "log.jsonl", "vocab.txt", weights={"resnet": "r50.pt"})

@@ -44,6 +44,7 @@ def run_dir(tmp_path_factory) -> Path:
     return wd
 
 
+@pytest.mark.slow
 def test_end_to_end(run_dir):
     acc = json.loads((run_dir / "results/test_acc.json").read_text())
     for key in ("overall", "per_type", "n_questions", "n_unknown", "ceiling",
@@ -64,11 +65,13 @@ def test_end_to_end(run_dir):
     assert len(list((run_dir / "logs/frames").glob("*.log"))) == 6
 
 
+@pytest.mark.slow
 def test_nothing_left_to_do(run_dir):
     proc = snakemake(run_dir, "-n", "results/test_acc.json", config=SMALL)
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_rerun_one_stage(run_dir):
     """Forcing one scene's frames reruns that job only; a dry run then shows that exactly its
     video, the LMDB, training and inference are out of date (the blind baseline is not: it

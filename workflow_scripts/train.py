@@ -25,4 +25,5 @@ with workflow_step(snakemake):
             cfg, data_dir=p.data_dir, lmdb_dir=lmdb_dir,
             out=snakemake.output.model, state_dir=p.state_dir,
             metrics=snakemake.output.metrics, vocab=snakemake.input.vocab, weights=weights,
+            threads=snakemake.threads,
         )

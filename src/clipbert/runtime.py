@@ -22,11 +22,21 @@ def place(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module
                        compile=cfg.compile)
 
 
+def set_threads(threads: int | None) -> None:
+    """Fix the CPU threads of this process: on a given machine the same command then gives the
+    same numbers. The thread count is part of that (it decides how float sums are split), hence
+    the workflow passes its rule's."""
+    if threads is not None:
+        torch.set_num_threads(max(1, threads))
+
+
 def set_numerics(cfg: TrainConfig, device: torch.device) -> str | None:
     """On CUDA: cuDNN autotuning, and TF32 for matmuls and convolutions only where the preset
     allows it (upstream trained in true fp32: the faithful preset keeps it off). Returns the
-    line to log, None on the CPU."""
+    line to log, None on the CPU, where deterministic algorithms are asked for instead (they
+    cost nothing there)."""
     if device.type != "cuda":
+        torch.use_deterministic_algorithms(True, warn_only=True)
         return None
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = cfg.tf32

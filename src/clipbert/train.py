@@ -433,6 +433,38 @@ def epoch_loader(run: Run, epoch: int, pos: int) -> torch.utils.data.DataLoader:
         pin_memory=run.device.type == "cuda")
 
 
+def _duration(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s" if m else f"{s} s"
+
+
+def progress_line(run: Run, row: dict, elapsed: float, steps_done: int) -> str:
+    """The log's line for a metrics row: where training is and how long it has left."""
+    parts = [f"step {row['step']}/{run.total} ({100 * row['step'] / run.total:.0f}%)",
+             f"epoch {row['epoch'] + 1}/{math.ceil(run.total / run.steps_per_epoch)}"]
+    if row["loss"] is not None:
+        parts.append(f"loss {row['loss']:.4f}")
+    if row["val_acc"] is not None:
+        parts.append(f"val {row['val_acc']:.2f} %")
+    parts.append(f"{row['examples_per_s']:.1f} examples/s")
+    left = (run.total - row["step"]) * elapsed / max(steps_done, 1)
+    parts.append(f"{_duration(elapsed)} so far, ~{_duration(left)} left")
+    return "train: " + ", ".join(parts)
+
+
+def announce(run: Run) -> None:
+    """The log's first lines about the loop: its size, validation, which weights are kept."""
+    cfg, d = run.cfg, run.d
+    print(f"training {len(run.train_rows)} questions, {run.total} steps of global batch "
+          f"{cfg.batch_size * d.world} ({d.world} process(es), {run.device}); "
+          f"{torch.get_num_threads()} CPU thread(s); validation every {run.val_interval} steps, "
+          f"{'best on val' if run.select_best else 'final'} weights kept", flush=True)
+    if cfg.select_best and not run.select_best:
+        print("warning: val.jsonl is missing or empty: keeping the final weights, not the best "
+              "on val", flush=True)
+
+
 def model_extra(run: Run, st: TrainState, chosen: str) -> dict:
     """What the model file records about the run besides weights and settings."""
     return {"step": st.step, "val_accuracy": st.last_acc, "chosen": chosen,
@@ -443,9 +475,11 @@ def model_extra(run: Run, st: TrainState, chosen: str) -> dict:
 
 
 def train(cfg: TrainConfig, data_dir, lmdb_dir, out, state_dir, metrics=None, vocab=None,
-          weights: dict | None = None) -> dict:
+          weights: dict | None = None, threads: int | None = None) -> dict:
     """Fine-tune on `{data_dir}/train.jsonl`, validate on `val.jsonl`, write the model to `out`.
-    A model that reads no video (the blind baseline) needs no `lmdb_dir`."""
+    A model that reads no video (the blind baseline) needs no `lmdb_dir`. `threads` fixes the
+    CPU threads (the float sums, so the numbers, depend on it; None: torch's default)."""
+    runtime.set_threads(threads)
     state_dir = Path(state_dir)
     cache_path = state_dir / "digests.json"
     cache = read_json(cache_path) if cache_path.exists() else {}
@@ -459,17 +493,12 @@ def train(cfg: TrainConfig, data_dir, lmdb_dir, out, state_dir, metrics=None, vo
     st = resume(run, state_dir)
     if d.main:
         _truncate_metrics(rows_path, st.step)
-        print(f"training {len(run.train_rows)} questions, {run.total} steps of global batch "
-              f"{cfg.batch_size * d.world} ({d.world} process(es), {run.device}); validation "
-              f"every {run.val_interval} steps, {'best on val' if run.select_best else 'final'} "
-              "weights kept", flush=True)
-        if cfg.select_best and not run.select_best:
-            print("warning: val.jsonl is missing or empty: keeping the final weights, not the "
-                  "best on val", flush=True)
+        announce(run)
     if d.world > 1:
         dist.barrier()
     run.model.train()
-    t0 = time.perf_counter()
+    t0 = t_start = time.perf_counter()
+    step0 = st.step
     while st.step < run.total:
         epoch, pos = divmod(st.step, run.steps_per_epoch)
         for batch in epoch_loader(run, epoch, pos):
@@ -495,7 +524,8 @@ def train(cfg: TrainConfig, data_dir, lmdb_dir, out, state_dir, metrics=None, vo
                                         vocab_tokens(run.tokenizer),
                                         model_extra(run, st, "best on val"))
             if row is not None and d.main:
-                print(json.dumps(row), flush=True)
+                print(progress_line(run, row, time.perf_counter() - t_start, st.step - step0),
+                      flush=True)
                 with open(rows_path, "a") as fh:
                     fh.write(json.dumps(row) + "\n")
             if save:
