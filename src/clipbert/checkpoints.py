@@ -159,7 +159,7 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise ClipbertError(f"{path}: cannot read the safetensors file ({e})") from None
 
 
-def _unwrap(obj: object, path: Path) -> dict:
+def unwrap_state(obj: object, path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The flat name -> tensor mapping inside what torch.load returned: a native model file
     (`state_dict`), a detectron2/trainer checkpoint (`model`) or a bare state dict."""
     if not isinstance(obj, dict):
@@ -191,7 +191,7 @@ def read_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ClipbertError(f"{path}: checkpoint not found")
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
-    return _unwrap(_torch_load(path), path)
+    return unwrap_state(_torch_load(path), path)
 
 
 def detect_layout(state: dict[str, torch.Tensor]) -> str:

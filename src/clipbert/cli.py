@@ -318,7 +318,8 @@ def _infer(a: argparse.Namespace) -> None:
 
     result = evaluate.infer(
         a.model, jsonl=a.jsonl, lmdb_dir=a.lmdb, predictions=a.predictions, out=a.out,
-        n_clips=a.n_clips, device=a.device,
+        n_clips=a.n_clips, device=a.device, answers=a.answers, vocab=a.vocab, preset=a.preset,
+        overrides=_parse_sets(a.set),
     )
     shown = {k: result[k] for k in ("overall", "per_type", "n_questions", "ceiling")}
     _print_json({**shown, "majority_baseline": result["majority_baseline"]["overall"]})
@@ -347,8 +348,23 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    "file, detectron2 = grid-feat checkpoint, resnet = torchvision ResNet-50 "
                    "state dict, bert = Hugging Face BERT folder); none: random weights")
     t.set_defaults(func=_train)
-    i = sub.add_parser("infer", help="answer a jsonl split and score it")
-    i.add_argument("--model", required=True)
+    i = sub.add_parser(
+        "infer", help="answer a jsonl split and score it",
+        description="Score a fine-tuned model: this package's model file, or a bare state dict "
+        "in the upstream or native layout (such as SQA3D's released clipbert.pt: fp16 or fp32, "
+        "module. prefix or a model entry allowed), which then needs --answers and --vocab and "
+        "takes its settings from --preset/--set, checked against its tensors.")
+    i.add_argument("--model", required=True,
+                   help="native model file, or upstream/native fine-tuned state dict")
+    i.add_argument("--answers", default=None,
+                   help="for a bare state dict: train_ans2label.json or SQA3D answer_dict.json "
+                   "(the order of the head's rows)")
+    i.add_argument("--vocab", default=None,
+                   help="for a bare state dict: WordPiece vocab.txt or tokenizer folder")
+    i.add_argument("--preset", default="faithful",
+                   help="for a bare state dict: its settings (faithful, improved or tiny)")
+    i.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="for a bare state dict: override one preset value")
     i.add_argument("--jsonl", required=True)
     i.add_argument("--lmdb", default=None, help="video LMDB folder (not for a blind model)")
     i.add_argument("--predictions", required=True)
