@@ -149,6 +149,12 @@ def _question_scenes(path: str | os.PathLike) -> set[str]:
     return scenes
 
 
+def question_scenes(question_files: Sequence[str | os.PathLike]) -> list[str]:
+    """The scenes SQA3D question files use, sorted: the scene list of released videos, which
+    need no ScanNet scan list."""
+    return sorted(set().union(*(_question_scenes(qf) for qf in question_files)))
+
+
 def select_scenes(
     all_list: str | os.PathLike,
     test_list: str | os.PathLike,
