@@ -233,6 +233,9 @@ def test_every_layout_loads_the_same_weights(setup: dict, native: dict, tmp_path
         want = v.half().float() if fp16 else v
         assert loaded[k].dtype == v.dtype and torch.equal(loaded[k], want), k
     assert got.unused == (extra_keys() if fp16 else [])
+    assert [n for n in got.notes if "beside the weights" in n] == (
+        [f"model: not used: entries of {path} beside the weights: step"] if "entry" in case
+        else [])
     assert got.dtypes == (["float16"] if fp16 else ["float32"])
     assert got.head_rows == len(setup["ans2label"]) + 3 and got.ans2label == setup["ans2label"]
     assert got.cfg.model == native["mcfg"] and got.cfg.preset == "tiny"

@@ -29,6 +29,7 @@ from clipbert.checkpoints import (
     detect_layout,
     is_ignored,
     native_to_upstream,
+    other_entries,
     to_native,
     unwrap_state,
 )
@@ -81,12 +82,15 @@ def _torch_load(path: str | os.PathLike) -> object:
         raise ClipbertError(f"{path}: not a readable model file ({_one_line(e)})") from None
 
 
-def read_model_file(path: str | os.PathLike) -> dict:
-    """The raw contents of a model file (tensors on the CPU); a one-line error otherwise."""
-    obj = _torch_load(path)
+def _model_file(obj: object, path: str | os.PathLike) -> dict:
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise ClipbertError(f"{path}: not a clipbert model file (no 'format' key)")
     return obj
+
+
+def read_model_file(path: str | os.PathLike) -> dict:
+    """The raw contents of a model file (tensors on the CPU); a one-line error otherwise."""
+    return _model_file(_torch_load(path), path)
 
 
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu"
@@ -142,16 +146,16 @@ def load_for_inference(
     """
     obj = _torch_load(path)
     if isinstance(obj, dict) and "format" in obj:
-        obj = read_model_file(path)
+        obj = _model_file(obj, path)
         cfg = TrainConfig.from_dict(obj["train_config"])
-        state, layout = obj["state_dict"], "native model file"
+        state, layout, entries = obj["state_dict"], "native model file", []
         ans2label, tokenizer = obj["ans2label"], tokenizer_from_tokens(obj["vocab"])
         notes = [f"model: settings, answer map and vocabulary from the model file (preset "
                  f"{cfg.preset!r})" + "".join(f"; {name} {value} not used" for name, value in
                                                (("answers", answers), ("vocab", vocab)) if value)]
         answers_name = "the model file's own answer map"
     else:
-        state = unwrap_state(obj, path)
+        state, entries = unwrap_state(obj, path), other_entries(obj)
         try:
             layout = detect_layout(state)
         except ClipbertError as e:
@@ -202,6 +206,9 @@ def load_for_inference(
                  f"{answers_name}: predictions come from the first {len(ans2label)} rows only")
     if unused:
         notes.append(f"model: not used: {len(unused)} tensors of {path}: {', '.join(unused)}")
+    if entries:
+        notes.append(f"model: not used: entries of {path} beside the weights: "
+                     f"{', '.join(entries)}")
     return InferenceModel(model=model, cfg=cfg, ans2label=dict(ans2label), tokenizer=tokenizer,
                           layout=layout, head_rows=head_rows, dtypes=dtypes, unused=unused,
                           notes=notes)

@@ -196,7 +196,8 @@ def plot_accuracy(acc_path: str | os.PathLike, out: str | os.PathLike,
     if blind_path is not None:
         blind = _read_json(blind_path)
         b_types = _need(blind_path, "top level", blind, "per_type")
-        series.append(("blind baseline, this run",
+        series.append(("blind baseline, this run" if blind.get("trained_here", True) else
+                       f"blind baseline ({blind.get('checkpoint_name', '?')}), not trained here",
                        [_need(blind_path, "top level", blind, "overall")]
                        + [b_types.get(t, 0.0) for t in groups[1:]]))
     series.append(("majority answer, this split",
