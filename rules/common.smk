@@ -54,8 +54,20 @@ SQA_DIR = f"{DEMO_DIR}/sqa_task" if DEMO else require("data.sqa_dir")
 VOCAB = f"{DEMO_DIR}/vocab.txt" if DEMO else require_file("weights.vocab",
                                                            require("weights.vocab"))
 VIDEOS = None if DEMO else config["data"]["videos_dir"]
-BLIND = config["baselines"]["blind"]
 TRAIN = train_settings(config["train"]["overrides"])
+# Evaluation only (infer.model): a fine-tuned checkpoint is scored and nothing is trained, so no
+# `train` job is in the DAG; the blind baseline then comes only from baselines.blind_model.
+INFER_MODEL = config["infer"]["model"]
+BLIND_MODEL = config["baselines"]["blind_model"]
+EVAL_ONLY = bool(INFER_MODEL)
+BLIND = bool(BLIND_MODEL) or (config["baselines"]["blind"] and not EVAL_ONLY)
+for _key, _path, _own in (("infer.model", INFER_MODEL, "results/model.pt"),
+                          ("baselines.blind_model", BLIND_MODEL, "results/blind/model.pt")):
+    if _path:
+        require_file(_key, _path)
+        if Path(_path).resolve() == Path(_own).resolve():
+            fail(f"config: {_key}: {_path} is where this workflow's training writes; copy the "
+                 "checkpoint elsewhere to evaluate it")
 if not DEMO and not (SCANS or VIDEOS):
     fail("config: data.scans_dir or data.videos_dir is required for real data")
 for _kind, _path in config["weights"].items():
@@ -63,9 +75,9 @@ for _kind, _path in config["weights"].items():
         require_file(f"weights.{_kind}", _path)
 
 
-def sqa_files(kind: str) -> list[str]:
+def sqa_files(kind: str, splits: tuple[str, ...] = SPLITS) -> list[str]:
     name = sqa.questions_name if kind == "questions" else sqa.annotations_name
-    return [f"{SQA_DIR}/balanced/{name(s)}" for s in SPLITS]
+    return [f"{SQA_DIR}/balanced/{name(s)}" for s in splits]
 
 
 def check_real_inputs() -> None:
@@ -77,12 +89,17 @@ def check_real_inputs() -> None:
 
 def scene_list() -> list[str]:
     """Demo: known from the config. Real data: the SQA3D baseline's selection, restricted to the
-    scenes the question files use."""
+    scenes the question files use (the test split's alone when only evaluating); released videos
+    without scene lists: exactly the scenes the questions use."""
     if DEMO:
         return demo.scene_ids(config["data"]["demo"]["scenes"])
     check_real_inputs()
-    questions = sqa_files("questions") if config["data"]["restrict_to_questions"] else []
+    asked = sqa_files("questions", ("test",) if EVAL_ONLY else SPLITS)
+    lists = config["data"]["scene_lists"]
+    questions = asked if config["data"]["restrict_to_questions"] else []
     try:
+        if VIDEOS and not (lists["all"] or lists["test"]):
+            return sorted(set().union(*(sqa.question_scenes(q) for q in asked)))
         return scannet.select_scenes(
             require_file("data.scene_lists.all", require("data.scene_lists.all")),
             require_file("data.scene_lists.test", require("data.scene_lists.test")),

@@ -33,16 +33,25 @@ rule train:
 
 
 rule infer:
-    """Answer the test split and score it."""
+    """Answer the test split and score it: with the model trained here, or with the fine-tuned
+    checkpoint infer.model (then nothing is trained)."""
     input:
-        model=rules.train.output.model,
+        model=INFER_MODEL or rules.train.output.model,
         jsonl=f"{WORK}/sqa/test.jsonl",
         lmdb=rules.pack_lmdb.output[0],
+        # What a given checkpoint is read with when it is a bare state dict: the answer map
+        # (the order of its head's rows) and the vocabulary.
+        answers=rules.sqa_convert.output.ans2label if INFER_MODEL else [],
+        vocab=VOCAB if INFER_MODEL else [],
     output:
         predictions="results/test_predictions.jsonl",
         acc="results/test_acc.json",
     params:
         n_clips=config["infer"]["n_clips"],
+        preset=config["train"]["preset"],
+        overrides=config["train"]["overrides"],
+        variant=TRAIN.model.variant,
+        trained_here=not INFER_MODEL,
     threads: workflow.cores
     resources:
         gpu=1,
@@ -81,11 +90,19 @@ use rule train as train_blind with:
 
 use rule infer as infer_blind with:
     input:
-        model=rules.train_blind.output.model,
+        model=BLIND_MODEL or rules.train_blind.output.model,
         jsonl=f"{WORK}/sqa/test.jsonl",
+        answers=rules.sqa_convert.output.ans2label if BLIND_MODEL else [],
+        vocab=VOCAB if BLIND_MODEL else [],
     output:
         predictions="results/blind/test_predictions.jsonl",
         acc="results/blind/test_acc.json",
+    params:
+        n_clips=config["infer"]["n_clips"],
+        preset=config["train"]["preset"],
+        overrides={**config["train"]["overrides"], "model.variant": "blind"},
+        variant="blind",
+        trained_here=not BLIND_MODEL,
     log:
         "logs/infer_blind.log",
     benchmark:

@@ -27,11 +27,14 @@ rule plot_data:
 
 
 rule plot_training:
-    """Loss, learning rates and validation accuracy against the step."""
+    """Loss, learning rates and validation accuracy against the step; when only evaluating
+    (infer.model), a figure that says nothing was trained here."""
     input:
-        rules.train.output.metrics,
+        [] if EVAL_ONLY else rules.train.output.metrics,
     output:
         report(PLOTS["training"], caption="../report/training.rst", category="2 training"),
+    params:
+        checkpoint=INFER_MODEL,
     conda:
         ENV
     log:

@@ -411,3 +411,37 @@ def test_blind_model_takes_the_text_side_and_ignores_the_video_side(tmp_path, la
     assert "every tensor comes from the pretrained weights" in capsys.readouterr().out
     with pytest.raises(ClipbertError, match="no tensor of this resnet checkpoint"):
         load_pretrained(model, resnet=tmp_path / "clipbert.pt", verbose=False)
+
+
+def test_upstream_fine_tuned_file_for_inference(tmp_path, layout):
+    """A fine-tuned upstream file with the real key names (faithful depths, 12 layers), fp16,
+    DDP-prefixed, inside a `model` entry: the faithful preset with narrow-width overrides takes
+    every tensor, sizes the vocabulary and head from the file and lists the extras as unused."""
+    from clipbert.modelfile import load_for_inference
+
+    state = synthetic(layout, dtype=torch.float16)
+    torch.save({"model": {"module." + k: v for k, v in state.items()}, "step": 9},
+               tmp_path / "clipbert.pt")
+    (tmp_path / "vocab.txt").write_text("".join(
+        t + "\n" for t in ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "what", "is", "red"]))
+    (tmp_path / "answers.json").write_text(json.dumps({"red": 0, "two": 1, "yes": 2}))
+    overrides = {"model.stem_width": 8, "model.widths": [4, 8, 16, 32], "model.hidden_size": 16,
+                 "model.num_heads": 2, "model.intermediate_size": 24,
+                 "model.max_position_embeddings": 20}
+    got = load_for_inference(tmp_path / "clipbert.pt", answers=tmp_path / "answers.json",
+                             vocab=tmp_path / "vocab.txt", preset="faithful",
+                             overrides=overrides)
+    assert (got.layout, got.head_rows, got.dtypes) == ("upstream", 7, ["float16"])
+    assert got.cfg.model == ModelConfig(**{**CFG, "frozen_bn": True})
+    assert got.unused == [k for k in state if k in UPSTREAM_EXTRAS]
+    assert_landed(got.model, state, {k: n for k, (n, _) in layout.items()})
+    with pytest.raises(ClipbertError, match=r"tensor cnn.feature.backbone.stem.conv1.weight is "
+                       r"\[8, 3, 7, 7\] in the file but \[64, 3, 7, 7\] in the clipbert model "
+                       "of preset 'faithful'"):
+        load_for_inference(tmp_path / "clipbert.pt", answers=tmp_path / "answers.json",
+                           vocab=tmp_path / "vocab.txt")
+    with pytest.raises(ClipbertError, match="16 tensors have no place in the clipbert model of "
+                       "preset 'faithful', e.g. transformer.bert.encoder.layer.11.attention"):
+        load_for_inference(tmp_path / "clipbert.pt", answers=tmp_path / "answers.json",
+                           vocab=tmp_path / "vocab.txt", preset="faithful",
+                           overrides={**overrides, "model.num_layers": 11})

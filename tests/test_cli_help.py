@@ -50,8 +50,10 @@ def example_lines(text: str) -> list[str]:
 
 
 def readme_lines() -> list[str]:
-    """The `clipbert ...` lines of README.md's code blocks."""
-    blocks = re.findall(r"^```\n(.*?)^```$", (REPO / "README.md").read_text(), re.S | re.M)
+    """The `clipbert ...` lines of README.md's plain code blocks (a block tagged with a language,
+    such as a config file or an example on data this checkout cannot have, is not run)."""
+    blocks = re.findall(r"^```(\w*)\n(.*?)^```$", (REPO / "README.md").read_text(), re.S | re.M)
+    blocks = [text for tag, text in blocks if not tag]
     return [line.strip() for block in blocks for line in block.splitlines()
             if line.startswith("clipbert ")]
 

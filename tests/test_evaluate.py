@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_checkpoints import UPSTREAM_EXTRAS, upstream_layout
 from test_train import SMALL, env1, make_data
 
-from clipbert import evaluate, modelfile
-from clipbert.config import make_config
+from clipbert import evaluate, modelfile, vislmdb
+from clipbert.config import TrainConfig, make_config
 from clipbert.errors import ClipbertError
 from clipbert.fsutil import read_jsonl
-from clipbert.model import ClipBert
+from clipbert.model import BlindQA, ClipBert
 from clipbert.tokenizer import load_tokenizer
 
 
@@ -158,3 +159,228 @@ def test_cli_infer_and_bad_model_file(setup: dict, tmp_path: Path, capsys) -> No
     err = capsys.readouterr().err
     assert err == f"error: {setup['model']}: a video model: give the video LMDB\n"
     assert not (tmp_path / "p.jsonl").exists() and not (tmp_path / "a.json").exists()
+
+
+# ---- fine-tuned files of every layout ---------------------------------------------------------
+
+
+PIXEL_EXTRAS = {"cnn.feature.pixel_mean": (3, 1, 1), "cnn.feature.pixel_std": (3, 1, 1)}
+
+
+def upstream_state(native: dict[str, torch.Tensor], mcfg, dtype=torch.float16,
+                   prefix: str = "module.", extras: bool = True) -> dict[str, torch.Tensor]:
+    """An upstream-layout fine-tuned state dict of a native model, as upstream's trainer saves
+    one: key names from the spec's patterns (`upstream_layout`, not the code under test),
+    `dtype`, the detector heads, `pixel_mean`/`pixel_std` and pre-training extras, a DDP prefix."""
+    layout = upstream_layout({
+        "depths": mcfg.depths, "stem_width": mcfg.stem_width, "widths": mcfg.widths,
+        "hidden_size": mcfg.hidden_size, "num_layers": mcfg.num_layers,
+        "intermediate_size": mcfg.intermediate_size, "vocab_size": mcfg.vocab_size,
+        "max_position_embeddings": mcfg.max_position_embeddings, "num_labels": mcfg.num_labels})
+    assert {n for n, _ in layout.values()} == {
+        k for k in native if not k.endswith("num_batches_tracked")}
+    out = {up: native[n].to(dtype) for up, (n, _) in layout.items()}
+    if extras:
+        g = torch.Generator().manual_seed(3)
+        out.update({k: torch.randn(shape, generator=g).to(dtype)
+                    for k, shape in {**UPSTREAM_EXTRAS, **PIXEL_EXTRAS}.items()})
+    return {prefix + k: v for k, v in out.items()}
+
+
+def extra_keys() -> list[str]:
+    """The extras' names as the loader lists them (the DDP prefix is gone by then)."""
+    return list({**UPSTREAM_EXTRAS, **PIXEL_EXTRAS})
+
+
+@pytest.fixture(scope="module")
+def native(setup: dict) -> dict:
+    """The setup model file's weights, settings and the files a bare state dict needs."""
+    obj = modelfile.read_model_file(setup["model"])
+    return {"state": obj["state_dict"], "mcfg": TrainConfig.from_dict(obj["train_config"]).model,
+            "answers": setup["data_dir"] / "train_ans2label.json", "vocab": setup["vocab"]}
+
+
+def bare_args(native: dict) -> dict:
+    return {"answers": native["answers"], "vocab": native["vocab"], "preset": "tiny",
+            "overrides": SMALL}
+
+
+@pytest.mark.parametrize("case", ["model file", "native", "native in model entry",
+                                  "upstream fp32", "upstream fp16 DDP extras"])
+def test_every_layout_loads_the_same_weights(setup: dict, native: dict, tmp_path: Path,
+                                             case: str) -> None:
+    """Each layout a user meets loads every tensor of the native model into its place (fp16
+    rounded, computed in fp32), and lists the extras it does not use."""
+    path, state, kw = tmp_path / "ft.pt", native["state"], bare_args(native)
+    fp16 = case.endswith("extras")
+    if case == "model file":
+        path, kw = setup["model"], {}
+    elif case.startswith("native"):
+        torch.save({"model": state, "step": 3} if "entry" in case else state, path)
+    else:
+        torch.save(upstream_state(state, native["mcfg"], torch.float16 if fp16 else torch.float32,
+                                  prefix="module." if fp16 else "", extras=fp16), path)
+    got = modelfile.load_for_inference(path, **kw)
+    assert got.layout == {"model file": "native model file", "native": "native",
+                          "native in model entry": "native"}.get(case, "upstream")
+    loaded = got.model.state_dict()
+    assert set(loaded) == set(state)
+    for k, v in state.items():
+        if k.endswith("num_batches_tracked"):
+            continue
+        want = v.half().float() if fp16 else v
+        assert loaded[k].dtype == v.dtype and torch.equal(loaded[k], want), k
+    assert got.unused == (extra_keys() if fp16 else [])
+    assert [n for n in got.notes if "beside the weights" in n] == (
+        [f"model: not used: entries of {path} beside the weights: step"] if "entry" in case
+        else [])
+    assert got.dtypes == (["float16"] if fp16 else ["float32"])
+    assert got.head_rows == len(setup["ans2label"]) + 3 and got.ans2label == setup["ans2label"]
+    assert got.cfg.model == native["mcfg"] and got.cfg.preset == "tiny"
+    assert not got.model.training and got.model.needs_video
+
+
+def test_upstream_file_scores_like_the_native_one(setup: dict, native: dict, tmp_path: Path,
+                                                  capsys) -> None:
+    """An upstream fp32 file of the native model gives the very same predictions, and the
+    accuracy file says where the model came from."""
+    torch.set_num_threads(1)
+    test = setup["data_dir"] / "test.jsonl"
+    ref = evaluate.infer(setup["model"], test, setup["lmdb_dir"], tmp_path / "p0.jsonl",
+                         tmp_path / "a0.json")
+    assert ref["trained_here"] is True and ref["checkpoint_layout"] == "native model file"
+    up = tmp_path / "clipbert.pt"
+    torch.save(upstream_state(native["state"], native["mcfg"], torch.float32), up)
+    capsys.readouterr()
+    acc = evaluate.infer(up, test, setup["lmdb_dir"], tmp_path / "p1.jsonl",
+                         tmp_path / "a1.json", **bare_args(native))
+    out = capsys.readouterr().err
+    assert [p["predicted"] for p in read_jsonl(tmp_path / "p1.jsonl")] == [
+        p["predicted"] for p in read_jsonl(tmp_path / "p0.jsonl")]
+    assert acc["overall"] == ref["overall"]
+    assert acc["trained_here"] is False and acc["checkpoint_name"] == "clipbert.pt"
+    assert acc["checkpoint_sha256"] == hashlib.sha256(up.read_bytes()).hexdigest()
+    assert (acc["checkpoint_layout"], acc["head_rows"], acc["n_answers"]) == (
+        "upstream", len(setup["ans2label"]) + 3, len(setup["ans2label"]))
+    assert acc["checkpoint_dtypes"] == ["float32"] and acc["preset"] == "tiny"
+    unused = [line for line in out.splitlines() if "not used" in line]
+    assert len(unused) == 1 and all(k in unused[0] for k in extra_keys())
+
+
+def test_predictions_come_only_from_rows_with_answers(setup: dict, native: dict,
+                                                      tmp_path: Path) -> None:
+    """Rows past the vocabulary never win, however large their logits, and row k is the answer
+    labelled k (in `answer_dict.json` order, which `train_ans2label.json` keeps)."""
+    n = len(setup["ans2label"])
+    k = n - 2
+    state = dict(native["state"])
+    bias = state["transformer.classifier.2.bias"].clone()
+    bias[n:] = 1e4
+    bias[k] = 1e3
+    state["transformer.classifier.2.bias"] = bias
+    torch.save(upstream_state(state, native["mcfg"]), tmp_path / "ft.pt")
+    label2ans = {v: a for a, v in setup["ans2label"].items()}
+    for answers in (native["answers"], setup["root"] / "demo/sqa_task/answer_dict.json"):
+        evaluate.infer(tmp_path / "ft.pt", setup["data_dir"] / "test.jsonl", setup["lmdb_dir"],
+                       tmp_path / "p.jsonl", tmp_path / "a.json",
+                       **{**bare_args(native), "answers": answers})
+        assert {p["predicted"] for p in read_jsonl(tmp_path / "p.jsonl")} == {label2ans[k]}
+
+
+def test_blind_state_dict_and_variant_check(setup: dict, native: dict, tmp_path: Path) -> None:
+    """A bare blind state dict loads as the blind model; a slot that needs the other variant
+    refuses it, naming the file."""
+    mcfg = dataclasses.replace(native["mcfg"], variant="blind")
+    torch.manual_seed(1)
+    torch.save({"module." + k: v for k, v in BlindQA(mcfg).state_dict().items()},
+               tmp_path / "blind.pt")
+    got = modelfile.load_for_inference(tmp_path / "blind.pt", **bare_args(native),
+                                       variant="blind")
+    assert not got.model.needs_video and got.cfg.model.variant == "blind"
+    with pytest.raises(ClipbertError, match=f"^{tmp_path}/blind.pt: a 'blind' model "
+                       r"\(model.variant\), but a 'clipbert' one is needed here$"):
+        modelfile.load_for_inference(tmp_path / "blind.pt", **bare_args(native),
+                                     variant="clipbert")
+    with pytest.raises(ClipbertError, match="a 'clipbert' model .*'blind' one is needed"):
+        modelfile.load_for_inference(setup["model"], variant="blind")
+
+
+def _bad_inputs(case: str, setup: dict, native: dict, tmp: Path) -> tuple[list[str], str]:
+    """(extra clipbert infer arguments, the one-line error) of one bad input."""
+    path = tmp / "ft.pt"
+    bare = ["--model", str(path), "--answers", str(native["answers"]), "--vocab",
+            str(native["vocab"]), "--preset", "tiny",
+            *[f"--set={k}={json.dumps(v)}" for k, v in SMALL.items()]]
+    n = len(setup["ans2label"])
+    up = upstream_state(native["state"], native["mcfg"])
+    if case == "not a state dict":
+        torch.save([torch.zeros(2), 3], path)
+        return bare, f"{path}: expected a state dict, found a list"
+    if case == "too few head rows":
+        small = dataclasses.replace(native["mcfg"], num_labels=n - 1)
+        torch.manual_seed(0)
+        torch.save(upstream_state(ClipBert(small).state_dict(), small), path)
+        return bare, (f"{path}: the answer head (transformer.classifier.2.weight) has {n - 1} "
+                      f"rows, fewer than the {n} answers of {native['answers']}")
+    if case == "missing tensor":
+        del up["module.transformer.bert.encoder.layer.1.output.dense.weight"]
+        torch.save(up, path)
+        return bare, (f"{path}: missing tensor transformer.bert.encoder.layer.1.output.dense."
+                      "weight, needed by the clipbert model of preset 'tiny'")
+    if case == "missing backbone tensors":
+        up = {k: v for k, v in up.items() if ".res3." not in k}
+        torch.save(up, path)
+        return bare, (f"{path}: missing tensor cnn.feature.backbone.res3.0.conv1.weight (and "
+                      "19 more), needed by the clipbert model of preset 'tiny'")
+    if case == "pretrained, not fine-tuned":
+        torch.save({k: v for k, v in up.items() if ".classifier." not in k}, path)
+        return bare, (f"{path}: missing tensor transformer.classifier.2.weight (the answer "
+                      "head: a pretrained, not a fine-tuned, ClipBERT file?)")
+    if case == "preset does not fit":
+        torch.save(up, path)
+        return (bare[:6] + ["--preset", "faithful"],
+                f"{path}: tensor cnn.feature.backbone.stem.conv1.weight is [16, 3, 7, 7] "
+                "in the file but [64, 3, 7, 7] in the clipbert model of preset 'faithful': the "
+                "settings do not fit this file (choose them with train.preset / train.overrides "
+                "in the workflow, --preset / --set with clipbert infer)")
+    if case == "no answer map":
+        torch.save(up, path)
+        return ([a for a in bare if a not in ("--answers", str(native["answers"]))],
+                f"{path}: a bare state dict (upstream layout) has no answer map: give "
+                "train_ans2label.json or answer_dict.json (its head's row order)")
+    if case == "video LMDB without a test scene":
+        rows = read_jsonl(setup["data_dir"] / "test.jsonl")
+        scenes = sorted({r["video_id"] for r in rows})
+        vislmdb.pack_lmdb(tmp / "vis_db", [p for p in sorted((setup["root"] / "videos").iterdir())
+                                           if p.stem != scenes[0]])
+        n = sum(r["video_id"] == scenes[0] for r in rows)
+        qids = [r["question_id"] for r in rows if r["video_id"] == scenes[0]]
+        shown = ", ".join(map(str, qids[:3])) + (f" and {n - 3} more" if n > 3 else "")
+        return (["--model", str(setup["model"]), "--lmdb", str(tmp / "vis_db")],
+                f"{setup['data_dir'] / 'test.jsonl'}: {n} question{'s' if n > 1 else ''} (in 1 "
+                f"scene) {'have' if n > 1 else 'has'} no video in {tmp / 'vis_db'}: {scenes[0]} "
+                f"(question{'s' if n > 1 else ''} {shown}); encode the scene's video or remove "
+                "its questions")
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", [
+    "not a state dict", "too few head rows", "missing tensor", "missing backbone tensors",
+    "pretrained, not fine-tuned", "preset does not fit", "no answer map",
+    "video LMDB without a test scene"])
+def test_bad_fine_tuned_inputs_fail_in_one_line(setup: dict, native: dict, tmp_path: Path,
+                                                capsys, case: str) -> None:
+    from clipbert.cli import main
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    args, message = _bad_inputs(case, setup, native, inputs)
+    if "--lmdb" not in args:
+        args += ["--lmdb", str(setup["lmdb_dir"])]
+    out = tmp_path / "out"
+    out.mkdir()
+    capsys.readouterr()
+    assert main(["infer", *args, "--jsonl", str(setup["data_dir"] / "test.jsonl"),
+                 "--predictions", str(out / "p.jsonl"), "--out", str(out / "a.json")]) == 1
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert list(out.iterdir()) == []

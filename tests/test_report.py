@@ -88,6 +88,15 @@ def test_training_plot(tmp_path):
     assert w > 500 and h > 200
 
 
+def test_training_plot_when_nothing_was_trained(tmp_path):
+    """Evaluation only (infer.model): no log, a figure that says so and names the checkpoint."""
+    out = report.plot_training(None, tmp_path / "training.png", checkpoint="rel/clipbert.pt")
+    with Image.open(out) as im:
+        assert im.text["Description"] == ("not trained here: the test accuracy comes from the "
+                                          "given checkpoint clipbert.pt (infer.model)")
+        assert im.size[0] > 500
+
+
 def test_bad_input_names_the_file_and_leaves_no_png(tmp_path):
     log = tmp_path / "train_log.jsonl"
     log.write_text('{"step": 1, "loss": 2}\n{"step": 2, "loss"\n')

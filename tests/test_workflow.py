@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -202,3 +203,142 @@ def test_reruns_follow_the_inputs(tmp_path):
     assert (wd / "results/model.pt").read_bytes() != model
     proc = snakemake(wd, "results/test_acc.json", config=smaller)
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+# ---- evaluation only (infer.model) -------------------------------------------------------------
+
+
+def test_eval_only_dag_has_no_training(tmp_path):
+    """With infer.model the DAG holds no train job, and no blind one unless blind_model names
+    a checkpoint (which is then scored, not trained)."""
+    (tmp_path / "ck").mkdir()
+    for name in ("clipbert.pt", "blind.pt"):
+        (tmp_path / "ck" / name).write_bytes(b"read only when the job runs")
+    cfg = {**SMALL, "infer": {"model": "ck/clipbert.pt"}}
+    counts = job_stats(snakemake(tmp_path, "-n", config=cfg).stdout)
+    assert counts["infer"] == counts["plot_training"] == counts["plot_benchmarks"] == 1, counts
+    assert not {"train", "train_blind", "infer_blind"} & set(counts), counts
+    counts = job_stats(snakemake(tmp_path, "-n", "results/test_acc.json", config=cfg).stdout)
+    assert "train" not in counts and counts["infer"] == 1, counts
+    cfg["baselines"] = {"blind_model": "ck/blind.pt"}
+    counts = job_stats(snakemake(tmp_path, "-n", config=cfg).stdout)
+    assert counts["infer_blind"] == 1 and not {"train", "train_blind"} & set(counts), counts
+    cfg = {**SMALL, "baselines": {"blind_model": "ck/blind.pt"}}  # training the video model only
+    counts = job_stats(snakemake(tmp_path, "-n", config=cfg).stdout)
+    assert counts["train"] == counts["infer_blind"] == 1 and "train_blind" not in counts, counts
+
+
+def test_eval_only_checkpoint_errors_name_the_key(tmp_path):
+    proc = snakemake(tmp_path, "-n", config={**SMALL, "infer": {"model": "no/clipbert.pt"}},
+                     check=False)
+    assert proc.returncode != 0
+    assert "error: config: infer.model: no/clipbert.pt not found" in proc.stderr, proc.stderr
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results/model.pt").write_bytes(b"x")
+    proc = snakemake(tmp_path, "-n", config={**SMALL, "infer": {"model": "results/model.pt"}},
+                     check=False)
+    assert proc.returncode != 0
+    assert ("error: config: infer.model: results/model.pt is where this workflow's training "
+            "writes" in proc.stderr), proc.stderr
+
+
+def test_released_videos_and_checkpoint_need_nothing_else(tmp_path):
+    """The SQA3D release (sqa_task/, <scene>.mp4 videos), a checkpoint and a vocabulary: no
+    scans and no scene lists; only the test split's videos are packed, and a missing one is
+    named before any job."""
+    from clipbert import demo, sqa
+
+    src = tmp_path / "release"
+    demo.make_demo(src, scenes=6, frames=20)
+    test_scenes = sorted(sqa.question_scenes(
+        src / "sqa_task/balanced/v1_balanced_questions_test_scannetv2.json"))
+    videos = tmp_path / "video"
+    videos.mkdir()
+    for s in demo.scene_ids(6):
+        (videos / f"{s}.mp4").write_bytes(b"read only when the job runs")
+    (tmp_path / "clipbert.pt").write_bytes(b"x")
+    cfg = {"data": {"source": "scannet", "sqa_dir": str(src / "sqa_task"),
+                    "videos_dir": str(videos)},
+           "train": {"preset": "faithful"}, "infer": {"model": str(tmp_path / "clipbert.pt")},
+           "weights": {"vocab": str(src / "vocab.txt")}}
+    proc = snakemake(tmp_path, "-n", config=cfg)
+    counts = job_stats(proc.stdout)
+    assert counts == {"sqa_convert": 1, "pack_lmdb": 1, "infer": 1, "plot_data": 1,
+                      "plot_frames": 1, "plot_training": 1, "plot_benchmarks": 1,
+                      "plot_confusion": 1, "plot_test_accuracy": 1, "all": 1, "total": 10}, counts
+    packed = proc.stdout.split("rule pack_lmdb:", 1)[1].split("output:", 1)[0]
+    assert sorted(p.rsplit("/", 1)[1] for p in packed.split("input:", 1)[1].strip().split(", ")
+                  ) == [f"{s}.mp4" for s in test_scenes], packed
+    assert 0 < len(test_scenes) < 6
+    (videos / f"{test_scenes[0]}.mp4").unlink()
+    proc = snakemake(tmp_path, "-n", config=cfg, check=False)
+    assert proc.returncode != 0
+    assert (f"error: config: data.videos_dir: 1 of {len(test_scenes)} scenes the questions use "
+            f"have no video in {videos}: {videos}/{test_scenes[0]}.mp4" in proc.stderr), proc.stderr
+
+
+@pytest.mark.slow
+def test_eval_only_scores_an_upstream_file_of_a_trained_model(tmp_path):
+    """A demo model trained in this process and saved as upstream's trainer saves one (upstream
+    key names, fp16, detector heads and pixel_mean, a DDP prefix), scored by the default target
+    with infer.model in a fresh folder: no train job runs, the predictions equal the native
+    model's on at least 99 % of the questions, and the report says nothing was trained here."""
+    import torch
+    from PIL import Image
+    from test_evaluate import extra_keys, upstream_state
+    from test_train import SMALL as TRAIN_SMALL
+    from test_train import make_data
+
+    from clipbert import evaluate, modelfile, train
+    from clipbert.config import TrainConfig, make_config
+    from clipbert.fsutil import read_jsonl
+
+    # Enough steps (~20 s) that the model answers by question type, not one answer for all:
+    # agreement between two constant predictors would prove nothing.
+    overrides = {**TRAIN_SMALL, "epochs": 20, "lr": 2e-3, "train_n_clips": 1, "log_every": 50}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ds = make_data(tmp_path / "data")  # the workflow's SMALL demo, through the real stages
+        native = tmp_path / "native.pt"
+        train.train(make_config("tiny", overrides), ds["data_dir"], ds["lmdb_dir"], native,
+                    tmp_path / "state", vocab=ds["vocab"])
+        obj = modelfile.read_model_file(native)
+        ck = tmp_path / "release" / "clipbert.pt"
+        ck.parent.mkdir()
+        torch.save(upstream_state(obj["state_dict"],
+                                  TrainConfig.from_dict(obj["train_config"]).model), ck)
+        wd = tmp_path / "run"
+        wd.mkdir()
+        proc = snakemake(wd, config={**SMALL, "train": {"preset": "tiny", "overrides": overrides},
+                                     "infer": {"model": str(ck)}})
+        counts = job_stats(proc.stdout + proc.stderr)
+        assert counts["infer"] == 1 and counts["plot_training"] == 1, counts
+        assert not {"train", "train_blind", "infer_blind"} & set(counts), counts
+        assert not (wd / "results/train_log.jsonl").exists()
+        assert json.loads((wd / "work/demo/sqa/train_ans2label.json").read_text()) == obj[
+            "ans2label"]
+        ref = evaluate.infer(native, wd / "work/demo/sqa/test.jsonl", wd / "work/demo/vis_db",
+                             tmp_path / "native_predictions.jsonl", tmp_path / "native_acc.json")
+    finally:
+        torch.set_num_threads(threads)
+    got = read_jsonl(wd / "results/test_predictions.jsonl")
+    want = read_jsonl(tmp_path / "native_predictions.jsonl")
+    assert [g["question_id"] for g in got] == [w["question_id"] for w in want]
+    assert len({w["predicted"] for w in want}) >= 3, want
+    same = sum(g["predicted"] == w["predicted"] for g, w in zip(got, want, strict=True))
+    assert same >= 0.99 * len(want), (same, len(want))
+    acc = json.loads((wd / "results/test_acc.json").read_text())
+    assert abs(acc["overall"] - ref["overall"]) <= 100 * (len(want) - same) / len(want)
+    assert acc["trained_here"] is False and ref["trained_here"] is True
+    assert (acc["checkpoint_name"], acc["checkpoint_layout"], acc["checkpoint_dtypes"]) == (
+        "clipbert.pt", "upstream", ["float16"])
+    assert acc["checkpoint_sha256"] == hashlib.sha256(ck.read_bytes()).hexdigest()
+    assert acc["head_rows"] == ref["head_rows"] and acc["n_answers"] == len(obj["ans2label"])
+    log = (wd / "logs/infer.log").read_text()
+    unused = [line for line in log.splitlines() if "not used" in line]
+    assert len(unused) == 1 and all(k in unused[0] for k in extra_keys()), log
+    text = Image.open(wd / "results/plots/training.png").text["Description"]
+    assert text.startswith("not trained here") and "clipbert.pt" in text
+    for name in ("data", "test_accuracy", "confusion", "frames", "benchmarks"):
+        assert (wd / f"results/plots/{name}.png").stat().st_size > 0, name

@@ -10,7 +10,7 @@ with workflow_step(snakemake):
     if rule == "plot_data":
         report.plot_data(i.stats, i.lmdb, out)
     elif rule == "plot_training":
-        report.plot_training(i[0], out)
+        report.plot_training(i[0] if len(i) else None, out, checkpoint=p.checkpoint)
     elif rule == "plot_test_accuracy":
         report.plot_accuracy(i.acc, out, blind_path=i.blind or None)
     elif rule == "plot_confusion":

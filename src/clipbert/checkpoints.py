@@ -158,22 +158,38 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise ClipbertError(f"{path}: cannot read the safetensors file ({e})") from None
 
 
-def _unwrap(obj: object, path: Path) -> dict:
+def _inner_key(obj: dict) -> str | None:
+    """The entry holding the tensors of a wrapped checkpoint (`state_dict`, `model`), if any."""
+    for key in ("state_dict", "model"):
+        inner = obj.get(key)
+        if isinstance(inner, dict) and any(isinstance(v, torch.Tensor) for v in inner.values()):
+            return key
+    return None
+
+
+def unwrap_state(obj: object, path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The flat name -> tensor mapping inside what torch.load returned: a native model file
     (`state_dict`), a detectron2/trainer checkpoint (`model`) or a bare state dict."""
     if not isinstance(obj, dict):
         raise ClipbertError(f"{path}: expected a state dict, found a {type(obj).__name__}")
-    for key in ("state_dict", "model"):
-        inner = obj.get(key)
-        if isinstance(inner, dict) and any(isinstance(v, torch.Tensor) for v in inner.values()):
-            obj = inner
-            break
+    key = _inner_key(obj)
+    if key is not None:
+        obj = obj[key]
     state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not state:
         raise ClipbertError(f"{path}: no tensors in this file")
     if all(k.startswith("module.") for k in state):  # saved from a DistributedDataParallel
         state = {k.removeprefix("module."): v for k, v in state.items()}
     return state
+
+
+def other_entries(obj: dict) -> list[str]:
+    """The entries of a loaded checkpoint that `unwrap_state` leaves out: everything beside the
+    wrapped state dict (`step`, `optimizer`, ...), or the non-tensor values of a bare one."""
+    key = _inner_key(obj)
+    if key is not None:
+        return [str(k) for k in obj if k != key]
+    return [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
 
 
 def read_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -190,7 +206,7 @@ def read_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ClipbertError(f"{path}: checkpoint not found")
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
-    return _unwrap(_torch_load(path), path)
+    return unwrap_state(_torch_load(path), path)
 
 
 def detect_layout(state: dict[str, torch.Tensor]) -> str:

@@ -585,7 +585,8 @@ def _infer(a: argparse.Namespace) -> None:
 
     result = evaluate.infer(
         a.model, jsonl=a.jsonl, lmdb_dir=a.lmdb, predictions=a.predictions, out=a.out,
-        n_clips=a.n_clips, device=a.device,
+        n_clips=a.n_clips, device=a.device, answers=a.answers, vocab=a.vocab, preset=a.preset,
+        overrides=_parse_sets(a.set),
     )
     shown = {k: result[k] for k in ("overall", "per_type", "n_questions", "ceiling")}
     _print_json({**shown, "majority_baseline": result["majority_baseline"]["overall"]})
@@ -636,11 +637,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    "file, detectron2 = grid-feat checkpoint, resnet = torchvision ResNet-50 "
                    "state dict, bert = Hugging Face BERT folder; default: random weights)")
     t.set_defaults(func=_train)
+
+
+def _add_infer(sub: argparse._SubParsersAction) -> None:
     i = sub.add_parser(
         "infer", help="answer a jsonl split and score it",
-        description="Answer every question of a jsonl split with a trained model, write the "
+        description="Answer every question of a jsonl split with a fine-tuned model, write the "
         "predictions and the accuracy json (overall and per answer type, with the "
-        "majority-answer baseline), and print the accuracy.",
+        "majority-answer baseline), and print the accuracy. The model is this package's model "
+        "file, or a bare state dict in the upstream or native layout (such as SQA3D's released "
+        "clipbert.pt: fp16 or fp32, module. prefix or a model entry allowed), which then needs "
+        "--answers and --vocab and takes its settings from --preset/--set, checked against its "
+        "tensors.",
         epilog=_examples(
             "clipbert infer --model results/model.pt --jsonl work/demo/sqa/test.jsonl "
             "--lmdb work/demo/vis_db --predictions work/try/test_predictions.jsonl "
@@ -648,9 +656,25 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             "# 4 evaluation clips over each video, on the CPU",
             "clipbert infer --model results/model.pt --jsonl work/demo/sqa/val.jsonl "
             "--lmdb work/demo/vis_db --predictions work/try/val_predictions.jsonl "
-            "--out work/try/val_acc.json --n-clips 4 --device cpu"))
+            "--out work/try/val_acc.json --n-clips 4 --device cpu",
+            "# SQA3D's released clipbert.pt (README: Evaluate the released model)",
+            "# clipbert infer --model clipbert.pt --answers SQA_DIR/answer_dict.json --vocab "
+            "vocab.txt --jsonl work/scannet/sqa/test.jsonl --lmdb work/scannet/vis_db "
+            "--predictions P.jsonl --out acc.json"))
     i.add_argument("--model", required=True, metavar="MODEL.pt",
-                   help="a model file written by `clipbert train`")
+                   help="a model file written by `clipbert train`, or an upstream/native "
+                   "fine-tuned state dict")
+    i.add_argument("--answers", default=None, metavar="ANSWERS.json",
+                   help="for a bare state dict: train_ans2label.json or SQA3D answer_dict.json, "
+                   "the order of the head's rows (default: none; a model file has its own)")
+    i.add_argument("--vocab", default=None, metavar="PATH",
+                   help="for a bare state dict: WordPiece vocab.txt or tokenizer folder "
+                   "(default: none; a model file has its own)")
+    i.add_argument("--preset", default="faithful", help="for a bare state dict: its settings, "
+                   "faithful, improved or tiny (a model file has its own)")
+    i.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="for a bare state dict: override one preset value, as for train "
+                   "(default: none)")
     i.add_argument("--jsonl", required=True, metavar="JSONL",
                    help="the questions to answer (`clipbert sqa convert`)")
     i.add_argument("--lmdb", default=None, metavar="LMDB_DIR",
@@ -686,7 +710,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_examples("clipbert demo make work/try/demo", f"clipbert sens info {_SENS}",
                          "clipbert model summary --preset tiny", "clipbert train --help"))
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_demo, _add_sens, _add_video, _add_lmdb, _add_sqa, _add_model, _add_train):
+    for add in (_add_demo, _add_sens, _add_video, _add_lmdb, _add_sqa, _add_model, _add_train,
+                _add_infer):
         add(sub)
     _finish_help(parser)
     return parser

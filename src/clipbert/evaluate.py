@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import sys
 from pathlib import Path
 
 import torch
@@ -13,9 +14,10 @@ from clipbert import data, runtime
 from clipbert.config import TrainConfig
 from clipbert.errors import ClipbertError
 from clipbert.fsutil import file_sha256, write_json, write_jsonl
-from clipbert.modelfile import load_model
+from clipbert.modelfile import load_for_inference
 from clipbert.progress import progress
 from clipbert.qa import ANSWER_TYPES, UNKNOWN, answer_type, prediction_row, read_rows
+from clipbert.sqa import available_videos, check_videos
 
 
 def pct(correct: int, total: int) -> float:
@@ -70,11 +72,14 @@ def label_answers(labels: list[int], ans2label: dict[str, int]) -> list[str]:
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, dataset, collate, device: torch.device,
-            cfg: TrainConfig) -> list[int]:
+            cfg: TrainConfig, n_answers: int | None = None) -> list[int]:
     """Argmax label for every example of `dataset`, in order (no shuffling, no substitution).
 
     The model aggregates its per-clip logits with the training `score_agg_func`, so evaluation
-    scores clips exactly as the loss did. An undecodable video is an error here, never skipped.
+    scores clips exactly as the loss did. With `n_answers` the argmax runs over the first
+    `n_answers` logits only: the head's rows past the answer vocabulary (upstream sizes it to at
+    least 1500) have no answer, so they can never be the prediction. An undecodable video is an
+    error here, never skipped.
     """
     was_training = model.training
     model.eval()
@@ -84,20 +89,30 @@ def predict(model: torch.nn.Module, dataset, collate, device: torch.device,
         generator=torch.Generator().manual_seed(0))  # leaves the training RNG streams alone
     out: list[torch.Tensor] = []
     for batch in progress(loader, "evaluation", unit="batches"):
-        out.append(runtime.forward_batch(model, batch, cfg, device).argmax(dim=-1))
+        logits = runtime.forward_batch(model, batch, cfg, device)
+        out.append(logits[:, :n_answers].argmax(dim=-1))
     model.train(was_training)
     return torch.cat(out).tolist() if out else []
 
 
 def infer(model_path, jsonl, lmdb_dir, predictions, out, n_clips: int | None = None,
-          device: str | None = None) -> dict:
+          device: str | None = None, *, answers=None, vocab=None, preset: str = "faithful",
+          overrides: dict | None = None, variant: str | None = None,
+          trained_here: bool | None = None, threads: int | None = None) -> dict:
     """Answer every question of `jsonl` and write predictions and the accuracy json (the blind
-    baseline's model reads no video: `lmdb_dir` may then be None)."""
+    baseline's model reads no video: `lmdb_dir` may then be None).
+
+    `model_path` is any fine-tuned file `modelfile.load_for_inference` reads: a bare upstream
+    or native state dict takes its settings from `preset` + `overrides`, its answer map from
+    `answers` and its tokenizer from `vocab`. `trained_here` (recorded; default: whether the
+    file is a native model file) says whether this project's training made the model.
+    `threads` fixes the CPU threads (None: torch's default).
+    """
+    runtime.set_threads(threads)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, cfg, ans2label, tokenizer = load_model(model_path, dev)
-    numerics = runtime.set_numerics(cfg, dev)
-    if numerics:
-        print(numerics, flush=True)
+    loaded = load_for_inference(model_path, dev, answers=answers, vocab=vocab, preset=preset,
+                                overrides=overrides, variant=variant)
+    model, cfg, ans2label = loaded.model, loaded.cfg, loaded.ans2label
     if not model.needs_video:
         lmdb_dir = None
     elif lmdb_dir is None:
@@ -107,11 +122,20 @@ def infer(model_path, jsonl, lmdb_dir, predictions, out, n_clips: int | None = N
     rows = read_rows(jsonl)
     if not rows:
         raise ClipbertError(f"{jsonl}: no questions")
+    if lmdb_dir is not None:  # before the first batch: a wrong LMDB fails at once
+        check_videos(jsonl, available_videos(lmdb_dir))
+    numerics = runtime.set_numerics(cfg, dev)
+    # The log's lines, on stderr (`clipbert infer` prints JSON on stdout), once the inputs are
+    # known to be good: a bad one is the only line.
+    for line in [*loaded.notes, numerics] if numerics else loaded.notes:
+        print(line, file=sys.stderr, flush=True)
     dataset = data.dataset_for(cfg, rows, lmdb_dir, ans2label, train=False)
-    collate = data.make_collate(tokenizer, cfg.max_txt_len, cfg.pad_to_max)
-    answers = label_answers(predict(model, dataset, collate, dev, cfg), ans2label)
-    write_jsonl(predictions, (prediction_row(r, a) for r, a in zip(rows, answers, strict=True)))
-    result = score(rows, answers)
+    collate = data.make_collate(loaded.tokenizer, cfg.max_txt_len, cfg.pad_to_max)
+    labels = predict(model, dataset, collate, dev, cfg, n_answers=len(ans2label))
+    answers_out = label_answers(labels, ans2label)
+    write_jsonl(predictions, (prediction_row(r, a)
+                              for r, a in zip(rows, answers_out, strict=True)))
+    result = score(rows, answers_out)
     n_unknown = sum(r["answer"] == UNKNOWN for r in rows)
     result.update({
         "n_unknown": n_unknown,
@@ -124,7 +148,14 @@ def infer(model_path, jsonl, lmdb_dir, predictions, out, n_clips: int | None = N
         "blind": not model.needs_video,
         "bf16": runtime.bf16_on(cfg, dev),
         "checkpoint": str(model_path),
+        "checkpoint_name": Path(model_path).name,
         "checkpoint_sha256": file_sha256(model_path),
+        "checkpoint_layout": loaded.layout,
+        "checkpoint_dtypes": loaded.dtypes,
+        "head_rows": loaded.head_rows,
+        "n_answers": len(ans2label),
+        "trained_here": (loaded.layout == "native model file" if trained_here is None
+                         else trained_here),
         "split": Path(jsonl).stem,
     })
     write_json(out, result)

@@ -1,15 +1,23 @@
-"""The model file: one self-contained file per trained model, written by training and read by
-evaluation, so that inference needs nothing but the file and the data.
+"""Model files: the native one written by training, and every fine-tuned file inference meets.
 
-It holds the weights (fp32), the full training configuration, the answer map and the tokenizer's
+The native model file is self-contained, so that inference needs nothing but the file and the
+data: the weights (fp32), the full training configuration, the answer map and the tokenizer's
 vocabulary, plus a few facts about the run (step, validation accuracy, which weights were kept).
-It is read with `weights_only=True`: a model file is data, and unpickling objects would run code.
+
+A fine-tuned file from upstream ClipBERT (such as SQA3D's released `clipbert.pt`) is a bare
+state dict (fp16 or fp32, maybe with a DDP `module.` prefix or inside a `model` entry) with no
+settings, answers or vocabulary: `load_for_inference` takes those from a preset, the answer
+file and the vocab file, and checks every size against the tensors. Everything is read with
+`weights_only=True`: a model file is data, and unpickling objects would run code.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +25,28 @@ import torch
 from torch import nn
 
 from clipbert import runtime
-from clipbert.config import TrainConfig
+from clipbert.checkpoints import (
+    detect_layout,
+    is_ignored,
+    native_to_upstream,
+    other_entries,
+    to_native,
+    unwrap_state,
+)
+from clipbert.config import TrainConfig, make_config
 from clipbert.errors import ClipbertError
 from clipbert.fsutil import atomic_path
 from clipbert.model import build_model
+from clipbert.sqa import load_answer_dict
 from clipbert.tokenizer import load_tokenizer
 
 FORMAT = "clipbert-native-1"
+# The tensors that size the two data-dependent settings of a bare state dict.
+HEAD = "transformer.classifier.2.weight"
+WORDS = "transformer.bert.embeddings.word_embeddings.weight"
+# What the settings of a bare state dict are chosen with, for error messages.
+_SETTINGS_HINT = ("choose them with train.preset / train.overrides in the workflow, --preset / "
+                  "--set with clipbert infer")
 
 
 def vocab_tokens(tokenizer: Any) -> list[str]:
@@ -50,28 +73,224 @@ def save_model_file(path: str | os.PathLike, model: nn.Module, cfg: TrainConfig,
         torch.save(obj, tmp)
 
 
-def read_model_file(path: str | os.PathLike) -> dict:
-    """The raw contents of a model file (tensors on the CPU); a one-line error otherwise."""
+def _torch_load(path: str | os.PathLike) -> object:
+    if not Path(path).is_file():
+        raise ClipbertError(f"{path}: no such file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
         raise ClipbertError(f"{path}: not a readable model file ({_one_line(e)})") from None
+
+
+def _model_file(obj: object, path: str | os.PathLike) -> dict:
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise ClipbertError(f"{path}: not a clipbert model file (no 'format' key)")
     return obj
 
 
+def read_model_file(path: str | os.PathLike) -> dict:
+    """The raw contents of a model file (tensors on the CPU); a one-line error otherwise."""
+    return _model_file(_torch_load(path), path)
+
+
+@dataclass
+class InferenceModel:
+    """A model ready to answer questions, and what a result should record about its file."""
+
+    model: nn.Module
+    cfg: TrainConfig
+    ans2label: dict[str, int]
+    tokenizer: Any
+    layout: str  # "native model file", or the layout of a bare state dict: upstream, native
+    head_rows: int  # rows of the answer head; only the first len(ans2label) have an answer
+    dtypes: list[str]  # floating-point dtypes of the tensors loaded, as stored in the file
+    unused: list[str]  # tensors of the file the model has no use for, in file order
+    notes: list[str]  # what inference logs about the loading
+
+
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu"
                ) -> tuple[nn.Module, TrainConfig, dict[str, int], Any]:
-    """Load a model file for inference: (model in eval mode on `device`, its training config,
-    ans2label, tokenizer)."""
-    obj = read_model_file(path)
+    """A model file for inference: (model in eval mode on `device`, its settings, ans2label,
+    tokenizer)."""
+    m = load_for_inference(path, device)
+    return m.model, m.cfg, m.ans2label, m.tokenizer
+
+
+@dataclass
+class _Source:
+    """What a file brings: settings, weights and their layout, answers and tokenizer."""
+
+    cfg: TrainConfig
+    state: dict[str, torch.Tensor]
+    layout: str
+    entries: list[str]
+    ans2label: dict[str, int]
+    tokenizer: Any
+    notes: list[str]
+    answers_name: str
+
+
+def _native_file(obj: dict, path, answers, vocab) -> _Source:
+    obj = _model_file(obj, path)
     cfg = TrainConfig.from_dict(obj["train_config"])
+    notes = [f"model: settings, answer map and vocabulary from the model file (preset "
+             f"{cfg.preset!r})" + "".join(f"; {name} {value} not used" for name, value in
+                                           (("answers", answers), ("vocab", vocab)) if value)]
+    return _Source(cfg, obj["state_dict"], "native model file", [], obj["ans2label"],
+                   tokenizer_from_tokens(obj["vocab"]), notes, "the model file's own answer map")
+
+
+def _bare_state(obj: object, path, answers, vocab, preset: str,
+                overrides: dict | None) -> _Source:
+    state, entries = unwrap_state(obj, path), other_entries(obj)
+    try:
+        layout = detect_layout(state)
+    except ClipbertError as e:
+        raise ClipbertError(f"{path}: {e}") from None
+    if layout not in ("upstream", "native"):
+        raise ClipbertError(f"{path}: a {layout} checkpoint (pretrained weights to train "
+                            "from), not a fine-tuned ClipBERT model")
+    cfg = _bare_settings(path, state, layout, preset, overrides)
+    if answers is None:
+        raise ClipbertError(f"{path}: a bare state dict ({layout} layout) has no answer map: "
+                            "give train_ans2label.json or answer_dict.json (its head's row "
+                            "order)")
+    if vocab is None:
+        raise ClipbertError(f"{path}: a bare state dict ({layout} layout) has no "
+                            "vocabulary: give the WordPiece vocab.txt it was trained with")
+    ans2label, tokenizer = load_answer_dict(answers), load_tokenizer(vocab)
+    n_tokens = len(tokenizer.get_vocab())
+    if n_tokens > cfg.model.vocab_size:
+        raise ClipbertError(f"{vocab}: {n_tokens} tokens, but the word embeddings of {path} "
+                            f"have {cfg.model.vocab_size} rows")
+    notes = [f"model: settings of preset {preset!r}"
+             + (f" with overrides {json.dumps(overrides, sort_keys=True)}" if overrides else "")
+             + f", sizes checked against the tensors: {cfg.model.variant} model, "
+             f"{cfg.model.vocab_size} word embeddings ({n_tokens} tokens in {vocab})"]
+    return _Source(cfg, state, layout, entries, ans2label, tokenizer, notes, str(answers))
+
+
+def load_for_inference(
+    path: str | os.PathLike,
+    device: torch.device | str = "cpu",
+    *,
+    answers: str | os.PathLike | None = None,
+    vocab: str | os.PathLike | None = None,
+    preset: str = "faithful",
+    overrides: dict | None = None,
+    variant: str | None = None,
+) -> InferenceModel:
+    """Load any fine-tuned model file for inference: a native model file (which brings its own
+    settings, answers and vocabulary: `answers`, `vocab`, `preset` and `overrides` are then not
+    used), or a bare state dict in the upstream or native layout, whose settings are `preset`
+    plus `overrides` with the vocabulary size and the head's row count taken from its tensors,
+    whose answer map is `answers` (`train_ans2label.json` or `answer_dict.json`: the order of
+    the head's rows) and whose tokenizer is `vocab`.
+
+    Every tensor the model needs must be in the file, at the model's shape; a missing one, a
+    shape that differs, a tensor of the model's kind the settings have no place for, or a head
+    with fewer rows than answers is a ClipbertError naming it. Tensors the model has no use for
+    (detector heads, `pixel_mean`/`pixel_std`, pre-training heads) are returned in `unused`.
+    `variant`, when given, is the model variant the caller needs (`clipbert` or `blind`).
+    """
+    obj = _torch_load(path)
+    native = isinstance(obj, dict) and "format" in obj
+    src = (_native_file(obj, path, answers, vocab) if native
+           else _bare_state(obj, path, answers, vocab, preset, overrides))
+    cfg, ans2label, notes = src.cfg, src.ans2label, src.notes
+    if variant is not None and cfg.model.variant != variant:
+        raise ClipbertError(f"{path}: a {cfg.model.variant!r} model (model.variant), but a "
+                            f"{variant!r} one is needed here")
+    loaded, unused = _fit(path, src.state, "native" if native else src.layout, cfg,
+                          None if native else preset)
+    head_rows = cfg.model.num_labels
+    if head_rows < len(ans2label):
+        raise ClipbertError(f"{path}: the answer head ({HEAD}) has {head_rows} rows, fewer than "
+                            f"the {len(ans2label)} answers of {src.answers_name}")
     model = build_model(cfg.model)
-    model.load_state_dict(obj["state_dict"])
+    result = model.load_state_dict(loaded, strict=False)
+    assert not result.unexpected_keys and all(  # _fit checked both against the same model
+        k.endswith("num_batches_tracked") for k in result.missing_keys), result
     runtime.place(model, cfg, torch.device(device))
     model.eval()
-    return model, cfg, obj["ans2label"], tokenizer_from_tokens(obj["vocab"])
+    skipped = set(unused)
+    dtypes = sorted({str(t.dtype).removeprefix("torch.") for k, t in src.state.items()
+                     if k not in skipped and t.is_floating_point()})
+    notes.append(f"model: {path} ({src.layout}): {len(loaded)} tensors loaded, stored as "
+                 f"{'/'.join(dtypes)}" + ("" if dtypes == ["float32"] else ", run in float32"))
+    notes.append(f"model: answer head of {head_rows} rows for the {len(ans2label)} answers of "
+                 f"{src.answers_name}: predictions come from the first {len(ans2label)} rows "
+                 "only")
+    if unused:
+        notes.append(f"model: not used: {len(unused)} tensors of {path}: {', '.join(unused)}")
+    if src.entries:
+        notes.append(f"model: not used: entries of {path} beside the weights: "
+                     f"{', '.join(src.entries)}")
+    return InferenceModel(model=model, cfg=cfg, ans2label=dict(ans2label),
+                          tokenizer=src.tokenizer, layout=src.layout, head_rows=head_rows,
+                          dtypes=dtypes, unused=unused, notes=notes)
+
+
+def _bare_settings(path: str | os.PathLike, state: dict[str, torch.Tensor], layout: str,
+                   preset: str, overrides: dict | None) -> TrainConfig:
+    """The settings of a bare state dict: `preset` + `overrides`, with the variant, the
+    vocabulary size and the head's row count read off the tensors (the three things training
+    fills in from the data)."""
+    names = {to_native(layout, k): k for k in state if not is_ignored(layout, k)}
+    for name, what in ((HEAD, "the answer head: a pretrained, not a fine-tuned, ClipBERT file?"),
+                       (WORDS, "the word embeddings")):
+        if name not in names:
+            raise ClipbertError(f"{path}: missing tensor {_file_name(layout, name)} ({what})")
+    video = layout == "upstream" or any(
+        n is not None and n.startswith(("cnn.", "transformer.visual_embeddings."))
+        for n in names)
+    cfg = make_config(preset, overrides)
+    return dataclasses.replace(cfg, model=dataclasses.replace(
+        cfg.model, variant="clipbert" if video else "blind",
+        vocab_size=state[names[WORDS]].shape[0], num_labels=state[names[HEAD]].shape[0]))
+
+
+def _fit(path: str | os.PathLike, state: dict[str, torch.Tensor], layout: str,
+         cfg: TrainConfig, preset: str | None) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The file's tensors under their native names (floats as fp32), checked against the
+    shapes of the model `cfg` builds (built on the meta device: no memory, no arithmetic), and
+    the file's keys that are not used."""
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in build_model(cfg.model).state_dict().items()}
+    what = (f"the {cfg.model.variant} model of preset {preset!r}" if preset is not None
+            else "the model of its own settings")
+    loaded: dict[str, torch.Tensor] = {}
+    unused: list[str] = []
+    unplaced: list[str] = []
+    for key, tensor in state.items():
+        name = to_native(layout, key)
+        if name in shapes and name not in loaded:
+            if tuple(tensor.shape) != shapes[name]:
+                raise ClipbertError(
+                    f"{path}: tensor {key} is {list(tensor.shape)} in the file but "
+                    f"{list(shapes[name])} in {what}: the settings do not fit this file"
+                    + (f" ({_SETTINGS_HINT})" if preset is not None else ""))
+            loaded[name] = tensor.float() if tensor.is_floating_point() else tensor
+        elif name is None or name in loaded or is_ignored(layout, key):
+            unused.append(key)
+        else:
+            unplaced.append(key)
+    if unplaced:
+        raise ClipbertError(
+            f"{path}: {len(unplaced)} tensors have no place in {what}, e.g. {unplaced[0]}: the "
+            "settings do not fit this file" + (f" ({_SETTINGS_HINT})" if preset is not None
+                                               else ""))
+    missing = [k for k in shapes if k not in loaded and not k.endswith("num_batches_tracked")]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ClipbertError(f"{path}: missing tensor {_file_name(layout, missing[0])}{more}, "
+                            f"needed by {what}")
+    return loaded, unused
+
+
+def _file_name(layout: str, native: str) -> str:
+    """A native tensor name as the file's layout spells it."""
+    return (native_to_upstream(native) or native) if layout == "upstream" else native
 
 
 def _one_line(e: Exception) -> str:

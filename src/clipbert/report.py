@@ -30,11 +30,14 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
-def _save(fig, out: str | os.PathLike) -> Path:
+def _save(fig, out: str | os.PathLike, description: str | None = None) -> Path:
+    """Write the PNG atomically; `description` also goes into its metadata (a PNG text chunk),
+    where a reader or a test finds what the figure says without looking at it."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png",
+                    metadata={"Description": description} if description else None)
     return out
 
 
@@ -112,8 +115,18 @@ def plot_data(stats_path: str | os.PathLike, lmdb_dir: str | os.PathLike,
 
 # ---- training -------------------------------------------------------------------------------
 
-def plot_training(log_path: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Loss, learning rates and validation accuracy against the optimisation step."""
+def plot_training(log_path: str | os.PathLike | None, out: str | os.PathLike,
+                  checkpoint: str | os.PathLike | None = None) -> Path:
+    """Loss, learning rates and validation accuracy against the optimisation step. Without a
+    log (the workflow only evaluated `checkpoint`, infer.model) the figure says that nothing
+    was trained here, so the report has no empty or stale panel."""
+    if log_path is None:
+        text = "not trained here: " + (
+            f"the test accuracy comes from the given checkpoint {Path(checkpoint).name} "
+            "(infer.model)" if checkpoint else "no training log")
+        fig = _figure(13, 1.6)
+        fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=13)
+        return _save(fig, out, description=text)
     rows = _read_rows(log_path)
     if not rows:
         raise ClipbertError(f"{log_path}: no training log rows")
@@ -159,14 +172,17 @@ def plot_accuracy(acc_path: str | os.PathLike, out: str | os.PathLike,
     overall = _need(acc_path, "top level", acc, "overall")
     majority = _need(acc_path, "top level", acc, "majority_baseline")
     groups = ["overall"] + [t for t in ANSWER_TYPES if t in per_type]
+    name = (f"this run ({acc.get('preset', '?')})" if acc.get("trained_here", True) else
+            f"{acc.get('checkpoint_name', '?')} ({acc.get('preset', '?')}), not trained here")
     series = [
-        (f"this run ({acc.get('preset', '?')})", [overall] + [per_type[t] for t in groups[1:]]),
+        (name, [overall] + [per_type[t] for t in groups[1:]]),
         ("ClipBERT, published", [PUBLISHED_CLIPBERT[g] for g in groups]),
     ]
     if blind_path is not None:
         blind = read_json(blind_path)
         b_types = _need(blind_path, "top level", blind, "per_type")
-        series.append(("blind baseline, this run",
+        series.append(("blind baseline, this run" if blind.get("trained_here", True) else
+                       f"blind baseline ({blind.get('checkpoint_name', '?')}), not trained here",
                        [_need(blind_path, "top level", blind, "overall")]
                        + [b_types.get(t, 0.0) for t in groups[1:]]))
     series.append(("majority answer, this split",

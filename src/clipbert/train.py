@@ -374,7 +374,7 @@ def validate(run: Run) -> float:
     d = run.d
     mine = list(range(d.rank, len(run.val_rows), d.world))
     preds = evaluate.predict(run.model, torch.utils.data.Subset(run.val_set, mine), run.collate,
-                             run.device, run.cfg)
+                             run.device, run.cfg, n_answers=len(run.ans2label))
     shares = [(mine, preds)]
     if d.world > 1:
         shares = [None] * d.world
