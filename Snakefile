@@ -24,7 +24,5 @@ include: "rules/report.smk"
 
 rule all:
     input:
-        "results/test_acc.json",
-        rules.infer_blind.output.acc if BLIND else [],
-        list(PLOTS.values()),
+        final_targets(),
     default_target: True

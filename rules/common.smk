@@ -5,7 +5,7 @@ from pathlib import Path
 from clipbert import config as settings
 from clipbert import demo, scannet, sqa
 from clipbert.errors import ClipbertError
-from clipbert.smk import fail
+from clipbert.smk import fail, local_gpus
 
 SOURCE = config["data"]["source"]
 DEMO = SOURCE == "demo"
@@ -136,3 +136,42 @@ def check_scene_inputs() -> None:
 
 
 check_scene_inputs()
+
+
+# ---- training and inference jobs ----------------------------------------------------------------
+
+# With a GPU on this machine the default profile's `gpu` resource keeps GPU jobs from
+# overlapping; without one the jobs ask for none, so their job lines do not claim one. The SLURM
+# profile sets its own.
+GPU_JOB = min(local_gpus(), 1)
+
+
+def is_blind(output) -> bool:
+    """A job of the blind baseline: its results live in results/blind/."""
+    return Path(output[0]).parent.name == "blind"
+
+
+def weight_inputs(blind: bool) -> dict[str, str]:
+    """The pretrained weight files training starts from, as named inputs (`weights_KIND`): a
+    changed file reruns training. The blind baseline has no CNN, so no CNN-only weights."""
+    cnn_only = ("detectron2", "resnet")
+    return {f"weights_{kind}": path for kind, path in config["weights"].items()
+            if path and kind in settings.WEIGHT_KINDS and not (blind and kind in cnn_only)}
+
+
+def train_overrides(wildcards, output) -> dict:
+    """The config's overrides, and the blind variant for the blind baseline's job."""
+    blind = {"model.variant": "blind"} if is_blind(output) else {}
+    return {**config["train"]["overrides"], **blind}
+
+
+def train_state_dir(wildcards, output) -> str:
+    """Resumable state of a training job, outside its outputs (Snakemake deletes those)."""
+    return f"{WORK}/train_state" + ("_blind" if is_blind(output) else "")
+
+
+def final_targets() -> list[str]:
+    """What `snakemake` with no target makes: the test accuracy, the blind baseline's, and the
+    report's plots."""
+    return ["results/test_acc.json", *(["results/blind/test_acc.json"] if BLIND else []),
+            *PLOTS.values()]

@@ -1,10 +1,12 @@
-# Training (a GPU job where there is one) and test inference.
+# Training (a GPU job where there is one) and test inference; the blind baseline is the same two
+# rules on the questions alone, its settings derived from its results/blind/ outputs.
 
 
 rule train:
-    """Fine-tune; resumable state lives in work/<source>/train_state (not an output: Snakemake would
-    delete it before a rerun), so a killed job resumes."""
+    """Fine-tune; resumable state lives in work/<source>/train_state (not an output: Snakemake
+    would delete it before a rerun), so a killed job resumes."""
     input:
+        unpack(lambda w: weight_inputs(blind=False)),
         train=f"{WORK}/sqa/train.jsonl",
         val=f"{WORK}/sqa/val.jsonl",
         ans2label=rules.sqa_convert.output.ans2label,
@@ -15,13 +17,12 @@ rule train:
         metrics="results/train_log.jsonl",
     params:
         preset=config["train"]["preset"],
-        overrides=config["train"]["overrides"],
-        state_dir=f"{WORK}/train_state",
+        overrides=train_overrides,
+        state_dir=train_state_dir,
         data_dir=lambda w, input: str(Path(input.train).parent),
-        weights=config["weights"],
     threads: workflow.cores
     resources:
-        gpu=1,
+        gpu=GPU_JOB,
     conda:
         ENV
     log:
@@ -49,12 +50,12 @@ rule infer:
     params:
         n_clips=config["infer"]["n_clips"],
         preset=config["train"]["preset"],
-        overrides=config["train"]["overrides"],
-        variant=TRAIN.model.variant,
-        trained_here=not INFER_MODEL,
+        overrides=train_overrides,
+        variant=lambda w, output: "blind" if is_blind(output) else TRAIN.model.variant,
+        trained_here=lambda w, output: not (BLIND_MODEL if is_blind(output) else INFER_MODEL),
     threads: workflow.cores
     resources:
-        gpu=1,
+        gpu=GPU_JOB,
     conda:
         ENV
     log:
@@ -69,6 +70,7 @@ rule infer:
 # and no video input; the honest floor that the video model must clear.
 use rule train as train_blind with:
     input:
+        unpack(lambda w: weight_inputs(blind=True)),
         train=f"{WORK}/sqa/train.jsonl",
         val=f"{WORK}/sqa/val.jsonl",
         ans2label=rules.sqa_convert.output.ans2label,
@@ -76,12 +78,6 @@ use rule train as train_blind with:
     output:
         model="results/blind/model.pt",
         metrics="results/blind/train_log.jsonl",
-    params:
-        preset=config["train"]["preset"],
-        overrides={**config["train"]["overrides"], "model.variant": "blind"},
-        state_dir=f"{WORK}/train_state_blind",
-        data_dir=lambda w, input: str(Path(input.train).parent),
-        weights=config["weights"],
     log:
         "logs/train_blind.log",
     benchmark:
@@ -97,12 +93,6 @@ use rule infer as infer_blind with:
     output:
         predictions="results/blind/test_predictions.jsonl",
         acc="results/blind/test_acc.json",
-    params:
-        n_clips=config["infer"]["n_clips"],
-        preset=config["train"]["preset"],
-        overrides={**config["train"]["overrides"], "model.variant": "blind"},
-        variant="blind",
-        trained_here=not BLIND_MODEL,
     log:
         "logs/infer_blind.log",
     benchmark:

@@ -12,7 +12,7 @@ rule sqa_convert:
         ans2label=f"{WORK}/sqa/train_ans2label.json",
         stats=f"{WORK}/sqa/stats.json",
     params:
-        sqa_dir=lambda w, input: str(Path(input.answers).parent),
+        splits=SPLITS,  # the order of the questions and annotations files
     conda:
         ENV
     log:

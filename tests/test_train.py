@@ -353,14 +353,17 @@ def test_workflow_script_starts_torchrun_for_several_gpus(tmp_path: Path, monkey
     import runpy
     from types import SimpleNamespace
 
+    from snakemake.iocontainers import Namedlist
+
     calls = []
     monkeypatch.setattr(distributed, "launch_torchrun",
                         lambda n, args, log: calls.append((n, args)))
     monkeypatch.setattr(train, "train", lambda cfg, **kw: calls.append((cfg, kw)))
     smk = SimpleNamespace(
         params=SimpleNamespace(preset="tiny", overrides={"epochs": 3}, state_dir="st",
-                               data_dir="sqa", weights={"vocab": "v", "resnet": "r50.pt"}),
-        input=SimpleNamespace(lmdb="vis_db", vocab="vocab.txt"),
+                               data_dir="sqa"),
+        input=Namedlist(fromdict={"lmdb": "vis_db", "vocab": "vocab.txt",
+                                  "weights_resnet": "r50.pt"}),
         output=SimpleNamespace(model="model.pt", metrics="log.jsonl"),
         resources=SimpleNamespace(gpu=gpus), threads=2, log=[str(tmp_path / "train.log")])
     script = Path(__file__).resolve().parents[1] / "workflow_scripts" / "train.py"

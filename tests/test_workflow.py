@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -342,3 +343,17 @@ def test_eval_only_scores_an_upstream_file_of_a_trained_model(tmp_path):
     assert text.startswith("not trained here") and "clipbert.pt" in text
     for name in ("data", "test_accuracy", "confusion", "frames", "benchmarks"):
         assert (wd / f"results/plots/{name}.png").stat().st_size > 0, name
+
+
+def test_pretrained_weights_are_inputs_of_training(tmp_path):
+    """A weight file is an input of the training job (a changed file reruns it), not a
+    parameter; the blind baseline, which has no CNN, does not take a CNN-only one."""
+    weights = tmp_path / "r50.pt"
+    weights.write_bytes(b"read only when the job runs")
+    cfg = {**SMALL, "weights": {"resnet": str(weights)}}
+    dry = snakemake(tmp_path, "-n", config=cfg).stdout
+    jobs = {block.split(":", 1)[0]: block for block in re.split(r"\n(?=(?:local)?rule )", dry)}
+    train_job = next(b for name, b in jobs.items() if name.endswith("rule train"))
+    blind_job = next(b for name, b in jobs.items() if name.endswith("rule train_blind"))
+    assert str(weights) in train_job.split("output:")[0], train_job
+    assert str(weights) not in blind_job

@@ -2,14 +2,15 @@
 GPU (the rule's `gpu` resource) it starts one process per GPU under torchrun."""
 
 from clipbert import distributed, train
-from clipbert.config import WEIGHT_KINDS, make_config
+from clipbert.config import make_config
 from clipbert.smk import workflow_step
 
 snakemake = snakemake  # noqa: F821, PLW0127 - injected by Snakemake
 
 with workflow_step(snakemake):
     p = snakemake.params
-    weights = {k: v for k, v in dict(p.weights).items() if k in WEIGHT_KINDS}
+    weights = {k.removeprefix("weights_"): v for k, v in snakemake.input.items()
+               if k.startswith("weights_")}
     nproc = int(getattr(snakemake.resources, "gpu", 1) or 1)
     lmdb_dir = getattr(snakemake.input, "lmdb", None)  # the blind baseline reads no video
     if nproc > 1:

@@ -27,6 +27,14 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(1)
 
 
+def local_gpus() -> int:
+    """NVIDIA GPUs on this machine as the driver lists them, without importing torch (the
+    Snakefile asks at parse time); CUDA_VISIBLE_DEVICES="" hides them as it does from torch."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+        return 0
+    return len(list(Path("/proc/driver/nvidia/gpus").glob("*")))
+
+
 # ---- workflow scripts -------------------------------------------------------------------------
 
 

@@ -228,10 +228,21 @@ def convert(
         raise ClipbertError(f"{sqa_dir}: SQA3D folder not found (the release's sqa_task folder: "
                            "answer_dict.json and balanced/)")
     vocab_path = Path(answer_dict) if answer_dict is not None else sqa_dir / ANSWER_DICT
-    vocab = load_answer_dict(vocab_path)
     paths = {s: (_find(sqa_dir, questions_name(s)), _find(sqa_dir, annotations_name(s)))
              for s in split_list}
-    converted = {s: convert_split(q, a, vocab) for s, (q, a) in paths.items()}
+    return convert_files(paths, vocab_path, out_dir)
+
+
+def convert_files(
+    paths: dict[str, tuple[str | os.PathLike, str | os.PathLike]],
+    answer_dict: str | os.PathLike,
+    out_dir: str | os.PathLike,
+) -> dict:
+    """`convert` on named files: split -> (questions file, annotations file), and the answer
+    vocabulary; what the workflow's rule calls with exactly its inputs."""
+    out_dir = Path(out_dir)
+    vocab = load_answer_dict(answer_dict)
+    converted = {s: convert_split(Path(q), Path(a), vocab) for s, (q, a) in paths.items()}
     stats = {s: split_stats(rows) for s, rows in converted.items()}
 
     out_dir.mkdir(parents=True, exist_ok=True)
