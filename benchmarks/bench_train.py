@@ -14,7 +14,7 @@ time blocked in the DataLoader iterator is the loader's share.
 
 FLOPs are counted by `torch.utils.flop_counter` on one real step (forward + backward, 2 FLOPs
 per multiply-add), with a forward breakdown per clip. The count is ~2.2 TFLOP per faithful
-example, not the ~1.4 of model.md §6: that estimate takes ResNet-50's 16 G multiply-adds at
+example, not the ~1.4 often estimated: that estimate takes ResNet-50's 16 G multiply-adds at
 448 px for FLOPs and leaves out the grid encoder's 3x3 convolution (5.5 GFLOP per frame). MFU
 divides counted FLOPs per second by the GPU's dense bf16 peak (`--peak-tflops`, H100/H200: 989).
 
@@ -49,7 +49,7 @@ VARIANTS = {
     "channels_last": {},
     "compiled": {"compile": True},
 }
-SQA3D_TRAIN_QUESTIONS = 26_600  # model.md §6
+SQA3D_TRAIN_QUESTIONS = 26_600  # the SQA3D train split
 
 
 def make_data(root: Path, scenes: int, n_frames: int, size: int) -> dict[str, Path]:

@@ -1,6 +1,6 @@
 """Pretrained weights: key maps between the checkpoint layouts users hold and the native model.
 
-Layouts (spec model.md §5):
+Layouts:
 - `upstream`: ClipBERT's end-to-end state dict (`cnn.feature.backbone.*` detectron2 names,
   `cnn.grid_encoder.*`, `transformer.bert.*` incl. `visual_embeddings`, `transformer.classifier.*`);
 - `native`: this project's `ClipBert.state_dict()` (torchvision ResNet names under

@@ -171,8 +171,9 @@ def resize_size(height: int, width: int, max_size: int) -> tuple[int, int]:
 def preprocess_frames(frames: torch.Tensor, max_img_size: int) -> torch.Tensor:
     """uint8 (..., H, W, 3) RGB -> float (..., 3, S, S) BGR model input, S = `max_img_size`.
 
-    Exactly spec model.md §1, batched on the tensor's device: bilinear resize of the longer side
-    to S (align_corners=False, no antialias, as upstream's tensor resize), zero padding of the
+    Exactly ClipBERT's preprocessing, batched on the tensor's device: bilinear resize of the
+    longer side to S (align_corners=False, no antialias, as upstream's tensor resize), zero
+    padding of the
     raw image right/bottom to S x S, then subtraction of the RGB mean (0..255 scale, std 1) over
     the whole canvas, then RGB -> BGR. Padding comes before normalisation because upstream padded
     the uint8 image in the data loader and normalised on the GPU afterwards, so its padded pixels

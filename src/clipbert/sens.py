@@ -5,7 +5,7 @@ Here one pass over the 96-byte frame heads (seeking over the payloads) builds a 
 after which any frame's payload is read by number with `os.pread`. Memory therefore grows only
 with the frame count (about 100 bytes a frame), never with the payload sizes.
 
-Layout (little-endian, packed; see shared/spec/pipeline.md section 1): a 304 + N byte header, F
+Layout (little-endian, packed, as ScanNet's SensReader writes it): a 304 + N byte header, F
 frame records (96-byte head + colour payload + depth payload), then either EOF (old writers) or
 a uint64 IMU count and that many 128-byte IMU records. Bytes after the IMU records are ignored
 with a warning, as ScanNet's own reader ignores them. Frame numbers in messages are 0-based.

@@ -1,11 +1,11 @@
 """Scene frames -> mp4 (the published ClipBERT/SQA3D preset), probing, clip sampling, decoding.
 
-The faithful preset (spec pipeline.md §4): 224x224, bilinear, aspect squashed, 20 fps, MPEG-4
-Part 2 (`mpeg4`) in mp4, frames in index order. Speed matters twice: encoding reads ~1.2 M source
-frames (so JPEGs are decoded with DCT-domain downscaling), and training decodes every example's
-video every epoch (so a video is demuxed and decoded once, up to the last frame needed, and only
-the frames used are converted to RGB). Clips are picked by upstream's timestamp arithmetic from
-each file's own rate, time base and pts (spec model.md §2).
+The faithful preset (the published SQA3D baseline's encoding): 224x224, bilinear, aspect
+squashed, 20 fps, MPEG-4 Part 2 (`mpeg4`) in mp4, frames in index order. Speed matters twice:
+encoding reads ~1.2 M source frames (so JPEGs are decoded with DCT-domain downscaling), and
+training decodes every example's video every epoch (so a video is demuxed and decoded once, up to
+the last frame needed, and only the frames used are converted to RGB). Clips are picked by
+upstream ClipBERT's timestamp arithmetic from each file's own rate, time base and pts.
 """
 
 from __future__ import annotations
@@ -298,7 +298,7 @@ def clip_frame_indices(
     (one draw from `rng` per clip), evaluation clip i of N at `delta * i / N`; `end = start +
     clip_size - 1`. With `tick = duration / n` the clip keeps the frames whose pts lie in
     `[int(start * tick), int(end * tick)]` plus the first frame past that, and takes
-    `linspace_f32(clip_size - 1, num_frm)`, clamped to that list, truncated (spec model.md §2).
+    `linspace_f32(clip_size - 1, num_frm)`, clamped to that list, truncated.
 
     So the result depends on the time base, not only on the rate: with a fine one (1/10240 in
     this project's 20 fps mp4s) a clip's first frame is in effect the first at or after `start`,
