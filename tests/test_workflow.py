@@ -24,6 +24,10 @@ SMALL = {
 }
 
 
+# Each job's inputs and outputs, which the default profile keeps quiet (`quiet: [rules]`).
+DETAILS = ("--quiet", "host")
+
+
 def snakemake(workdir: Path, *args: str, config: dict | None = None,
               check: bool = True) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
@@ -164,7 +168,8 @@ def test_real_data_inputs_are_named_before_any_job(tmp_path):
     counts = job_stats(proc.stdout + proc.stderr)
     assert counts["sens_index"] == counts["frames"] == counts["encode_video"] == 6, counts
     assert "demo_data" not in counts
-    dry = snakemake(tmp_path, "-n", "--forceall", "results/test_acc.json", config=real).stdout
+    dry = snakemake(tmp_path, "-n", *DETAILS, "--forceall", "results/test_acc.json",
+                    config=real).stdout
     assert "work/scannet/sqa/train.jsonl" in dry and "work/demo/" not in dry
 
 
@@ -262,7 +267,7 @@ def test_released_videos_and_checkpoint_need_nothing_else(tmp_path):
                     "videos_dir": str(videos)},
            "train": {"preset": "faithful"}, "infer": {"model": str(tmp_path / "clipbert.pt")},
            "weights": {"vocab": str(src / "vocab.txt")}}
-    proc = snakemake(tmp_path, "-n", config=cfg)
+    proc = snakemake(tmp_path, "-n", *DETAILS, config=cfg)
     counts = job_stats(proc.stdout)
     assert counts == {"sqa_convert": 1, "pack_lmdb": 1, "infer": 1, "plot_data": 1,
                       "plot_frames": 1, "plot_training": 1, "plot_benchmarks": 1,
@@ -351,7 +356,7 @@ def test_pretrained_weights_are_inputs_of_training(tmp_path):
     weights = tmp_path / "r50.pt"
     weights.write_bytes(b"read only when the job runs")
     cfg = {**SMALL, "weights": {"resnet": str(weights)}}
-    dry = snakemake(tmp_path, "-n", config=cfg).stdout
+    dry = snakemake(tmp_path, "-n", *DETAILS, config=cfg).stdout
     jobs = {block.split(":", 1)[0]: block for block in re.split(r"\n(?=(?:local)?rule )", dry)}
     train_job = next(b for name, b in jobs.items() if name.endswith("rule train"))
     blind_job = next(b for name, b in jobs.items() if name.endswith("rule train_blind"))
