@@ -21,9 +21,11 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from clipbert.errors import ClipbertError
+from clipbert.fsutil import atomic_path
 
 _BERT_FILES = ("model.safetensors", "pytorch_model.bin")
 # Part of the native model each kind of `config.WEIGHT_KINDS` is expected to fill (for its
@@ -150,8 +152,6 @@ def _torch_load(path: Path) -> object:
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     try:
         return load_file(str(path), device="cpu")
     except Exception as e:  # safetensors raises its own (Rust) error type
@@ -376,8 +376,6 @@ def convert(in_path: str | os.PathLike, out_path: str | os.PathLike, to: str) ->
     flat state dict. Values and dtypes are kept, so upstream -> native -> upstream gives back
     every tensor the model uses bit for bit; ignored heads and unknown keys are dropped (and
     reported)."""
-    from clipbert.fsutil import atomic_path
-
     if to not in ("native", "upstream"):
         raise ClipbertError(f"unknown target layout {to!r} (native or upstream)")
     state = read_state(in_path)

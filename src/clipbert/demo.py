@@ -20,8 +20,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from clipbert import sens
 from clipbert.errors import ClipbertError
 from clipbert.fsutil import atomic_dir
+from clipbert.sqa import annotations_name, questions_name
+from clipbert.tokenizer import build_vocab
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (200, 40, 40),
@@ -135,8 +138,6 @@ def intrinsic(width: int, height: int) -> np.ndarray:
 
 def write_scan(path: Path, room: Room, n_frames: int, seed: int) -> None:
     """Write one scene as a ScanNet `.sens` file (JPEG colour, zlib depth, poses, IMU)."""
-    from clipbert import sens
-
     header = sens.SensHeader(
         version=4, sensor_name="StructureSensor",
         intrinsic_color=intrinsic(*COLOR_SIZE), extrinsic_color=np.eye(4, dtype=np.float32),
@@ -189,9 +190,6 @@ def situation(rng: np.random.Generator) -> str:
 def make_demo(out_dir, scenes: int = 60, seed: int = 0, frames: int = 60) -> dict:
     """Write `scans/<scene>/<scene>.sens`, `sqa_task/` (SQA3D layout), the scene lists and a
     WordPiece vocabulary covering every demo word. Deterministic in (scenes, seed, frames)."""
-    from clipbert.sqa import annotations_name, questions_name
-    from clipbert.tokenizer import build_vocab
-
     if scenes < 5:
         raise ClipbertError(f"{out_dir}: the demo needs at least 5 scenes (got {scenes})")
     ids = scene_ids(scenes)

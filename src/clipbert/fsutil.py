@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from clipbert.errors import ClipbertError
 from clipbert.signals import held
 
 
@@ -109,8 +110,6 @@ def write_jsonl(path: str | os.PathLike, rows: Any) -> None:
 
 def read_json(path: str | os.PathLike) -> Any:
     """Read a JSON file; a missing or malformed file is an error naming it (and the line)."""
-    from clipbert.errors import ClipbertError
-
     try:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
@@ -126,8 +125,6 @@ def read_json(path: str | os.PathLike) -> Any:
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a jsonl file (one JSON object a line, blank lines skipped); a missing file or a bad
     line is an error naming the file, the line and the column, and saying what to do."""
-    from clipbert.errors import ClipbertError
-
     rows: list[dict] = []
     try:
         fh = open(path, "rb")  # bytes, decoded line by line: a bad byte gets its line number

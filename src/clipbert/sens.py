@@ -29,6 +29,7 @@ import numpy as np
 
 from clipbert.errors import ClipbertError
 from clipbert.fsutil import atomic_open, atomic_path
+from clipbert.progress import Progress
 
 SENS_VERSION = 4
 FRAME_HEAD_SIZE = 96
@@ -615,8 +616,6 @@ def check_file(path: str | os.PathLike, on_problem: Callable[[str], None] | None
     cannot be decoded: noted, not checked). Each bad frame is one `<file>: frame N: <what>` line,
     passed to `on_problem` as found; progress goes to `progress_stream` (default stderr).
     """
-    from clipbert.progress import Progress
-
     result = SensCheck(str(path))
 
     def problem(line: str) -> None:

@@ -16,6 +16,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
+import yaml
+from jsonschema import Draft202012Validator, validators
+
 from clipbert.errors import ClipbertError
 from clipbert.signals import Terminated, sigterm_unwinds
 
@@ -113,8 +116,6 @@ def check_config(config: dict, workflow: Any, schema: str = "config/schema.yaml"
     """Check the Snakemake config against `schema` (relative to the Snakefile) and fill in its
     defaults, as Snakemake's `validate` does; each problem is one line naming the key path and
     the config file that set it, then exit 1."""
-    import yaml
-
     schema_doc = yaml.safe_load(Path(workflow.basedir, schema).read_text())
     settings = workflow.config_settings
     given = [Path(f).absolute() for f in settings.configfiles]
@@ -136,8 +137,6 @@ def config_problems(config: dict, schema: dict,
     """Validate `config` against the JSON `schema`, setting the schema's defaults in place; one
     `<source>: <key path>: <what>` line per problem. `sources` are (name, content) pairs in the
     order they were merged, to tell which of them set the offending key."""
-    from jsonschema import Draft202012Validator, validators
-
     base = Draft202012Validator
     properties = base.VALIDATORS["properties"]
 
@@ -206,8 +205,6 @@ def _who(sources: Sequence[tuple[str, Mapping]], path: Sequence[Any], every: boo
 
 
 def _load(path: str | os.PathLike) -> Any:
-    import yaml
-
     try:
         return yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError):

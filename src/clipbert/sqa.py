@@ -19,6 +19,7 @@ from typing import Any
 from clipbert.errors import ClipbertError
 from clipbert.fsutil import atomic_path, read_json, read_jsonl
 from clipbert.qa import ANSWER_TYPES, UNKNOWN
+from clipbert.vislmdb import VideoLMDB
 
 SPLITS = ("train", "val", "test")
 # SQA3D (Ma et al., ICLR 2023), Table 3, test split: the published ClipBERT baseline, and the
@@ -352,8 +353,6 @@ def available_videos(path: str | os.PathLike) -> VideoSet:
     """
     path = Path(path)
     if path.is_dir() and (path / "data.mdb").is_file():
-        from clipbert.vislmdb import VideoLMDB
-
         return VideoSet(VideoLMDB(path).keys(), path)
     if path.is_dir():
         return VideoSet((p.stem for p in path.glob("*.mp4")), path)
