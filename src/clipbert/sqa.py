@@ -19,7 +19,7 @@ from typing import Any
 from clipbert.errors import ClipbertError
 from clipbert.fsutil import atomic_path, read_json, read_jsonl
 from clipbert.qa import ANSWER_TYPES, UNKNOWN
-from clipbert.vislmdb import VideoLMDB
+from clipbert.vislmdb import VideoLMDB, key_of, mp4_name
 
 SPLITS = ("train", "val", "test")
 # SQA3D (Ma et al., ICLR 2023), Table 3, test split: the published ClipBERT baseline, and the
@@ -355,7 +355,7 @@ def available_videos(path: str | os.PathLike) -> VideoSet:
     if path.is_dir() and (path / "data.mdb").is_file():
         return VideoSet(VideoLMDB(path).keys(), path)
     if path.is_dir():
-        return VideoSet((p.stem for p in path.glob("*.mp4")), path)
+        return VideoSet((key_of(p) for p in path.glob(mp4_name("*"))), path)
     if path.is_file():
         with open(path, encoding="utf-8") as fh:
             return VideoSet((line.strip() for line in fh if line.strip()), path)

@@ -27,6 +27,17 @@ _MIN_MAP = 1 << 20
 _ENVS: dict[str, tuple[tuple[int, int], int, lmdb.Environment]] = {}
 
 
+def mp4_name(key: str) -> str:
+    """A video's file name in a folder of videos (the released SQA3D videos, this workflow's
+    encodes, an export): `<scene>.mp4`; its LMDB key is the name without `.mp4`."""
+    return f"{key}.mp4"
+
+
+def key_of(path: str | os.PathLike) -> str:
+    """The LMDB key of a video file: its name without `.mp4`."""
+    return Path(path).name.removesuffix(".mp4") if str(path).endswith(".mp4") else Path(path).stem
+
+
 def _open_ro(lmdb_dir: str | os.PathLike) -> lmdb.Environment:
     """This process's read-only environment for `lmdb_dir`, shared by every reader in it.
 
@@ -78,7 +89,7 @@ def pack_lmdb(
     for p in progress(paths, f"{lmdb_dir}: checking", unit="videos"):
         if not p.is_file():
             raise ClipbertError(f"{p}: file not found")
-        key = p.stem
+        key = key_of(p)
         if key in seen:
             raise ClipbertError(f"{p}: duplicate key {key!r} (also {seen[key]}); the key is the "
                                 "file name without .mp4: pack one of the two")
@@ -132,7 +143,7 @@ def export_lmdb(lmdb_dir: str | os.PathLike, out_dir: str | os.PathLike) -> int:
             key = bytes(k).decode("utf-8")
             if not key or "/" in key or "\\" in key or key in (".", ".."):
                 raise ClipbertError(f"{lmdb_dir}: key {key!r} is not a usable file name")
-            (tmp / f"{key}.mp4").write_bytes(bytes(v))
+            (tmp / mp4_name(key)).write_bytes(bytes(v))
             n += 1
     return n
 
