@@ -234,6 +234,8 @@ def main() -> None:
         raise SystemExit("rehearse: --scenes must be >= 3 (one scene per split)")
     if a.keep:
         a.keep.mkdir(parents=True, exist_ok=True)
+        if any(a.keep.iterdir()):
+            raise SystemExit(f"rehearse: {a.keep}: --keep needs an empty or new folder")
         rehearse(a.keep, a, vocab)
     else:
         with tempfile.TemporaryDirectory(prefix="rehearse_", dir=a.tmp) as tmp:
