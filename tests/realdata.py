@@ -30,7 +30,7 @@ SOURCES = {"train": (EARLY, "test"), "val": (EARLY, "test"), "test": (SHARED_SQA
 
 # Where the workflow keeps its real-data work files, relative to its working folder: the one
 # place to change when they move (results/ stays where it is).
-WORK = Path("work")
+WORK = Path("work/scannet")
 
 
 def sqa_out(workdir: Path) -> Path:
