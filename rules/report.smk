@@ -1,5 +1,8 @@
 # The plots of `snakemake --report report.html`: one rule per figure, each a PNG in results/plots
 # with its caption in report/. The rule graph and run statistics come with Snakemake's report.
+# Each rule says which figure it draws (params: figure, a key of clipbert.report.FIGURES; its
+# other params are the figure's options) and names its inputs after the figure's arguments:
+# workflow_scripts/plots.py passes them on as they are (`clipbert plot` takes the same).
 
 
 report: "../report/workflow.rst"
@@ -18,6 +21,8 @@ rule plot_data:
         lmdb=rules.pack_lmdb.output[0],
     output:
         report(PLOTS["data"], caption="../report/data.rst", category="1 data"),
+    params:
+        figure="data",
     conda:
         ENV
     log:
@@ -30,10 +35,11 @@ rule plot_training:
     """Loss, learning rates and validation accuracy against the step; when only evaluating
     (infer.model), a figure that says nothing was trained here."""
     input:
-        [] if EVAL_ONLY else rules.train.output.metrics,
+        log=[] if EVAL_ONLY else rules.train.output.metrics,
     output:
         report(PLOTS["training"], caption="../report/training.rst", category="2 training"),
     params:
+        figure="training",
         checkpoint=INFER_MODEL,
     conda:
         ENV
@@ -44,13 +50,16 @@ rule plot_training:
 
 
 rule plot_test_accuracy:
-    """Test accuracy per answer type beside the published figures, the blind baseline of this
-    run and the majority answer."""
+    """Test accuracy per answer type beside the published figures (real SQA3D), the blind
+    baseline of this run and the majority answer; it says which data this run is on."""
     input:
         acc=rules.infer.output.acc,
         blind=rules.infer_blind.output.acc if BLIND else [],
     output:
         report(PLOTS["test_accuracy"], caption="../report/test_accuracy.rst", category="3 test"),
+    params:
+        figure="test_accuracy",
+        source=SOURCE,
     conda:
         ENV
     log:
@@ -62,10 +71,11 @@ rule plot_test_accuracy:
 rule plot_confusion:
     """Confusion of the most frequent test answers."""
     input:
-        rules.infer.output.predictions,
+        predictions=rules.infer.output.predictions,
     output:
         report(PLOTS["confusion"], caption="../report/confusion.rst", category="3 test"),
     params:
+        figure="confusion",
         top=15,
     conda:
         ENV
@@ -78,10 +88,11 @@ rule plot_confusion:
 rule plot_frames:
     """A contact sheet of evaluation clips, sampled and resized as inference does."""
     input:
-        rules.pack_lmdb.output[0],
+        lmdb=rules.pack_lmdb.output[0],
     output:
         report(PLOTS["frames"], caption="../report/frames.rst", category="1 data"),
     params:
+        figure="frames",
         preset=config["train"]["preset"],
         overrides=config["train"]["overrides"],
         n_clips=config["infer"]["n_clips"],
@@ -97,12 +108,16 @@ rule plot_frames:
 rule plot_benchmarks:
     """Wall time and peak memory of every rule, from the `benchmark:` files. Read from the
     folder rather than required as inputs, so that a run made before the benchmark directives
-    existed is not redone for their sake; the test accuracy comes last, so all are written."""
+    existed is not redone for their sake. The inputs (unnamed: not the figure's) are every
+    result the run makes, the blind baseline's too, so that every other rule has run and
+    written its file first; no train job when only evaluating."""
     input:
         rules.infer.output.acc,
+        rules.infer_blind.output.acc if BLIND else [],
     output:
         report(PLOTS["benchmarks"], caption="../report/benchmarks.rst", category="4 resources"),
     params:
+        figure="benchmarks",
         folder="logs/benchmarks",
     conda:
         ENV

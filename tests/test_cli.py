@@ -274,3 +274,55 @@ def test_bad_splits_say_what_a_split_is(tmp_path, cli):
     assert not (tmp_path / "out").exists()
     with pytest.raises(ClipbertError, match="^no splits given; name at least one"):
         sqa.convert(sqa_dir, tmp_path / "out", splits=[])
+
+
+# ---- plot -------------------------------------------------------------------------------------
+
+
+def test_plot_commands_draw_without_torch(tmp_path, small):
+    """`clipbert plot` of the data, the logs and the results only reads files and draws: no
+    torch; each prints the PNG and what it shows, and a bad input is one line."""
+    log = tmp_path / "train_log.jsonl"
+    log.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s, "val_acc": 5.0 * s}) + "\n"
+                           for s in (1, 2)))
+    acc = tmp_path / "test_acc.json"
+    acc.write_text(json.dumps({"overall": 40.0, "per_type": {"what": 40.0}, "n_questions": 5,
+                               "majority_baseline": {"overall": 20.0}, "preset": "tiny"}))
+    pred = tmp_path / "test_predictions.jsonl"
+    pred.write_text('{"answer": "white", "predicted": "white"}\n')
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "train.tsv").write_text("s\tmax_rss\n3.5\t100\n")
+    commands = [
+        ["data", "--stats", small["sqa"] / "stats.json", "--lmdb", small["lmdb"]],
+        ["training", "--log", log], ["training", "--checkpoint", "clipbert.pt"],
+        ["test-accuracy", "--acc", acc, "--source", "demo"],
+        ["confusion", "--predictions", pred, "--top", "3"],
+        ["benchmarks", "--folder", tmp_path / "bench"],
+    ]
+    code = "import sys\nfrom clipbert.cli import main\n" + "".join(
+        f"assert main({['plot', *map(str, c), '--out', str(tmp_path / f'{k}.png')]!r}) == 0\n"
+        for k, c in enumerate(commands)) + "assert 'torch' not in sys.modules, 'torch imported'\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=cli_env())
+    assert proc.returncode == 0, proc.stderr
+    said = proc.stdout.splitlines()
+    assert len(said) == len(commands) and all((tmp_path / f"{k}.png").stat().st_size > 1000
+                                              for k in range(len(commands)))
+    assert said[1] == (f"{tmp_path / '1.png'}: training: 2 log rows, steps 1-2; best validation "
+                       "accuracy 10.00 at step 2")
+    assert said[3].startswith(f"{tmp_path / '3.png'}: test accuracy, embedded demo data: ")
+    assert said[5] == f"{tmp_path / '5.png'}: benchmarks: train 1 job 3.5 s"
+    log.write_text('{"loss": 1}\n')
+    proc = run_cli("plot", "training", "--log", log, "--out", tmp_path / "bad.png", check=False)
+    assert proc.returncode == 1 and not (tmp_path / "bad.png").exists()
+    assert proc.stderr == f"error: {log}: record 1: missing key 'step'\n"
+    proc = run_cli("plot", "test-accuracy", "--acc", acc, "--source", "real", "--out",
+                   tmp_path / "bad.png", check=False)
+    assert proc.returncode == 2 and "invalid choice: 'real'" in proc.stderr
+
+
+def test_plot_frames_names_a_bad_set(capsys, small, tmp_path):
+    code, _, err = run_main(capsys, "plot", "frames", "--lmdb", small["lmdb"], "--preset", "tiny",
+                            "--set", "num_frms=2", "--out", tmp_path / "f.png")
+    assert code == 1 and err.startswith("error: --set num_frms=2: ") and "num_frm" in err, err
+    assert not (tmp_path / "f.png").exists()

@@ -82,7 +82,7 @@ def test_top_level_help_speaks_to_a_user():
     out = proc.stdout
     assert "import" not in out.lower() and "lazy" not in out.lower()
     assert "Start with `./run snakemake --cores 2`" in out  # where to start
-    for name in ("demo", "sens", "video", "lmdb", "sqa", "model", "train", "infer"):
+    for name in ("demo", "sens", "video", "lmdb", "sqa", "model", "train", "infer", "plot"):
         assert re.search(rf"^    {name} +\S", out, re.M), f"{name} is not listed with its help"
 
 
@@ -144,9 +144,12 @@ def test_the_model_key_in_the_help_is_a_real_one(capsys):
 
 
 def _needs_model(line: str) -> bool:
-    """Training, inference and converting the trained model: the slow examples."""
+    """Training, inference and converting the trained model: the slow examples; and the plots
+    of what they wrote (results/, logs/benchmarks/)."""
     if "--help" in line.split():
         return False
+    if _command(line)[:1] == ["plot"]:
+        return any(w.startswith(("results/", "logs/")) for w in shlex.split(line))
     return "results/model.pt" in line or _command(line)[:1] in (["train"], ["infer"])
 
 
@@ -157,6 +160,8 @@ def _slow(line: str) -> bool:
         return False
     if words[:1] in (["model"], ["train"], ["infer"]):
         return True
+    if words[:1] == ["plot"]:  # the frames figure runs the model's preprocessing (torch)
+        return _needs_model(line) or words == ["plot", "frames"]
     scenes = int(argv[argv.index("--scenes") + 1]) if "--scenes" in argv else 60
     return words == ["demo", "make"] and scenes >= 30
 
@@ -202,11 +207,13 @@ def workspace(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def workspace_with_model(workspace, tmp_path_factory) -> Path:
-    """The workspace plus `results/model.pt`: the tiny preset, one epoch (its resumable state
-    kept elsewhere, so that the examples' own `--state-dir` start fresh)."""
+    """The workspace plus what the workflow's training and inference write: `results/model.pt`
+    (the tiny preset, one epoch; its resumable state kept elsewhere, so that the examples' own
+    `--state-dir` start fresh), its metrics log, the test predictions and accuracy, and
+    benchmark files in Snakemake's format under logs/benchmarks/."""
     import torch
 
-    from clipbert import train
+    from clipbert import evaluate, train
     from clipbert.config import make_config
 
     root = tmp_path_factory.mktemp("wsm")
@@ -216,9 +223,18 @@ def workspace_with_model(workspace, tmp_path_factory) -> Path:
     try:
         train.train(make_config("tiny", {"epochs": 1}), root / "work/demo/sqa",
                     root / "work/demo/vis_db", root / "results/model.pt",
-                    tmp_path_factory.mktemp("st"), vocab=root / "work/demo/source/vocab.txt")
+                    tmp_path_factory.mktemp("st"), vocab=root / "work/demo/source/vocab.txt",
+                    metrics=root / "results/train_log.jsonl")
+        evaluate.infer(root / "results/model.pt", root / "work/demo/sqa/test.jsonl",
+                       root / "work/demo/vis_db", root / "results/test_predictions.jsonl",
+                       root / "results/test_acc.json", device="cpu")
     finally:
         torch.set_num_threads(n)
+    head = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for name, row in (("train.tsv", "12.5\t0:00:12\t900.1"), ("frames/scene0000_00.tsv",
+                                                                "0.4\t0:00:00\t20.3")):
+        (root / "logs/benchmarks" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "logs/benchmarks" / name).write_text(head + row + "\t-" * 7 + "\n")
     return root
 
 

@@ -77,24 +77,92 @@ def test_progress_redraws_one_line_on_a_terminal():
     assert "lmdb: 3 videos" in text
 
 
-# ---- plots from files ---------------------------------------------------------------------
+# ---- plots from files: what each series holds ----------------------------------------------
+
+def bars(ax, horizontal: bool = False) -> dict[str, list[float]]:
+    """Each bar series of an axes (its label) -> the bar lengths, in order."""
+    return {c.get_label(): [round(float(b.get_width() if horizontal else b.get_height()), 2)
+                            for b in c.patches] for c in ax.containers}
+
+
+def lines(ax) -> dict[str, list[tuple[float, float]]]:
+    return {line.get_label(): [(float(x), float(y)) for x, y in line.get_xydata()]
+            for line in ax.get_lines()}
+
+
+def texts(ax) -> list[str]:
+    return [t.get_text() for t in ax.texts]
+
+
+def legend(fig) -> list[str]:
+    return [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+
+
+def drawn(fig):
+    """The figure laid out and rendered (constrained layout runs at draw time), so that the
+    window extents of its texts are where the PNG has them; and its renderer."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def description(path: Path) -> str:
+    with Image.open(path) as im:
+        return im.text["Description"]
+
 
 def test_training_plot(tmp_path):
     log = tmp_path / "train_log.jsonl"
     log.write_text("".join(json.dumps({"step": s, "loss": 3.0 / s, "lr": 1e-4, "cnn_lr": 1e-3,
                                        "val_acc": 10.0 * s if s % 2 == 0 else None}) + "\n"
                            for s in range(1, 9)))
-    w, h = png_size(report.plot_training(log, tmp_path / "p" / "training.png"))
+    out = tmp_path / "p" / "training.png"
+    said = report.draw("training", out, log=log)
+    w, h = png_size(out)
     assert w > 500 and h > 200
+    assert said == description(out) == ("training: 8 log rows, steps 1-8; best validation "
+                                         "accuracy 80.00 at step 8")
+    fig = report.figure("training", log=log)
+    loss, lr, val = fig.axes
+    assert lines(loss) == {"loss": [(s, 3.0 / s) for s in range(1, 9)]}
+    assert lines(lr) == {"transformer": [(s, 1e-4) for s in range(1, 9)],
+                         "CNN": [(s, 1e-3) for s in range(1, 9)]}
+    assert lines(val) == {"validation accuracy %": [(2, 20.0), (4, 40.0), (6, 60.0), (8, 80.0)]}
+    (best,) = val.texts
+    assert best.get_text() == "best 80.00" and best.xy == (8, 80.0)
+
+
+def test_training_plot_best_label_clears_the_title(tmp_path):
+    """The best validation point is the highest one: its label must stay inside the panel,
+    clear of the title (it touched it)."""
+    log = tmp_path / "train_log.jsonl"
+    for accs in ([10.0, 71.3], [71.3, 71.3], [5.0, 71.3, 40.0], [71.3]):
+        log.write_text("".join(json.dumps({"step": s, "loss": 1.0, "val_acc": a}) + "\n"
+                               for s, a in enumerate(accs, 1)))
+        fig = report.figure("training", log=log)
+        renderer = drawn(fig)
+        ax = fig.axes[2]
+        (best,) = ax.texts
+        label = best.get_window_extent(renderer)
+        panel = ax.get_window_extent(renderer)
+        title = ax.title.get_window_extent(renderer)
+        assert best.get_text() == "best 71.30"
+        assert panel.y0 <= label.y0 and label.y1 <= panel.y1 - 2, (accs, label, panel)
+        assert panel.x0 < label.x0 and label.x1 < panel.x1, (accs, label, panel)
+        assert label.y1 < title.y0, (accs, label, title)
 
 
 def test_training_plot_when_nothing_was_trained(tmp_path):
     """Evaluation only (infer.model): no log, a figure that says so and names the checkpoint."""
-    out = report.plot_training(None, tmp_path / "training.png", checkpoint="rel/clipbert.pt")
-    with Image.open(out) as im:
-        assert im.text["Description"] == ("not trained here: the test accuracy comes from the "
-                                          "given checkpoint clipbert.pt (infer.model)")
-        assert im.size[0] > 500
+    out = tmp_path / "training.png"
+    said = report.draw("training", out, log=None, checkpoint="rel/clipbert.pt")
+    assert said == description(out) == ("not trained here: the test accuracy comes from the "
+                                        "given checkpoint clipbert.pt (infer.model)")
+    assert png_size(out)[0] > 500
+    fig = report.figure("training", checkpoint="rel/clipbert.pt")
+    assert fig.axes == [] and [t.get_text() for t in fig.texts] == [said]
 
 
 def test_bad_input_names_the_file_and_leaves_no_png(tmp_path):
@@ -102,12 +170,14 @@ def test_bad_input_names_the_file_and_leaves_no_png(tmp_path):
     log.write_text('{"step": 1, "loss": 2}\n{"step": 2, "loss"\n')
     out = tmp_path / "training.png"
     with pytest.raises(ClipbertError, match=r"train_log.jsonl: line 2"):
-        report.plot_training(log, out)
+        report.draw("training", out, log=log)
     log.write_text('{"loss": 2}\n')
     with pytest.raises(ClipbertError, match=r"train_log.jsonl: record 1: missing key 'step'"):
-        report.plot_training(log, out)
+        report.draw("training", out, log=log)
     with pytest.raises(ClipbertError, match=r"nope.json: no such file"):
-        report.plot_accuracy(tmp_path / "nope.json", out)
+        report.draw("test_accuracy", out, acc=tmp_path / "nope.json", source="demo")
+    with pytest.raises(ClipbertError, match=r"figure 'loss': unknown \(known: data, training"):
+        report.draw("loss", out, log=log)
     assert list(tmp_path.iterdir()) == [log]
 
 
@@ -121,46 +191,123 @@ def test_confusion_counts_and_plot(tmp_path):
     assert m.tolist() == [[5, 0, 2], [0, 3, 1]]
     pred = tmp_path / "test_predictions.jsonl"
     pred.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert png_size(report.plot_confusion(pred, tmp_path / "confusion.png", top=2))[0] > 200
+    out = tmp_path / "confusion.png"
+    said = report.draw("confusion", out, predictions=pred, top=2)
+    assert png_size(out)[0] > 200
+    assert said == ("confusion of the 2 most frequent test answers: 8 of 11 of their questions "
+                    "answered right")
+    ax = report.figure("confusion", predictions=pred, top=2).axes[0]
+    assert np.allclose(ax.images[0].get_array(), [[5 / 7, 0, 2 / 7], [0, 3 / 4, 1 / 4]])
+    assert texts(ax) == ["5", "2", "3", "1"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["white (7)", "two (4)"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["white", "two", "(other)"]
+    with pytest.raises(ClipbertError, match="test_predictions.jsonl: top must be >= 1, got 0"):
+        report.figure("confusion", predictions=pred, top=0)
+
+
+ACC = {"overall": 50.0, "per_type": {"what": 40.0, "is": 70.0}, "counts": {"what": 5, "is": 2},
+       "n_questions": 7, "ceiling": 90.0, "preset": "tiny",
+       "majority_baseline": {"overall": 30.0, "per_type": {"what": 20.0, "is": 50.0}}}
+PUBLISHED = "published (real SQA3D test split)"
 
 
 def test_accuracy_plot(tmp_path):
-    acc = {"overall": 50.0, "per_type": {"what": 40.0, "is": 70.0}, "counts": {"what": 5, "is": 2},
-           "n_questions": 7, "ceiling": 90.0, "preset": "tiny",
-           "majority_baseline": {"overall": 30.0, "per_type": {"what": 20.0, "is": 50.0}}}
     path = tmp_path / "test_acc.json"
-    path.write_text(json.dumps(acc))
-    assert png_size(report.plot_accuracy(path, tmp_path / "acc.png"))[0] > 500
+    path.write_text(json.dumps(ACC))
+    out = tmp_path / "acc.png"
+    said = report.draw("test_accuracy", out, acc=path, source="demo")
+    assert png_size(out)[0] > 500
+    assert said == description(out)
+    assert said.startswith("test accuracy, embedded demo data: this run (tiny), embedded demo "
+                           "data 50.00 overall; ClipBERT, published (real SQA3D test split) "
+                           "43.31 overall; majority answer, this split 30.00 overall")
+    fig = report.figure("test_accuracy", acc=path, source="demo")
+    ax = fig.axes[0]
+    assert bars(ax) == {"this run (tiny), embedded demo data": [50.0, 40.0, 70.0],
+                        f"ClipBERT, {PUBLISHED}": [43.31, 30.24, 60.12],
+                        "majority answer, this split": [30.0, 20.0, 50.0]}
+    assert [c.patches[0].get_hatch() for c in ax.containers] == [None, "//", None]
+    assert texts(ax)[:3] == ["50.0", "40.0", "70.0"]  # the bars' own labels
+    assert legend(fig) == [*bars(ax), f"blind text-only, {PUBLISHED}: 43.65",
+                           "ceiling of this split (90.0)"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["overall", "what\n(n=5)", "is\n(n=2)"]
+    title = ax.get_title()
+    assert "7 questions of the embedded demo (synthetic scenes, not SQA3D)" in title
+    assert "hatched: published on the real SQA3D test split" in title
+    assert "reproduces nothing" in title
+    (blind_line,) = ax.collections
+    assert np.allclose(blind_line.get_segments()[0][:, 1], 43.65)
+    assert lines(ax) == {"ceiling of this split (90.0)": [(0.0, 90.0), (1.0, 90.0)]}
+
+
+def test_accuracy_plot_on_sqa3d_with_a_blind_baseline(tmp_path):
+    path = tmp_path / "test_acc.json"
+    path.write_text(json.dumps({**ACC, "trained_here": False, "checkpoint_name": "clipbert.pt",
+                                "preset": "faithful"}))
     blind = tmp_path / "blind" / "test_acc.json"
     blind.parent.mkdir()
-    blind.write_text(json.dumps({**acc, "overall": 35.0, "per_type": {"what": 30.0}}))
-    assert png_size(report.plot_accuracy(path, tmp_path / "acc2.png", blind_path=blind))[0] > 500
+    blind.write_text(json.dumps({**ACC, "overall": 35.0, "per_type": {"what": 30.0}}))
+    out = tmp_path / "acc2.png"
+    report.draw("test_accuracy", out, acc=path, source="scannet", blind=blind)
+    assert png_size(out)[0] > 500
+    fig = report.figure("test_accuracy", acc=path, source="scannet", blind=blind)
+    ax = fig.axes[0]
+    assert bars(ax) == {"clipbert.pt (faithful), not trained here, SQA3D data": [50.0, 40.0, 70.0],
+                        f"ClipBERT, {PUBLISHED}": [43.31, 30.24, 60.12],
+                        "blind baseline, this run (tiny)": [35.0, 30.0, 0.0],
+                        "majority answer, this split": [30.0, 20.0, 50.0]}
+    assert "7 questions of SQA3D (data.source: scannet)" in ax.get_title()
+    assert "demo" not in ax.get_title() + " ".join(legend(fig))
     blind.write_text(json.dumps({"per_type": {}}))
     with pytest.raises(ClipbertError, match="blind/test_acc.json: top level: missing key 'ov"):
-        report.plot_accuracy(path, tmp_path / "acc3.png", blind_path=blind)
+        report.draw("test_accuracy", tmp_path / "acc3.png", acc=path, source="demo", blind=blind)
     assert not (tmp_path / "acc3.png").exists()
+    with pytest.raises(ClipbertError, match="test_acc.json: data source 'real': expected one of "
+                       "demo, scannet"):
+        report.figure("test_accuracy", acc=path, source="real")
     path.write_text(json.dumps({"overall": 1.0}))
     with pytest.raises(ClipbertError, match="test_acc.json: top level: missing key 'per_type'"):
-        report.plot_accuracy(path, tmp_path / "acc.png")
+        report.draw("test_accuracy", tmp_path / "acc.png", acc=path, source="demo")
 
 
-def test_benchmarks_aggregate_per_rule(tmp_path):
-    head = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+BENCH_HEAD = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+
+
+def write_benchmarks(folder: Path) -> None:
+    """Two jobs of `frames` (a folder per rule) and one of `train` (RULE.tsv), as Snakemake
+    writes them."""
     files = {"frames/a.tsv": "1.5\t0:00:01\t10\t-\t-\t-\t-\t-\t-\t-\n",
              "frames/b.tsv": "2.5\t0:00:02\t30\t-\t-\t-\t-\t-\t-\t-\n",
              "train.tsv": "9.0\t0:00:09\t-\t-\t-\t-\t-\t-\t-\t-\n"}
     for name, row in files.items():
-        (tmp_path / "benchmarks" / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / "benchmarks" / name).write_text(head + row)
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(BENCH_HEAD + row)
+
+
+def test_benchmarks_aggregate_per_rule(tmp_path):
+    write_benchmarks(tmp_path / "benchmarks")
     paths = report.benchmark_files(tmp_path / "benchmarks")
     assert report.read_benchmarks(paths) == {
         "frames": {"jobs": 2, "seconds": 4.0, "longest": 2.5, "max_rss": 30.0},
         "train": {"jobs": 1, "seconds": 9.0, "longest": 9.0, "max_rss": 0.0}}
-    assert png_size(report.plot_benchmarks(paths, tmp_path / "b.png"))[0] > 500
-    (tmp_path / "benchmarks" / "train.tsv").write_text(head + "x\t-\t-\t-\t-\t-\t-\t-\t-\t-\n")
+    out = tmp_path / "b.png"
+    said = report.draw("benchmarks", out, folder=tmp_path / "benchmarks")
+    assert png_size(out)[0] > 500
+    assert said == "benchmarks: frames 2 jobs 4.0 s, train 1 job 9.0 s"
+    write_benchmarks(tmp_path / "elsewhere")  # the rules are named from the folder given
+    assert report.figure("benchmarks", folder=tmp_path / "elsewhere").get_label() == said
+    time, memory = report.figure("benchmarks", folder=tmp_path / "benchmarks").axes
+    assert bars(time, horizontal=True) == {"wall seconds": [4.0, 9.0]}
+    assert bars(memory, horizontal=True) == {"peak MB": [30.0, 0.0]}
+    assert [t.get_text() for t in time.get_yticklabels()] == ["frames", "train"]
+    assert texts(time) == ["4.0 s (2 jobs, longest 2.5)", "9.0 s (1 job, longest 9.0)"]
+    assert texts(memory) == ["30 MB", "0 MB"]
+    (tmp_path / "benchmarks" / "train.tsv").write_text(BENCH_HEAD + "x" + "\t-" * 9 + "\n")
     with pytest.raises(ClipbertError, match=r"train.tsv: line 2"):
         report.read_benchmarks(paths)
     assert report.benchmark_files(tmp_path / "absent") == []
+    said = report.draw("benchmarks", tmp_path / "none.png", folder=tmp_path / "absent")
+    assert said.startswith(f"no benchmark files in {tmp_path / 'absent'}")
 
 
 def test_model_view_is_the_padded_canvas():
@@ -185,14 +332,123 @@ def test_frames_and_data_plots_from_a_small_lmdb(tmp_path):
     lmdb = tmp_path / "vis_db"
     vislmdb.pack_lmdb(lmdb, mp4s)
     assert report.video_frame_counts(lmdb) == {"scene0000_00": 12, "scene0001_00": 12}
-    cfg = make_config("tiny", {"max_img_size": 32})
-    w, h = png_size(report.plot_frames(lmdb, tmp_path / "frames.png", cfg, scenes=3))
+    sheet = {"lmdb": lmdb, "preset": "tiny", "overrides": {"max_img_size": 32}, "scenes": 3}
+    report.draw("frames", tmp_path / "frames.png", **sheet)
+    w, h = png_size(tmp_path / "frames.png")
     assert w > 300 and h > 200
+    cfg = make_config("tiny", {"max_img_size": 32})
+    for n_clips in (None, 3):
+        fig = report.figure("frames", **sheet, n_clips=n_clips)
+        clips = n_clips or cfg.inference_n_clips
+        cols = clips * cfg.num_frm
+        assert len(fig.axes) == 2 * cols  # 3 scenes asked, 2 in the LMDB
+        assert [ax.get_ylabel() for ax in fig.axes[::cols]] == ["scene0000_00", "scene0001_00"]
+        assert all(ax.images[0].get_array().shape == (32, 32, 3) for ax in fig.axes)
+        assert fig.axes[cols - 1].get_title() == f"clip {clips}, frame {cfg.num_frm}"
+        assert fig.get_suptitle().startswith(f"evaluation input: {clips} clip(s) x "
+                                             f"{cfg.num_frm} frames")
+    with pytest.raises(ClipbertError, match="vis_db: n_clips must be >= 1, got 0"):
+        report.figure("frames", **sheet, n_clips=0)
+    with pytest.raises(ClipbertError, match="vis_db: scenes must be >= 1, got 0"):
+        report.figure("frames", lmdb=lmdb, preset="tiny", scenes=0)
+
     stats = {s: {"questions": 4, "scenes": 1, "answer_types": {"what": 3, "is": 1},
                  "unknown": 1, "unknown_percent": 25.0, "accuracy_ceiling": 75.0}
              for s in ("train", "val", "test")}
+    stats["train"] = {**stats["train"], "questions": 6, "scenes": 2,
+                      "answer_types": {"what": 3, "is": 1, "how": 2}}
     (tmp_path / "stats.json").write_text(json.dumps(stats))
-    assert png_size(report.plot_data(tmp_path / "stats.json", lmdb, tmp_path / "data.png"))[0] > 500
+    out = tmp_path / "data.png"
+    said = report.draw("data", out, stats=tmp_path / "stats.json", lmdb=lmdb)
+    assert png_size(out)[0] > 500
+    assert said == ("questions per split: train 6, val 4, test 4; 2 scene videos: 12-12 frames, "
+                    "median 12")
+    types, unknown, frames = report.figure("data", stats=tmp_path / "stats.json",
+                                           lmdb=lmdb).axes
+    assert bars(types) == {"what": [3.0] * 3, "is": [1.0] * 3, "how": [2.0, 0.0, 0.0],
+                           "can": [0.0] * 3, "which": [0.0] * 3, "others": [0.0] * 3}
+    assert texts(types) == ["6 q\n2 scenes", "4 q\n1 scene", "4 q\n1 scene"]
+    assert bars(unknown) == {"'unknown' answers %": [25.0] * 3, "accuracy ceiling %": [75.0] * 3}
+    assert sum(p.get_height() for p in frames.patches) == 2
+    with pytest.raises(ClipbertError, match=r"stats.json: val: missing key 'answer_types'"):
+        (tmp_path / "stats.json").write_text(json.dumps({**stats, "val": {}}))
+        report.figure("data", stats=tmp_path / "stats.json", lmdb=lmdb)
+
+
+# ---- the figures by name: the plot rules and `clipbert plot` -----------------------------------
+
+def plot_rules() -> dict[str, dict[str, list[str]]]:
+    """rules/report.smk's plot rules: rule -> its figure and the names of its inputs and
+    params (the figure's arguments)."""
+    text = (REPO / "rules" / "report.smk").read_text()
+    out = {}
+    for m in re.finditer(r"^rule (plot_\w+):\n(.*?)(?=^rule |\Z)", text, re.S | re.M):
+        sections = dict(re.findall(r"^    (\w+):\n((?:        .*\n|\n)*)", m.group(2), re.M))
+        names = {k: re.findall(r"^        (\w+)=", v, re.M) for k, v in sections.items()}
+        params = names.get("params", [])
+        figure = re.search(r'^        figure="(\w+)"', sections.get("params", ""), re.M)
+        out[m.group(1)] = {"figure": figure and figure.group(1), "input": names.get("input", []),
+                           "params": [p for p in params if p != "figure"]}
+    return out
+
+
+def test_every_plot_rule_names_a_figure_and_its_arguments():
+    """The workflow chooses the figure by the rule's data: each plot rule names a figure and
+    gives exactly arguments of its builder, every argument without a default among them."""
+    import inspect
+
+    rules = plot_rules()
+    assert len(rules) == len(PLOTS)
+    assert sorted(r["figure"] for r in rules.values()) == sorted(report.FIGURES) == sorted(PLOTS)
+    for rule, r in rules.items():
+        sig = inspect.signature(report.FIGURES[r["figure"]]).parameters
+        given = r["input"] + r["params"]
+        assert set(given) <= set(sig), (rule, given, list(sig))
+        required = {n for n, p in sig.items() if p.default is inspect.Parameter.empty}
+        assert required <= set(given), (rule, required)
+    assert rules["plot_test_accuracy"]["params"] == ["source"]
+    assert rules["plot_benchmarks"]["input"] == []  # waits on the results, reads the folder
+
+
+def test_every_figure_has_a_plot_command():
+    """`clipbert plot NAME` exists for every figure and passes only the builder's arguments."""
+    import argparse
+    import inspect
+
+    from clipbert.cli import build_parser
+
+    def choices(parser):
+        (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        return sub.choices
+
+    commands = choices(choices(build_parser())["plot"])
+    seen = {}
+    for name, parser in commands.items():
+        figure, inputs = parser.get_default("figure"), parser.get_default("inputs")
+        seen[figure] = name
+        sig = inspect.signature(report.FIGURES[figure]).parameters
+        assert set(inputs) <= set(sig), (name, inputs)
+        required = {n for n, p in sig.items() if p.default is inspect.Parameter.empty}
+        assert required <= set(inputs) | ({"overrides"} if figure == "frames" else set()), name
+    assert sorted(seen) == sorted(report.FIGURES)
+
+
+def test_the_benchmarks_plot_waits_for_every_result(tmp_path):
+    """benchmarks.png lists every rule that ran, so its job comes after the blind baseline's
+    too; when only evaluating it pulls in no training."""
+    from conftest import job_stats
+
+    def benchmark_inputs(proc) -> list[str]:
+        block = proc.stdout.split("rule plot_benchmarks:", 1)[1]
+        return block.split("input: ", 1)[1].split("\n", 1)[0].split(", ")
+
+    proc = snakemake(tmp_path, "-n", config=SMALL)
+    assert benchmark_inputs(proc) == ["results/test_acc.json", "results/blind/test_acc.json"]
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "clipbert.pt").write_bytes(b"read only when the job runs")
+    proc = snakemake(tmp_path, "-n", config={**SMALL, "infer": {"model": "ck/clipbert.pt"}})
+    assert benchmark_inputs(proc) == ["results/test_acc.json"]
+    assert not {"train", "train_blind", "infer_blind"} & set(job_stats(proc.stdout))
 
 
 # ---- the Snakemake report on the demo -------------------------------------------------------
@@ -203,6 +459,13 @@ def test_snakemake_report_has_every_plot(tmp_path):
     for name in PLOTS:
         path = tmp_path / "results" / "plots" / f"{name}.png"
         assert png_size(path)[0] > 200, name
+    said = description(tmp_path / "results/plots/test_accuracy.png")
+    assert said.startswith("test accuracy, embedded demo data: this run (tiny), embedded demo "
+                           "data") and f"ClipBERT, {PUBLISHED}" in said, said
+    said = description(tmp_path / "results/plots/benchmarks.png")
+    rules = dict(re.findall(r"(\w+) (\d+) jobs? ", said))
+    assert {"train", "infer", "train_blind", "infer_blind", "pack_lmdb"} <= set(rules), said
+    assert rules["frames"] == "6" and rules["train_blind"] == "1" and "1 jobs" not in said, said
     snakemake(tmp_path, "--report", "report.html", config=SMALL)
     html = (tmp_path / "report.html").read_text()
     for name in PLOTS:

@@ -688,6 +688,138 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     i.set_defaults(func=_infer)
 
 
+# ---- plot ----------------------------------------------------------------------------------
+
+
+def _plot(a: argparse.Namespace) -> None:
+    """The figure the subcommand names, from its options (named as the figure's arguments),
+    through the same function as the workflow's plot rules."""
+    from clipbert import report
+
+    inputs = {name: getattr(a, name) for name in a.inputs}
+    if a.figure == "frames":
+        _make_config(a)  # a bad --set is named as the argument
+        inputs["overrides"] = _parse_sets(a.set)
+    print(f"{a.out}: {report.draw(a.figure, a.out, **inputs)}")
+
+
+def _plot_figure(s: argparse._SubParsersAction, name: str, key: str, inputs: tuple[str, ...],
+                 **kw) -> argparse.ArgumentParser:
+    """`clipbert plot NAME`: the figure `key` of report.FIGURES, from the options `inputs`."""
+    f = s.add_parser(name, **kw)
+    f.set_defaults(func=_plot, figure=key, inputs=inputs)
+    return f
+
+
+def _add_plot_data_figures(s: argparse._SubParsersAction) -> None:
+    d = _plot_figure(
+        s, "data", "data", ("stats", "lmdb"),
+        help="questions per split and answer type, ceiling, frames per scene",
+        description="Questions per split stacked by answer type (with scenes), the share of "
+        "'unknown' answers and the accuracy ceiling of each split, and the frames of each "
+        "video in the LMDB.",
+        epilog=_examples("clipbert plot data --stats work/demo/sqa/stats.json "
+                         "--lmdb work/demo/vis_db --out work/try/plots/data.png"))
+    d.add_argument("--stats", required=True, metavar="STATS.json",
+                   help="stats.json of `clipbert sqa convert`")
+    d.add_argument("--lmdb", required=True, metavar="LMDB_DIR", help="the video LMDB folder")
+    r = _plot_figure(
+        s, "frames", "frames", ("lmdb", "preset", "n_clips", "scenes"),
+        help="a contact sheet of evaluation clips as the model sees them",
+        description="Each row one scene, each picture one frame of its evaluation clips, "
+        "sampled, resized and padded as inference does with the given settings.",
+        epilog=_examples(
+            "clipbert plot frames --lmdb work/demo/vis_db --preset tiny "
+            "--out work/try/plots/frames.png",
+            "# 2 scenes, 3 evaluation clips each",
+            "clipbert plot frames --lmdb work/demo/vis_db --preset tiny --n-clips 3 --scenes 2 "
+            "--out work/try/plots/frames_3clips.png"))
+    r.add_argument("--lmdb", required=True, metavar="LMDB_DIR", help="the video LMDB folder")
+    r.add_argument("--preset", default="faithful", help=_PRESET_HELP)
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP)
+    r.add_argument("--n-clips", type=int, default=None, metavar="N",
+                   help="evaluation clips per video (default: the preset's inference_n_clips)")
+    r.add_argument("--scenes", type=int, default=4, metavar="N",
+                   help="scenes to show, spread over the sorted scene ids")
+
+
+def _add_plot_result_figures(s: argparse._SubParsersAction) -> None:
+    t = _plot_figure(
+        s, "training", "training", ("log", "checkpoint"),
+        help="training loss, learning rates and validation accuracy",
+        description="Loss, learning rates and validation accuracy against the step, from a "
+        "training metrics log; without --log, a figure saying that nothing was trained here "
+        "(the model evaluated was the given --checkpoint).",
+        epilog=_examples(
+            "clipbert plot training --log results/train_log.jsonl "
+            "--out work/try/plots/training.png",
+            "# a run that only scored a given checkpoint: the figure says so",
+            "clipbert plot training --checkpoint clipbert.pt "
+            "--out work/try/plots/training_none.png"))
+    t.add_argument("--log", default=None, metavar="LOG.jsonl",
+                   help="the metrics log of `clipbert train --metrics` (default: none: nothing "
+                   "was trained here)")
+    t.add_argument("--checkpoint", default=None, metavar="MODEL.pt",
+                   help="without --log: the checkpoint evaluated instead, named in the figure "
+                   "(default: none)")
+    a = _plot_figure(
+        s, "test-accuracy", "test_accuracy", ("acc", "source", "blind"),
+        help="test accuracy per answer type beside the published figures",
+        description="Accuracy overall and per answer type beside the ClipBERT and blind "
+        "figures published on the real SQA3D test split (hatched), a blind baseline if given, "
+        "the majority answer of the split and its ceiling. --source says which data the run "
+        "is on, and the figure says it too: demo numbers are no reproduction of the published "
+        "ones.",
+        epilog=_examples(
+            "clipbert plot test-accuracy --acc results/test_acc.json --source demo "
+            "--out work/try/plots/test_accuracy.png",
+            "# a real run with its blind baseline",
+            "# clipbert plot test-accuracy --acc results/test_acc.json --blind "
+            "results/blind/test_acc.json --source scannet --out acc.png"))
+    a.add_argument("--acc", required=True, metavar="ACC.json",
+                   help="accuracy json of `clipbert infer`")
+    a.add_argument("--source", required=True, choices=("demo", "scannet"),
+                   help="the data the questions are (the workflow's data.source): the embedded "
+                   "demo or SQA3D")
+    a.add_argument("--blind", default=None, metavar="ACC.json",
+                   help="accuracy json of a blind model on the same questions (default: none)")
+    c = _plot_figure(
+        s, "confusion", "confusion", ("predictions", "top"),
+        help="confusion of the most frequent gold answers",
+        description="Gold against predicted answer for the most frequent gold answers, each "
+        "row normalised (colour) with counts; (other) collects predictions outside them.",
+        epilog=_examples("clipbert plot confusion --predictions results/test_predictions.jsonl "
+                         "--top 10 --out work/try/plots/confusion.png"))
+    c.add_argument("--predictions", required=True, metavar="PRED.jsonl",
+                   help="predictions of `clipbert infer`")
+    c.add_argument("--top", type=int, default=15, metavar="N",
+                   help="how many of the most frequent gold answers")
+
+
+def _add_plot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plot", help="the report's figures, one at a time",
+                       description="Draw one figure of the Snakemake report as a PNG, from the "
+                       "files the stages wrote: the same figures as the workflow's plot rules "
+                       "(results/plots/), with their inputs given by hand. Prints the PNG's "
+                       "path and a line saying what it shows (also in the PNG's metadata).")
+    s = p.add_subparsers(dest="action", required=True)
+    _add_plot_data_figures(s)
+    _add_plot_result_figures(s)
+    b = _plot_figure(
+        s, "benchmarks", "benchmarks", ("folder",),
+        help="wall time and peak memory of every rule",
+        description="Wall seconds (summed over each rule's jobs, with their number and the "
+        "longest) and the peak resident memory of one job, per rule, from the Snakemake "
+        "benchmark files (.tsv) under a folder.",
+        epilog=_examples("clipbert plot benchmarks --folder logs/benchmarks "
+                         "--out work/try/plots/benchmarks.png"))
+    b.add_argument("--folder", default="logs/benchmarks", metavar="DIR",
+                   help="folder of Snakemake benchmark .tsv files (a subfolder per rule with "
+                   "one file a job, or RULE.tsv)")
+    for f in s.choices.values():
+        f.add_argument("--out", required=True, metavar="FILE.png", help="the PNG to write")
+
+
 def _finish_help(parser: argparse.ArgumentParser) -> None:
     """Every parser of the tree gets the help formatter; a command family without examples of
     its own shows the first example of each of its actions."""
@@ -711,7 +843,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "clipbert model summary --preset tiny", "clipbert train --help"))
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_demo, _add_sens, _add_video, _add_lmdb, _add_sqa, _add_model, _add_train,
-                _add_infer):
+                _add_infer, _add_plot):
         add(sub)
     _finish_help(parser)
     return parser

@@ -1,17 +1,20 @@
 """The plots of the Snakemake report: what a researcher looks at to judge a run.
 
-Each function reads the files a workflow stage wrote and writes one PNG atomically (matplotlib's
-object API, no pyplot: no global state, no display needed). A missing or malformed input is a
-ClipbertError naming the file, and no half-written PNG is left behind.
+One builder per figure reads the files a workflow stage wrote and returns a matplotlib Figure
+(the object API, no pyplot: no global state, no display needed); `draw(name, out, **inputs)`
+writes it as a PNG atomically. The workflow's plot rules and `clipbert plot` both go through
+`draw`, naming the figure and passing the builder's arguments by name. Each figure's label (one
+line: what it shows, with its numbers) also goes into the PNG's metadata. A missing or
+malformed input is a ClipbertError naming the file, and no half-written PNG is left behind.
 """
 
 from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,24 +23,41 @@ from clipbert.fsutil import atomic_path, read_json, read_jsonl
 from clipbert.qa import ANSWER_TYPES
 from clipbert.sqa import PUBLISHED_BLIND, PUBLISHED_CLIPBERT
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from clipbert.config import TrainConfig
+
 DPI = 110
+# What a run's questions are, by the workflow's data.source: the published figures are on the
+# real SQA3D test split, and the demo's numbers must not read as a reproduction of them.
+SOURCES = {"demo": "embedded demo data", "scannet": "SQA3D data"}
+PUBLISHED = "published (real SQA3D test split)"
 
 
-def _figure(width: float, height: float):
+def _figure(width: float, height: float) -> Figure:
     """A figure detached from pyplot, so plotting works headless and in any thread."""
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
-def _save(fig, out: str | os.PathLike, description: str | None = None) -> Path:
-    """Write the PNG atomically; `description` also goes into its metadata (a PNG text chunk),
-    where a reader or a test finds what the figure says without looking at it."""
+def _message(text: str) -> Figure:
+    """A figure that is one sentence (nothing to plot, and why); the sentence is its label."""
+    fig = _figure(13, 1.6)
+    fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=13)
+    fig.set_label(text)
+    return fig
+
+
+def _save(fig: Figure, out: str | os.PathLike) -> Path:
+    """Write the PNG atomically; the figure's label goes into its metadata (a PNG text chunk
+    `Description`), where a reader or a test finds what the figure says without looking."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    label = fig.get_label()
     with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png",
-                    metadata={"Description": description} if description else None)
+        fig.savefig(tmp, format="png", metadata={"Description": label} if label else None)
     return out
 
 
@@ -57,6 +77,10 @@ def _need(path: str | os.PathLike, where: str, obj: Any, key: str) -> Any:
     return obj[key]
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 # ---- data statistics --------------------------------------------------------------------------
 
 def video_frame_counts(lmdb_dir: str | os.PathLike) -> dict[str, int]:
@@ -68,15 +92,15 @@ def video_frame_counts(lmdb_dir: str | os.PathLike) -> dict[str, int]:
     return {k: probe_video(db.get(k), name=f"{lmdb_dir}: {k}")["n_frames"] for k in db.keys()}
 
 
-def plot_data(stats_path: str | os.PathLike, lmdb_dir: str | os.PathLike,
-              out: str | os.PathLike) -> Path:
-    """Questions per split and answer type, `unknown` share and accuracy ceiling, frames/scene."""
-    stats = read_json(stats_path)
-    if not isinstance(stats, dict) or not stats:
-        raise ClipbertError(f"{stats_path}: no splits")
-    splits = list(stats)
-    counts = {s: _need(stats_path, s, stats[s], "answer_types") for s in splits}
-    frames = video_frame_counts(lmdb_dir)
+def data_figure(stats: str | os.PathLike, lmdb: str | os.PathLike) -> Figure:
+    """Questions per split and answer type, `unknown` share and accuracy ceiling (from
+    `sqa convert`'s stats.json), frames per scene (from the video LMDB)."""
+    table = read_json(stats)
+    if not isinstance(table, dict) or not table:
+        raise ClipbertError(f"{stats}: no splits")
+    splits = list(table)
+    counts = {s: _need(stats, s, table[s], "answer_types") for s in splits}
+    frames = video_frame_counts(lmdb)
 
     fig = _figure(13, 4)
     ax1, ax2, ax3 = fig.subplots(1, 3)
@@ -86,52 +110,52 @@ def plot_data(stats_path: str | os.PathLike, lmdb_dir: str | os.PathLike,
         ax1.bar(splits, v, bottom=bottom, label=t)
         bottom += v
     for i, s in enumerate(splits):
-        ax1.annotate(f"{int(bottom[i])} q\n{_need(stats_path, s, stats[s], 'scenes')} scenes",
+        ax1.annotate(f"{int(bottom[i])} q\n{_plural(_need(stats, s, table[s], 'scenes'), 'scene')}",
                      (i, bottom[i]), ha="center", va="bottom", fontsize=8)
     ax1.set_ylim(0, max(bottom.max(), 1) * 1.25)
     ax1.set_title("questions per split and answer type")
     ax1.legend(fontsize=7, ncols=3, loc="upper right")
 
     x = np.arange(len(splits))
-    unknown = [_need(stats_path, s, stats[s], "unknown_percent") for s in splits]
-    ceiling = [_need(stats_path, s, stats[s], "accuracy_ceiling") for s in splits]
+    unknown = [_need(stats, s, table[s], "unknown_percent") for s in splits]
+    ceiling = [_need(stats, s, table[s], "accuracy_ceiling") for s in splits]
     b1 = ax2.bar(x - 0.2, unknown, 0.4, label="'unknown' answers %")
     b2 = ax2.bar(x + 0.2, ceiling, 0.4, label="accuracy ceiling %")
     ax2.bar_label(b1, fmt="%.1f", fontsize=8)
     ax2.bar_label(b2, fmt="%.1f", fontsize=8)
     ax2.set_xticks(x, splits)
-    ax2.set_ylim(0, 115)
+    ax2.set_ylim(0, 130)  # room for the legend above a 100 % bar and its label
     ax2.set_title("answers outside the vocabulary")
-    ax2.legend(fontsize=7, loc="upper left")
+    ax2.legend(fontsize=7, loc="upper center", ncols=2)
 
     n = np.array(list(frames.values()))
     ax3.hist(n, bins=min(30, max(len(set(n.tolist())), 1)))
     ax3.set_xlabel("video frames per scene")
     ax3.set_ylabel("scenes")
-    ax3.set_title(f"{len(n)} scene videos: {n.min()}-{n.max()} frames, median {np.median(n):g}"
-                  if len(n) else "no videos")
-    return _save(fig, out)
+    videos = (f"{len(n)} scene videos: {n.min()}-{n.max()} frames, median {np.median(n):g}"
+              if len(n) else "no videos")
+    ax3.set_title(videos)
+    fig.set_label("questions per split: " + ", ".join(
+        f"{s} {int(b)}" for s, b in zip(splits, bottom, strict=True)) + f"; {videos}")
+    return fig
 
 
 # ---- training -------------------------------------------------------------------------------
 
-def plot_training(log_path: str | os.PathLike | None, out: str | os.PathLike,
-                  checkpoint: str | os.PathLike | None = None) -> Path:
+def training_figure(log: str | os.PathLike | None = None,
+                    checkpoint: str | os.PathLike | None = None) -> Figure:
     """Loss, learning rates and validation accuracy against the optimisation step. Without a
     log (the workflow only evaluated `checkpoint`, infer.model) the figure says that nothing
     was trained here, so the report has no empty or stale panel."""
-    if log_path is None:
-        text = "not trained here: " + (
+    if log is None:
+        return _message("not trained here: " + (
             f"the test accuracy comes from the given checkpoint {Path(checkpoint).name} "
-            "(infer.model)" if checkpoint else "no training log")
-        fig = _figure(13, 1.6)
-        fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=13)
-        return _save(fig, out, description=text)
-    rows = _read_rows(log_path)
+            "(infer.model)" if checkpoint else "no training log"))
+    rows = _read_rows(log)
     if not rows:
-        raise ClipbertError(f"{log_path}: no training log rows")
+        raise ClipbertError(f"{log}: no training log rows")
     for n, r in enumerate(rows, 1):
-        _need(log_path, f"record {n}", r, "step")
+        _need(log, f"record {n}", r, "step")
 
     def series(key: str) -> tuple[list[float], list[float]]:
         pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
@@ -139,75 +163,111 @@ def plot_training(log_path: str | os.PathLike | None, out: str | os.PathLike,
 
     fig = _figure(13, 3.6)
     ax1, ax2, ax3 = fig.subplots(1, 3)
-    ax1.plot(*series("loss"), marker=".", lw=1)
+    ax1.plot(*series("loss"), marker=".", lw=1, label="loss")
     ax1.set_title("training loss (mean over the logging interval)")
     for key, label in (("lr", "transformer"), ("cnn_lr", "CNN")):
         steps, values = series(key)
         if steps:
             ax2.plot(steps, values, label=label)
     ax2.set_title("learning rate")
-    ax2.legend(fontsize=8)
+    if ax2.get_lines():
+        ax2.legend(fontsize=8)
     steps, acc = series("val_acc")
-    ax3.plot(steps, acc, marker="o", ms=3)
+    ax3.plot(steps, acc, marker="o", ms=3, label="validation accuracy %")
+    summary = (f"training: {_plural(len(rows), 'log row')}, steps {rows[0]['step']}-"
+               f"{rows[-1]['step']}")
     if acc:
         best = int(np.argmax(acc))
+        # Headroom above the best point, so that its label stays inside the panel, clear of
+        # the title.
+        lo, hi = min(acc), max(acc)
+        span = max(hi - lo, 1.0)
+        ax3.set_ylim(lo - 0.1 * span, hi + 0.3 * span)
+        # ... and inside it sideways: at the first or last step the label leans inwards.
+        ha = ("right" if steps[best] == max(steps) and len(steps) > 1 else
+              "left" if steps[best] == min(steps) and len(steps) > 1 else "center")
         ax3.annotate(f"best {acc[best]:.2f}", (steps[best], acc[best]), fontsize=8,
-                     xytext=(0, 6), textcoords="offset points", ha="center")
+                     xytext=(0, 6), textcoords="offset points", ha=ha)
+        summary += f"; best validation accuracy {acc[best]:.2f} at step {steps[best]}"
     ax3.set_title("validation accuracy %")
     for ax in (ax1, ax2, ax3):
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    return _save(fig, out)
+    fig.set_label(summary)
+    return fig
 
 
 # ---- test accuracy --------------------------------------------------------------------------
 
-def plot_accuracy(acc_path: str | os.PathLike, out: str | os.PathLike,
-                  blind_path: str | os.PathLike | None = None) -> Path:
-    """This run per answer type beside the published ClipBERT, the blind baselines (this run's
-    when it trained one, the published figure) and the majority answer of this very split (the
-    bar a model must clear by looking)."""
-    acc = read_json(acc_path)
-    per_type = _need(acc_path, "top level", acc, "per_type")
-    overall = _need(acc_path, "top level", acc, "overall")
-    majority = _need(acc_path, "top level", acc, "majority_baseline")
-    groups = ["overall"] + [t for t in ANSWER_TYPES if t in per_type]
-    name = (f"this run ({acc.get('preset', '?')})" if acc.get("trained_here", True) else
-            f"{acc.get('checkpoint_name', '?')} ({acc.get('preset', '?')}), not trained here")
-    series = [
-        (name, [overall] + [per_type[t] for t in groups[1:]]),
-        ("ClipBERT, published", [PUBLISHED_CLIPBERT[g] for g in groups]),
-    ]
-    if blind_path is not None:
-        blind = read_json(blind_path)
-        b_types = _need(blind_path, "top level", blind, "per_type")
-        series.append(("blind baseline, this run" if blind.get("trained_here", True) else
-                       f"blind baseline ({blind.get('checkpoint_name', '?')}), not trained here",
-                       [_need(blind_path, "top level", blind, "overall")]
-                       + [b_types.get(t, 0.0) for t in groups[1:]]))
-    series.append(("majority answer, this split",
-                   [majority.get("overall", 0.0)]
-                   + [majority.get("per_type", {}).get(t, 0.0) for t in groups[1:]]))
+def _run_name(result: dict, where: str, blind: bool = False) -> str:
+    """Which model a series is: trained by this run, or a given checkpoint scored here."""
+    preset = result.get("preset", "?")
+    if result.get("trained_here", True):
+        return f"blind baseline, this run ({preset})" if blind else f"this run ({preset}), {where}"
+    return (f"{'blind baseline ' if blind else ''}{result.get('checkpoint_name', '?')} "
+            f"({preset}), not trained here, {where}")
 
-    fig = _figure(10, 4.8)
+
+def accuracy_figure(acc: str | os.PathLike, source: str,
+                    blind: str | os.PathLike | None = None) -> Figure:
+    """This run per answer type beside the published ClipBERT, the blind baselines (this run's
+    when it has one, the published figure) and the majority answer of this very split (the bar
+    a model must clear by looking). `source` is the run's data.source: the legend and title say
+    whether its questions are the embedded demo's or SQA3D's, and the published figures (hatched)
+    say that they are the real SQA3D test split's, so that the demo reads as what it is."""
+    if source not in SOURCES:
+        raise ClipbertError(f"{acc}: data source {source!r}: expected one of "
+                            f"{', '.join(SOURCES)}")
+    where = SOURCES[source]
+    result = read_json(acc)
+    per_type = _need(acc, "top level", result, "per_type")
+    overall = _need(acc, "top level", result, "overall")
+    majority = _need(acc, "top level", result, "majority_baseline")
+    groups = ["overall"] + [t for t in ANSWER_TYPES if t in per_type]
+    series = [
+        (_run_name(result, where), [overall] + [per_type[t] for t in groups[1:]], False),
+        (f"ClipBERT, {PUBLISHED}", [PUBLISHED_CLIPBERT[g] for g in groups], True),
+    ]
+    if blind is not None:
+        other = read_json(blind)
+        b_types = _need(blind, "top level", other, "per_type")
+        series.append((_run_name(other, where, blind=True),
+                       [_need(blind, "top level", other, "overall")]
+                       + [b_types.get(t, 0.0) for t in groups[1:]], False))
+    series.append(("majority answer, this split", [majority.get("overall", 0.0)]
+                   + [majority.get("per_type", {}).get(t, 0.0) for t in groups[1:]], False))
+
+    fig = _figure(10, 5.2)
     ax = fig.subplots()
     x = np.arange(len(groups))
     w = 0.8 / len(series)
-    for k, (label, values) in enumerate(series):
-        bars = ax.bar(x + (k - (len(series) - 1) / 2) * w, values, w, label=label)
+    handles = []
+    for k, (label, values, published) in enumerate(series):
+        bars = ax.bar(x + (k - (len(series) - 1) / 2) * w, values, w, label=label,
+                      hatch="//" if published else None, edgecolor="white" if published else None)
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
-    ax.hlines(PUBLISHED_BLIND, -0.5, 0.5, colors="k", linestyles="--",
-              label=f"blind text-only, published ({PUBLISHED_BLIND})")
-    if "ceiling" in acc:
-        ax.axhline(acc["ceiling"], color="grey", lw=0.8, ls=":",
-                   label=f"ceiling of this split ({acc['ceiling']})")
-    counts = acc.get("counts", {})
+        handles.append(bars)
+    handles.append(ax.hlines(PUBLISHED_BLIND, -0.5, 0.5, colors="k", linestyles="--",
+                             label=f"blind text-only, {PUBLISHED}: {PUBLISHED_BLIND}"))
+    if "ceiling" in result:
+        handles.append(ax.axhline(result["ceiling"], color="grey", lw=0.8, ls=":",
+                                  label=f"ceiling of this split ({result['ceiling']})"))
+    counts = result.get("counts", {})
     ax.set_xticks(x, [g if g == "overall" else f"{g}\n(n={counts.get(g, '?')})" for g in groups])
     ax.set_ylabel("accuracy %")
     ax.set_ylim(0, 110)
-    ax.set_title(f"test accuracy, {acc.get('n_questions', '?')} questions")
-    fig.legend(fontsize=8, ncols=3, loc="outside lower center")
-    return _save(fig, out)
+    n = result.get("n_questions", "?")
+    ax.set_title(
+        f"test accuracy: {n} questions of the embedded demo (synthetic scenes, not SQA3D)\n"
+        "hatched: published on the real SQA3D test split; the demo checks the stages, it "
+        "reproduces nothing" if source == "demo" else
+        f"test accuracy: {n} questions of SQA3D (data.source: {source})\n"
+        "hatched: published on the real SQA3D test split", fontsize=10)
+    fig.legend(handles=handles, fontsize=8, ncols=2, loc="outside lower center")
+    fig.set_label(f"test accuracy, {where}: " + "; ".join(
+        f"{label} {values[0]:.2f} overall" for label, values, _ in series)
+        + f"; blind text-only, {PUBLISHED} {PUBLISHED_BLIND}")
+    return fig
 
 
 def confusion(rows: Sequence[dict], top: int) -> tuple[list[str], np.ndarray]:
@@ -222,14 +282,16 @@ def confusion(rows: Sequence[dict], top: int) -> tuple[list[str], np.ndarray]:
     return golds, m
 
 
-def plot_confusion(pred_path: str | os.PathLike, out: str | os.PathLike, top: int = 15) -> Path:
+def confusion_figure(predictions: str | os.PathLike, top: int = 15) -> Figure:
     """Row-normalised confusion of the most frequent gold answers of the test split."""
-    rows = _read_rows(pred_path)
+    if top < 1:
+        raise ClipbertError(f"{predictions}: top must be >= 1, got {top}")
+    rows = _read_rows(predictions)
     if not rows:
-        raise ClipbertError(f"{pred_path}: no predictions")
+        raise ClipbertError(f"{predictions}: no predictions")
     for n, r in enumerate(rows, 1):
         for key in ("answer", "predicted"):
-            _need(pred_path, f"record {n}", r, key)
+            _need(predictions, f"record {n}", r, key)
     labels, m = confusion(rows, top)
     share = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
     size = 3 + 0.45 * len(labels)
@@ -248,7 +310,10 @@ def plot_confusion(pred_path: str | os.PathLike, out: str | os.PathLike, top: in
     ax.set_ylabel("gold (questions)")
     ax.set_title(f"confusion of the {len(labels)} most frequent test answers")
     fig.colorbar(im, ax=ax, label="share of the row", shrink=0.8)
-    return _save(fig, out)
+    right = int(np.trace(m[:, :len(labels)]))
+    fig.set_label(f"confusion of the {len(labels)} most frequent test answers: {right} of "
+                  f"{int(m.sum())} of their questions answered right")
+    return fig
 
 
 # ---- frames as the model sees them ----------------------------------------------------------
@@ -268,22 +333,36 @@ def model_view(frames: np.ndarray, max_img_size: int) -> np.ndarray:
     return x.clamp(0, 255).round().to(torch.uint8).movedim(-3, -1).numpy()
 
 
-def plot_frames(lmdb_dir: str | os.PathLike, out: str | os.PathLike, cfg,
-                scenes: int = 4) -> Path:
-    """A contact sheet: each row one scene's evaluation clips (`cfg.inference_n_clips` clips of
-    `cfg.num_frm` frames), sampled and resized as inference does; `cfg` is a TrainConfig."""
+def frames_figure(lmdb: str | os.PathLike, preset: str = "faithful",
+                  overrides: dict | None = None, n_clips: int | None = None,
+                  scenes: int = 4) -> Figure:
+    """A contact sheet: each row one scene's evaluation clips, sampled and resized as inference
+    does with the settings of `preset` + `overrides` (`n_clips` evaluation clips if given, as
+    infer.n_clips, else the preset's inference_n_clips)."""
+    from clipbert.config import make_config
+
+    cfg = make_config(preset, overrides or {})
+    if n_clips is not None:
+        if n_clips < 1:
+            raise ClipbertError(f"{lmdb}: n_clips must be >= 1, got {n_clips}")
+        cfg.inference_n_clips = n_clips
+    return contact_sheet(lmdb, cfg, scenes)
+
+
+def contact_sheet(lmdb_dir: str | os.PathLike, cfg: TrainConfig, scenes: int = 4) -> Figure:
+    """The frames figure for a TrainConfig `cfg`: `scenes` scenes spread over the sorted keys,
+    each `cfg.inference_n_clips` clips of `cfg.num_frm` frames."""
     from clipbert.video import read_clips
     from clipbert.vislmdb import VideoLMDB
 
     if scenes < 1:
-        raise ClipbertError(f"plot_frames: scenes must be >= 1, got {scenes}")
+        raise ClipbertError(f"{lmdb_dir}: scenes must be >= 1, got {scenes}")
     db = VideoLMDB(lmdb_dir)
     keys = sorted(db.keys())
     if not keys:
         raise ClipbertError(f"{lmdb_dir}: no videos")
-    keys = [keys[round(i * (len(keys) - 1) / max(scenes - 1, 1))]
-            for i in range(min(scenes, len(keys)))]
-    keys = list(dict.fromkeys(keys))
+    n = min(scenes, len(keys))  # spread over what there is: 3 asked of 2 shows both
+    keys = [keys[round(i * (len(keys) - 1) / max(n - 1, 1))] for i in range(n)]
     n_clips, num_frm = cfg.inference_n_clips, cfg.num_frm
     cols = n_clips * num_frm
     fig = _figure(1.6 * cols + 0.8, 1.7 * len(keys) + 0.5)
@@ -303,10 +382,11 @@ def plot_frames(lmdb_dir: str | os.PathLike, out: str | os.PathLike, cfg,
                 ax.set_title(f"clip {c // num_frm + 1}, frame {c % num_frm + 1}", fontsize=8)
             if c == 0:
                 ax.set_ylabel(key, fontsize=8)
-    fig.suptitle(f"evaluation input: {n_clips} clip(s) x {num_frm} frames at "
-                 f"{cfg.sample_fps:g} fps of {'/'.join(sorted(rates))} fps video, "
-                 f"{cfg.max_img_size} px canvas", fontsize=9)
-    return _save(fig, out)
+    title = (f"evaluation input: {n_clips} clip(s) x {num_frm} frames at {cfg.sample_fps:g} fps "
+             f"of {'/'.join(sorted(rates))} fps video, {cfg.max_img_size} px canvas")
+    fig.suptitle(title, fontsize=9)
+    fig.set_label(f"{title}; scenes {', '.join(keys)}")
+    return fig
 
 
 # ---- benchmarks -----------------------------------------------------------------------------
@@ -317,9 +397,20 @@ def benchmark_files(folder: str | os.PathLike) -> list[Path]:
     return sorted(Path(folder).rglob("*.tsv"))
 
 
-def read_benchmarks(paths: Sequence[str | os.PathLike]) -> dict[str, dict[str, float]]:
-    """Per rule (the benchmark file's folder under logs/benchmarks/, else the file's stem):
-    jobs, total and longest wall seconds, peak RSS in MB (`-`, not measured, counts as 0)."""
+def _rule_of(path: Path, root: str | os.PathLike | None) -> str:
+    """A benchmark file's rule: RULE.tsv directly in `root`, else the folder under `root` it
+    is in (one file a job: RULE/SCENE.tsv). Without `root`, the folder is the rule unless it
+    is called benchmarks."""
+    if root is not None:
+        parts = path.relative_to(root).parts
+        return parts[0] if len(parts) > 1 else path.stem
+    return path.parent.name if path.parent.name != "benchmarks" else path.stem
+
+
+def read_benchmarks(paths: Sequence[str | os.PathLike],
+                    root: str | os.PathLike | None = None) -> dict[str, dict[str, float]]:
+    """Per rule (see _rule_of): jobs, total and longest wall seconds, peak RSS in MB (`-`, not
+    measured, counts as 0)."""
     import pandas as pd
 
     tables = []
@@ -341,8 +432,7 @@ def read_benchmarks(paths: Sequence[str | os.PathLike]) -> dict[str, dict[str, f
         if bad.any():
             raise ClipbertError(f"{p}: line {int(bad.to_numpy().argmax()) + 2}: no numeric 's' / "
                                 "'max_rss' column")
-        tables.append(pd.DataFrame({"rule": p.parent.name if p.parent.name != "benchmarks"
-                                    else p.stem, "s": s, "max_rss": rss}))
+        tables.append(pd.DataFrame({"rule": _rule_of(p, root), "s": s, "max_rss": rss}))
     if not tables:
         return {}
     agg = pd.concat(tables).groupby("rule", sort=False).agg(
@@ -351,26 +441,56 @@ def read_benchmarks(paths: Sequence[str | os.PathLike]) -> dict[str, dict[str, f
             for rule, row in agg.iterrows()}
 
 
-def plot_benchmarks(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
-    """Wall time and peak memory of every rule, from Snakemake's `benchmark:` files."""
-    bench = read_benchmarks(paths)
+def benchmarks_figure(folder: str | os.PathLike = "logs/benchmarks") -> Figure:
+    """Wall time and peak memory of every rule, from the Snakemake `benchmark:` files under
+    `folder`."""
+    bench = read_benchmarks(benchmark_files(folder), root=folder)
     if not bench:
-        fig = _figure(6, 1.5)
-        fig.text(0.5, 0.5, "no benchmark files: the stages ran before the workflow recorded them",
-                 ha="center", va="center")
-        return _save(fig, out)
+        return _message(f"no benchmark files in {folder}: the stages ran before the workflow "
+                        "recorded them")
     rules = sorted(bench, key=lambda r: bench[r]["seconds"])
     y = np.arange(len(rules))
     fig = _figure(11, 1 + 0.35 * len(rules))
     ax1, ax2 = fig.subplots(1, 2, sharey=True)
-    bars = ax1.barh(y, [bench[r]["seconds"] for r in rules])
-    ax1.bar_label(bars, labels=[f"{bench[r]['seconds']:.1f} s ({int(bench[r]['jobs'])} jobs, "
+    bars = ax1.barh(y, [bench[r]["seconds"] for r in rules], label="wall seconds")
+    ax1.bar_label(bars, labels=[f"{bench[r]['seconds']:.1f} s "
+                                f"({_plural(bench[r]['jobs'], 'job')}, "
                                 f"longest {bench[r]['longest']:.1f})" for r in rules], fontsize=7)
     ax1.set_yticks(y, rules)
     ax1.set_xlabel("wall seconds, all jobs of the rule")
     ax1.margins(x=0.45)
-    bars = ax2.barh(y, [bench[r]["max_rss"] for r in rules], color="tab:orange")
+    bars = ax2.barh(y, [bench[r]["max_rss"] for r in rules], color="tab:orange",
+                    label="peak MB")
     ax2.bar_label(bars, fmt="%.0f MB", fontsize=7)
     ax2.set_xlabel("peak resident memory of one job, MB")
     ax2.margins(x=0.3)
-    return _save(fig, out)
+    fig.set_label("benchmarks: " + ", ".join(
+        f"{r} {_plural(bench[r]['jobs'], 'job')} {bench[r]['seconds']:.1f} s" for r in rules))
+    return fig
+
+
+# ---- by name: the workflow's plot rules and `clipbert plot` -----------------------------------
+
+FIGURES: dict[str, Callable[..., Figure]] = {
+    "data": data_figure,
+    "training": training_figure,
+    "test_accuracy": accuracy_figure,
+    "confusion": confusion_figure,
+    "frames": frames_figure,
+    "benchmarks": benchmarks_figure,
+}
+
+
+def figure(name: str, **inputs: Any) -> Figure:
+    """The figure `name` (a key of FIGURES) of `inputs`, the builder's arguments by name."""
+    if name not in FIGURES:
+        raise ClipbertError(f"figure {name!r}: unknown (known: {', '.join(FIGURES)})")
+    return FIGURES[name](**inputs)
+
+
+def draw(name: str, out: str | os.PathLike, **inputs: Any) -> str:
+    """Build the figure `name` of `inputs` and write it to `out` as a PNG, atomically; returns
+    its one-line description (also in the PNG's metadata), for the log or the terminal."""
+    fig = figure(name, **inputs)
+    _save(fig, out)
+    return fig.get_label()
