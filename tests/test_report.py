@@ -442,11 +442,13 @@ def test_the_benchmarks_plot_waits_for_every_result(tmp_path):
         block = proc.stdout.split("rule plot_benchmarks:", 1)[1]
         return block.split("input: ", 1)[1].split("\n", 1)[0].split(", ")
 
-    proc = snakemake(tmp_path, "-n", config=SMALL)
+    details = ("--quiet", "host")  # the default profile keeps each job's inputs quiet
+    proc = snakemake(tmp_path, "-n", *details, config=SMALL)
     assert benchmark_inputs(proc) == ["results/test_acc.json", "results/blind/test_acc.json"]
     (tmp_path / "ck").mkdir()
     (tmp_path / "ck" / "clipbert.pt").write_bytes(b"read only when the job runs")
-    proc = snakemake(tmp_path, "-n", config={**SMALL, "infer": {"model": "ck/clipbert.pt"}})
+    proc = snakemake(tmp_path, "-n", *details, config={**SMALL,
+                                                      "infer": {"model": "ck/clipbert.pt"}})
     assert benchmark_inputs(proc) == ["results/test_acc.json"]
     assert not {"train", "train_blind", "infer_blind"} & set(job_stats(proc.stdout))
 
