@@ -16,7 +16,6 @@ codec work per frame are those of real frames. Measured side by side, file in pa
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import shutil
 import statistics
@@ -29,32 +28,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "tests"))
+
+from realdata import color_payload  # noqa: E402  (ScanNet-sized JPEGs, shared with the tests)
 
 from clipbert import frames as frames_mod  # noqa: E402
 from clipbert import sens  # noqa: E402
 
 W, H, DW, DH = 1296, 968, 640, 480
 N_DISTINCT = 16
-
-
-def make_color(seed: int) -> bytes:
-    """A smooth scene with block texture and sensor noise: ~150 KB at JPEG quality 90."""
-    r = np.random.default_rng(seed)
-    y, x = np.mgrid[0:H, 0:W].astype(np.float32)
-    img = np.empty((H, W, 3), np.float32)
-    for c in range(3):
-        img[..., c] = 128 + 60 * np.sin(x / (90 + 20 * c + seed) + y / 150)
-        img[..., c] += 40 * np.cos(y / (70 + seed % 7))
-    blocks = r.integers(0, 255, (H // 32 + 1, W // 32 + 1, 3)).astype(np.float32)
-    img = 0.6 * img + 0.4 * np.kron(blocks, np.ones((32, 32, 1), np.float32))[:H, :W]
-    img += r.normal(0, 3.0, img.shape)
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
 
 
 def make_depth(seed: int) -> bytes:
@@ -147,7 +132,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_sens_", dir=a.tmp) as tmp_s:
         tmp = Path(tmp_s)
         t = time.perf_counter()
-        colors = [make_color(s) for s in range(N_DISTINCT)]
+        colors = [color_payload(s) for s in range(N_DISTINCT)]
         depths = [make_depth(s) for s in range(N_DISTINCT)]
         big, small = tmp / "scene_big.sens", tmp / "scene_small.sens"
         t_gen = time.perf_counter() - t

@@ -209,7 +209,7 @@ def read_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return unwrap_state(_torch_load(path), path)
 
 
-def detect_layout(state: dict[str, torch.Tensor]) -> str:
+def detect_layout(state: dict[str, torch.Tensor], path: str | os.PathLike | None = None) -> str:
     """Which layout (upstream, native, detectron2, torchvision, bert) a state dict is in, from
     its key names."""
     keys = list(state)
@@ -227,7 +227,9 @@ def detect_layout(state: dict[str, torch.Tensor]) -> str:
         return "torchvision"
     if any_start("embeddings.", "bert.", "encoder.layer."):
         return "bert"
-    raise ClipbertError(f"unrecognised checkpoint layout (keys like {', '.join(keys[:3])})")
+    where = f"{path}: " if path is not None else ""
+    raise ClipbertError(f"{where}unrecognised checkpoint layout (keys like "
+                        f"{', '.join(keys[:3])})")
 
 
 # ---- loading into a model -------------------------------------------------------------------
@@ -241,10 +243,7 @@ def _kind_layout(kind: str, state: dict[str, torch.Tensor], path: Path) -> str:
     """The layout a source of this kind is read in; a ClipBERT file may be upstream or native."""
     if kind != "clipbert":
         return _KIND_LAYOUT[kind]
-    try:
-        layout = detect_layout(state)
-    except ClipbertError as e:
-        raise ClipbertError(f"{path}: {e}") from None
+    layout = detect_layout(state, path)
     if layout not in ("upstream", "native"):
         raise ClipbertError(f"{path}: a {layout} checkpoint, not a ClipBERT one (give it as "
                             f"{_LAYOUT_KIND[layout]}=PATH)")
@@ -379,10 +378,7 @@ def convert(in_path: str | os.PathLike, out_path: str | os.PathLike, to: str) ->
     if to not in ("native", "upstream"):
         raise ClipbertError(f"unknown target layout {to!r} (native or upstream)")
     state = read_state(in_path)
-    try:
-        layout = detect_layout(state)
-    except ClipbertError as e:
-        raise ClipbertError(f"{in_path}: {e}") from None
+    layout = detect_layout(state, in_path)
     out: dict[str, torch.Tensor] = {}
     ignored, dropped = [], []
     for key, tensor in state.items():

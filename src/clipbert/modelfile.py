@@ -143,10 +143,7 @@ def _native_file(obj: dict, path, answers, vocab) -> _Source:
 def _bare_state(obj: object, path, answers, vocab, preset: str,
                 overrides: dict | None) -> _Source:
     state, entries = unwrap_state(obj, path), other_entries(obj)
-    try:
-        layout = detect_layout(state)
-    except ClipbertError as e:
-        raise ClipbertError(f"{path}: {e}") from None
+    layout = detect_layout(state, path)
     if layout not in ("upstream", "native"):
         raise ClipbertError(f"{path}: a {layout} checkpoint (pretrained weights to train "
                             "from), not a fine-tuned ClipBERT model")
