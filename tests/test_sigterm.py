@@ -26,13 +26,28 @@ from clipbert.sens import SensFrame, SensHeader
 # ---- helpers ---------------------------------------------------------------------------------
 
 
+def default_sigint() -> None:
+    """SIGINT back to its default in a child: a test suite started in the background of a
+    shell without job control inherits SIGINT ignored, and Python then keeps it ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture(autouse=True)
+def sigint_raises():
+    """Ctrl-C raises KeyboardInterrupt in this process too, whatever the suite inherited."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 def start(*args: str | Path, cwd: Path) -> tuple[subprocess.Popen, Path]:
     """`python -m clipbert ARGS` in the background; stderr to a file (a pipe could fill up)."""
     err = cwd / f"stderr-{time.monotonic_ns()}.txt"
     with open(err, "w") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "clipbert", *map(str, args)],
                                 env={**cli_env(), "OMP_NUM_THREADS": "1"},
-                                stdout=subprocess.DEVNULL, stderr=fh)
+                                stdout=subprocess.DEVNULL, stderr=fh,
+                                preexec_fn=default_sigint)
     return proc, err
 
 
@@ -355,6 +370,7 @@ def checkpoint_step(last: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_train_resumes_bit_identically(ds, reference: Path, tmp_path: Path, workers: int,
                                        capsys: pytest.CaptureFixture) -> None:
