@@ -19,7 +19,6 @@ rule train:
         preset=config["train"]["preset"],
         overrides=train_overrides,
         state_dir=train_state_dir,
-        data_dir=lambda w, input: str(Path(input.train).parent),
     threads: workflow.cores
     resources:
         gpu=GPU_JOB,

@@ -17,6 +17,7 @@ from conftest import cli_env
 
 from clipbert import config, data, demo, distributed, frames, sqa, train, video, vislmdb
 from clipbert.errors import ClipbertError
+from clipbert.qa import TrainFiles
 
 # A model small enough for a few seconds of CPU training: 64 px frames reach a 2x2 grid, then
 # one visual token after the grid encoder's pooling.
@@ -360,25 +361,28 @@ def test_workflow_script_starts_torchrun_for_several_gpus(tmp_path: Path, monkey
                         lambda n, args, log: calls.append((n, args)))
     monkeypatch.setattr(train, "train", lambda cfg, **kw: calls.append((cfg, kw)))
     smk = SimpleNamespace(
-        params=SimpleNamespace(preset="tiny", overrides={"epochs": 3}, state_dir="st",
-                               data_dir="sqa"),
-        input=Namedlist(fromdict={"lmdb": "vis_db", "vocab": "vocab.txt",
-                                  "weights_resnet": "r50.pt"}),
+        params=SimpleNamespace(preset="tiny", overrides={"epochs": 3}, state_dir="st"),
+        input=Namedlist(fromdict={"train": "sqa/train.jsonl", "val": "sqa/val.jsonl",
+                                  "ans2label": "sqa/ans.json", "lmdb": "vis_db",
+                                  "vocab": "vocab.txt", "weights_resnet": "r50.pt"}),
         output=SimpleNamespace(model="model.pt", metrics="log.jsonl"),
         resources=SimpleNamespace(gpu=gpus), threads=2, log=[str(tmp_path / "train.log")])
     script = Path(__file__).resolve().parents[1] / "workflow_scripts" / "train.py"
     runpy.run_path(str(script), init_globals={"snakemake": smk})
     assert len(calls) == 1
+    files = TrainFiles(Path("sqa/train.jsonl"), Path("sqa/val.jsonl"), Path("sqa/ans.json"))
     if gpus == 1:
         cfg, kw = calls[0]
         assert cfg == config.make_config("tiny", {"epochs": 3})
-        assert kw == {"data_dir": "sqa", "lmdb_dir": "vis_db", "out": "model.pt",
+        assert kw == {"data_dir": files, "lmdb_dir": "vis_db", "out": "model.pt",
                       "state_dir": "st", "metrics": "log.jsonl", "vocab": "vocab.txt",
                       "weights": {"resnet": "r50.pt"}, "threads": 2}
     else:
-        args = distributed.train_args("tiny", {"epochs": 3}, "sqa", "vis_db", "model.pt", "st",
-                                "log.jsonl", "vocab.txt", weights={"resnet": "r50.pt"})
+        args = distributed.train_args("tiny", {"epochs": 3}, files, "vis_db", "model.pt", "st",
+                                      "log.jsonl", "vocab.txt", weights={"resnet": "r50.pt"})
         assert calls[0] == (2, args)
+        assert args[2:8] == ["--train", "sqa/train.jsonl", "--answers", "sqa/ans.json",
+                             "--val", "sqa/val.jsonl"]
         assert args[-2:] == ["--init", "resnet=r50.pt"]
 
 
@@ -526,3 +530,33 @@ def test_a_new_model_variant_is_one_class(ds, tmp_path: Path, monkeypatch) -> No
                          tmp_path / "pred.jsonl", tmp_path / "acc.json")
     assert acc["variant"] == "bag_of_words" and acc["blind"] is True
     assert acc["n_questions"] == 16
+
+
+def test_training_files_can_be_named(ds, tmp_path: Path) -> None:
+    """`clipbert train --train T --answers A [--val V]`: the files the workflow names, wherever
+    they are; the same run as from their folder (so it resumes that run's state)."""
+    import shutil
+
+    named = tmp_path / "elsewhere"
+    named.mkdir()
+    for name, new in (("train.jsonl", "t.jsonl"), ("val.jsonl", "v.jsonl"),
+                      ("train_ans2label.json", "a.json")):
+        shutil.copyfile(ds["data_dir"] / name, named / new)
+    overrides = {**SMALL, "epochs": 1}
+    by_folder = cli_train_args(ds, tmp_path / "folder", overrides)
+    cli_train(*by_folder)
+    by_name = distributed.train_args(
+        "tiny", overrides, TrainFiles(named / "t.jsonl", named / "v.jsonl", named / "a.json"),
+        ds["lmdb_dir"], tmp_path / "folder" / "model2.pt", tmp_path / "folder" / "state",
+        vocab=ds["vocab"])
+    proc = cli_train(*by_name)
+    assert f"resuming from {tmp_path / 'folder' / 'state' / 'last.pt'} at step 8/8" in proc.stdout
+    assert (tmp_path / "folder" / "model2.pt").read_bytes() == (
+        tmp_path / "folder" / "model.pt").read_bytes()
+    bad = subprocess.run([sys.executable, "-m", "clipbert", "train", "--train",
+                          str(named / "t.jsonl"), "--out", str(tmp_path / "m.pt"),
+                          "--state-dir", str(tmp_path / "st")],
+                         env=env1(), capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert bad.stderr == (f"error: --train {named / 't.jsonl'}: give its answer map too "
+                          "(--answers)\n")

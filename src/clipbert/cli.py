@@ -11,6 +11,7 @@ import os
 import sys
 import textwrap
 from collections.abc import Sequence
+from pathlib import Path
 
 DESCRIPTION = """\
 The ClipBERT baseline of SQA3D (situated question answering in ScanNet scenes), one command per
@@ -572,10 +573,18 @@ def _train_init_weights(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
 
 def _train(a: argparse.Namespace) -> None:
     from clipbert import train
+    from clipbert.errors import ClipbertError
+    from clipbert.qa import TrainFiles
 
+    if (a.data_dir is None) == (a.train is None):
+        raise ClipbertError("give either --data-dir or --train with --answers")
+    if a.train is not None and a.answers is None:
+        raise ClipbertError(f"--train {a.train}: give its answer map too (--answers)")
     cfg = _make_config(a)
+    data = a.data_dir if a.train is None else TrainFiles(
+        Path(a.train), Path(a.val) if a.val else None, Path(a.answers))
     train.train(
-        cfg, data_dir=a.data_dir, lmdb_dir=a.lmdb, out=a.out, state_dir=a.state_dir,
+        cfg, data_dir=data, lmdb_dir=a.lmdb, out=a.out, state_dir=a.state_dir,
         metrics=a.metrics, vocab=a.vocab, weights=_train_init_weights(a.init),
     )
 
@@ -615,9 +624,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             "--state-dir work/try/more_state"))
     t.add_argument("--preset", default="faithful", help=_PRESET_HELP)
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP)
-    t.add_argument("--data-dir", required=True, metavar="DIR",
+    t.add_argument("--data-dir", default=None, metavar="DIR",
                    help="folder with train.jsonl, val.jsonl and train_ans2label.json "
-                   "(`clipbert sqa convert`)")
+                   "(`clipbert sqa convert`); or name the files with --train, --val, --answers "
+                   "(default: none)")
+    t.add_argument("--train", default=None, metavar="TRAIN.jsonl",
+                   help="the training questions, instead of DIR/train.jsonl (default: none)")
+    t.add_argument("--val", default=None, metavar="VAL.jsonl",
+                   help="the validation questions (default: DIR/val.jsonl, or none with --train)")
+    t.add_argument("--answers", default=None, metavar="ANS2LABEL.json",
+                   help="the answer map, instead of DIR/train_ans2label.json (default: none)")
     t.add_argument("--lmdb", default=None, metavar="LMDB_DIR",
                    help="video LMDB folder (no default: required but for the blind baseline, "
                    "model.variant=blind)")

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 from clipbert.errors import ClipbertError
+from clipbert.qa import TrainFiles
 
 
 @dataclass
@@ -89,11 +90,16 @@ def _buffer_sync(on: bool) -> dict[str, bool]:
     return {"forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers": on}
 
 
-def train_args(preset: str, overrides: dict, data_dir, lmdb_dir, out, state_dir, metrics=None,
-               vocab=None, weights: dict | None = None) -> list[str]:
+def train_args(preset: str, overrides: dict, data_dir: str | os.PathLike | TrainFiles, lmdb_dir,
+               out, state_dir, metrics=None, vocab=None,
+               weights: dict | None = None) -> list[str]:
     """The `clipbert train` arguments of a run: what each torchrun process is started with."""
-    args = ["--preset", preset, "--data-dir", str(data_dir), "--out", str(out),
-            "--state-dir", str(state_dir)]
+    if isinstance(data_dir, TrainFiles):
+        data = ["--train", str(data_dir.train), "--answers", str(data_dir.ans2label)]
+        data += ["--val", str(data_dir.val)] if data_dir.val is not None else []
+    else:
+        data = ["--data-dir", str(data_dir)]
+    args = ["--preset", preset, *data, "--out", str(out), "--state-dir", str(state_dir)]
     if lmdb_dir is not None:
         args += ["--lmdb", str(lmdb_dir)]
     if metrics is not None:

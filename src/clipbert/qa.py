@@ -16,6 +16,8 @@ A prediction row is the same row plus `predicted`, the model's answer.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
 from clipbert.errors import ClipbertError
 from clipbert.fsutil import read_jsonl
@@ -23,7 +25,29 @@ from clipbert.fsutil import read_jsonl
 ANSWER_TYPES = ("what", "is", "how", "can", "which", "others")
 UNKNOWN = "unknown"
 FIELDS = ("answer", "question", "video_id", "answer_type", "question_id")
+# The answer map beside the splits: answer -> label, the order of the model's answer head
+# (ClipBERT's name for it).
+ANS2LABEL = "train_ans2label.json"
 REQUIRED = ("answer", "question", "video_id")
+
+
+@dataclass(frozen=True)
+class TrainFiles:
+    """The files a run learns from: questions to train on, to validate on (optional) and the
+    answer map. The workflow names them; a folder of `clipbert sqa convert` holds them by name."""
+
+    train: Path
+    val: Path | None
+    ans2label: Path
+
+    @classmethod
+    def in_folder(cls, data_dir: str | os.PathLike) -> TrainFiles:
+        d = Path(data_dir)
+        return cls(d / "train.jsonl", d / "val.jsonl", d / ANS2LABEL)
+
+    @classmethod
+    def of(cls, data: str | os.PathLike | TrainFiles) -> TrainFiles:
+        return data if isinstance(data, TrainFiles) else cls.in_folder(data)
 
 
 def check_rows(rows: list[dict], where: str) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from clipbert.errors import ClipbertError
 from clipbert.fsutil import atomic_path, read_json, read_jsonl
-from clipbert.qa import ANSWER_TYPES, UNKNOWN
+from clipbert.qa import ANS2LABEL, ANSWER_TYPES, UNKNOWN
 from clipbert.vislmdb import VideoLMDB, key_of, mp4_name
 
 SPLITS = ("train", "val", "test")
@@ -31,7 +31,6 @@ SCENE_RE = re.compile(r"scene\d{4}_\d{2}")
 _SPLIT_NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
 
 ANSWER_DICT = "answer_dict.json"
-ANS2LABEL = "train_ans2label.json"
 STATS = "stats.json"
 
 

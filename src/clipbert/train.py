@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -46,8 +47,8 @@ from clipbert.errors import ClipbertError
 from clipbert.fsutil import atomic_path, content_digest, file_sha256, read_json, write_json
 from clipbert.model import build_model, variant_class
 from clipbert.modelfile import save_model_file, vocab_tokens
-from clipbert.qa import read_rows
-from clipbert.sqa import ANS2LABEL, available_videos, check_videos
+from clipbert.qa import ANS2LABEL, TrainFiles, read_rows
+from clipbert.sqa import available_videos, check_videos
 from clipbert.tokenizer import load_tokenizer, truncation_report
 
 
@@ -145,7 +146,7 @@ class Inputs:
     lmdb_dir: Path | None
 
 
-def read_inputs(cfg: TrainConfig, data_dir: Path, lmdb_dir, vocab, main: bool) -> Inputs:
+def read_inputs(cfg: TrainConfig, files: TrainFiles, lmdb_dir, vocab, main: bool) -> Inputs:
     """Questions, answer map and tokenizer; every question must have its video, and long
     questions are reported, before anything is computed."""
     if vocab is None:
@@ -155,20 +156,19 @@ def read_inputs(cfg: TrainConfig, data_dir: Path, lmdb_dir, vocab, main: bool) -
     elif lmdb_dir is None:
         raise ClipbertError("no video LMDB given (only the blind baseline, model.variant=blind, "
                             "needs none)")
-    for need in ("train.jsonl", ANS2LABEL):
-        if not (data_dir / need).is_file():
-            raise ClipbertError(f"{data_dir / need}: not found (run the sqa conversion first)")
-    val_path = data_dir / "val.jsonl"
-    inputs = Inputs(read_rows(data_dir / "train.jsonl"),
-                    read_rows(val_path) if val_path.exists() else [],
-                    read_json(data_dir / ANS2LABEL), load_tokenizer(vocab),
+    for need in (files.train, files.ans2label):
+        if not Path(need).is_file():
+            raise ClipbertError(f"{need}: not found (run the sqa conversion first)")
+    val = files.val if files.val is not None and Path(files.val).exists() else None
+    inputs = Inputs(read_rows(files.train), read_rows(val) if val is not None else [],
+                    read_json(files.ans2label), load_tokenizer(vocab),
                     None if lmdb_dir is None else Path(lmdb_dir))
     if not inputs.train_rows:
-        raise ClipbertError(f"{data_dir / 'train.jsonl'}: no training questions")
+        raise ClipbertError(f"{files.train}: no training questions")
     if inputs.lmdb_dir is not None:
         videos = available_videos(inputs.lmdb_dir)
-        for path in (data_dir / "train.jsonl", val_path):
-            if path.exists():
+        for path in (files.train, val):
+            if path is not None:
                 check_videos(path, videos)
     if main:
         for split, rows in (("train", inputs.train_rows), ("val", inputs.val_rows)):
@@ -180,11 +180,12 @@ def read_inputs(cfg: TrainConfig, data_dir: Path, lmdb_dir, vocab, main: bool) -
     return inputs
 
 
-def input_digests(data_dir: Path, inputs: Inputs, vocab, weights: dict,
+def input_digests(files: TrainFiles, inputs: Inputs, vocab, weights: dict,
                   cache: dict) -> dict[str, str]:
     """Input name -> digest of its content: every file whose change changes the result."""
-    digests = {name: file_sha256(data_dir / name) if (data_dir / name).exists() else "absent"
-               for name in ("train.jsonl", "val.jsonl", ANS2LABEL)}
+    named = {"train.jsonl": files.train, "val.jsonl": files.val, ANS2LABEL: files.ans2label}
+    digests = {name: file_sha256(p) if p is not None and Path(p).exists() else "absent"
+               for name, p in named.items()}
     digests["vocabulary"] = content_digest(vocab, cache)
     if inputs.lmdb_dir is not None:
         digests["video LMDB"] = vislmdb.content_digest(inputs.lmdb_dir)
@@ -193,12 +194,13 @@ def input_digests(data_dir: Path, inputs: Inputs, vocab, weights: dict,
     return digests
 
 
-def build_run(cfg: TrainConfig, data_dir, lmdb_dir, vocab, weights: dict | None = None,
+def build_run(cfg: TrainConfig, data_dir: str | os.PathLike | TrainFiles, lmdb_dir, vocab,
+              weights: dict | None = None,
               digest_cache: dict | None = None) -> Run:
     """Data, model (with its pretrained weights), optimizer and schedule of a run."""
     d, device = setup_distributed()
-    data_dir, weights = Path(data_dir), {k: v for k, v in (weights or {}).items() if v}
-    inputs = read_inputs(cfg, data_dir, lmdb_dir, vocab, d.main)
+    files, weights = TrainFiles.of(data_dir), {k: v for k, v in (weights or {}).items() if v}
+    inputs = read_inputs(cfg, files, lmdb_dir, vocab, d.main)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(
         cfg.model, vocab_size=len(inputs.tokenizer.get_vocab()),
         num_labels=max(len(inputs.ans2label), cfg.model.num_labels)))
@@ -210,7 +212,7 @@ def build_run(cfg: TrainConfig, data_dir, lmdb_dir, vocab, weights: dict | None 
                   "has no part it fills", flush=True)
         del weights[kind]
     cache = {} if digest_cache is None else digest_cache
-    digests = input_digests(data_dir, inputs, vocab, weights, cache) if d.main else {}
+    digests = input_digests(files, inputs, vocab, weights, cache) if d.main else {}
     load_pretrained(model, **weights, verbose=d.main)
     runtime.place(model, cfg, device)
     # Every rank built the same initial weights from `cfg.seed`; from here each rank draws its
@@ -222,7 +224,7 @@ def build_run(cfg: TrainConfig, data_dir, lmdb_dir, vocab, weights: dict | None 
         print(numerics, flush=True)
     steps_per_epoch = len(epoch_batches(len(inputs.train_rows), 0, cfg, d))
     if steps_per_epoch == 0:
-        raise ClipbertError(f"{data_dir / 'train.jsonl'}: {len(inputs.train_rows)} questions "
+        raise ClipbertError(f"{files.train}: {len(inputs.train_rows)} questions "
                             f"are too few for {d.world} processes")
     total = math.ceil(cfg.epochs * steps_per_epoch)
     optimizer = torch.optim.AdamW(model.param_groups(cfg), betas=cfg.betas, eps=cfg.adam_eps)
@@ -474,9 +476,11 @@ def model_extra(run: Run, st: TrainState, chosen: str) -> dict:
 # ---- the loop ---------------------------------------------------------------------------------
 
 
-def train(cfg: TrainConfig, data_dir, lmdb_dir, out, state_dir, metrics=None, vocab=None,
+def train(cfg: TrainConfig, data_dir: str | os.PathLike | TrainFiles, lmdb_dir, out, state_dir,
+          metrics=None, vocab=None,
           weights: dict | None = None, threads: int | None = None) -> dict:
-    """Fine-tune on `{data_dir}/train.jsonl`, validate on `val.jsonl`, write the model to `out`.
+    """Fine-tune on `{data_dir}/train.jsonl`, validate on `val.jsonl`, write the model to `out`
+    (or on the files a `TrainFiles` names).
     A model that reads no video (the blind baseline) needs no `lmdb_dir`. `threads` fixes the
     CPU threads (the float sums, so the numbers, depend on it; None: torch's default)."""
     runtime.set_threads(threads)
