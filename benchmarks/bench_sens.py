@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests"))
 
-from realdata import color_payload  # noqa: E402  (ScanNet-sized JPEGs, shared with the tests)
+from realdata import color_payload, scannet_header  # noqa: E402  (ScanNet-sized JPEGs, shared with the tests)
 
 from clipbert import frames as frames_mod  # noqa: E402
 from clipbert import sens  # noqa: E402
@@ -55,11 +55,7 @@ def make_depth(seed: int) -> bytes:
 
 
 def write_scan(path: Path, n: int, colors: list[bytes], depths: list[bytes]) -> None:
-    k = np.array([[1170.2, 0, 647.8, 0], [0, 1170.2, 483.8, 0], [0, 0, 1, 0], [0, 0, 0, 1]],
-                 np.float32)
-    kd = np.array([[571.6, 0, 319.5, 0], [0, 571.6, 239.5, 0], [0, 0, 1, 0], [0, 0, 0, 1]],
-                  np.float32)
-    header = sens.SensHeader(intrinsic_color=k, intrinsic_depth=kd, num_frames=n)
+    header = scannet_header(n)
 
     def gen() -> Iterator[sens.SensFrame]:
         rng = np.random.default_rng(7)

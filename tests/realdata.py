@@ -186,17 +186,24 @@ def depth_payload(seed: int, noise: float = 0.05) -> bytes:
     return encode_depth(np.clip(d, 0, 65535).astype(np.uint16))
 
 
-def write_scan(path: Path, n_frames: int, colors: Sequence[bytes], depths: Sequence[bytes],
-               seed: int = 0) -> int:
-    """A ScanNet v2 `.sens` file of `n_frames` frames at 30 fps (payloads cycled, a lost pose
-    now and then, IMU at 100 Hz), fsync'd and dropped from the page cache; returns its size."""
+def scannet_header(n_frames: int):
+    """A `.sens` header as ScanNet's: 1296x968 colour, 640x480 depth, typical intrinsics."""
     from clipbert import sens
 
     k = np.array([[1170.2, 0, 647.8, 0], [0, 1170.2, 483.8, 0], [0, 0, 1, 0], [0, 0, 0, 1]],
                  np.float32)
     kd = np.array([[571.6, 0, 319.5, 0], [0, 571.6, 239.5, 0], [0, 0, 1, 0], [0, 0, 0, 1]],
                   np.float32)
-    header = sens.SensHeader(intrinsic_color=k, intrinsic_depth=kd, num_frames=n_frames)
+    return sens.SensHeader(intrinsic_color=k, intrinsic_depth=kd, num_frames=n_frames)
+
+
+def write_scan(path: Path, n_frames: int, colors: Sequence[bytes], depths: Sequence[bytes],
+               seed: int = 0) -> int:
+    """A ScanNet v2 `.sens` file of `n_frames` frames at 30 fps (payloads cycled, a lost pose
+    now and then, IMU at 100 Hz), fsync'd and dropped from the page cache; returns its size."""
+    from clipbert import sens
+
+    header = scannet_header(n_frames)
 
     def gen() -> Iterator[sens.SensFrame]:
         rng = np.random.default_rng(seed)
