@@ -31,7 +31,8 @@ def commands(title: str) -> list[str]:
 
 def promised() -> list[str]:
     """The paths of the quick start's table of what the demo run writes (`<scene>` a glob)."""
-    rows = [line for line in section("Quick start").splitlines() if line.startswith("| `")]
+    table = section("Quick start").split("What the demo run writes:", 1)[1].split("\n\n")[1]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
     paths = [p for row in rows for p in re.findall(r"`([^`]+)`", row.split("|")[1])]
     return [p.replace("<scene>", "*") for p in paths]
 
@@ -62,6 +63,7 @@ def test_the_readme_sections_are_found():
     assert quick[0] == "./run snakemake --cores 2" and any("--report" in c for c in quick)
     assert len(rerun) >= 3
     assert {"work/demo/source/", "results/plots/", "results/blind/"} <= set(promised())
+    assert all(p.startswith(("work/", "results/", "logs/")) for p in promised()), promised()
 
 
 @pytest.mark.slow
