@@ -15,6 +15,7 @@ from test_checkpoints import UPSTREAM_EXTRAS, upstream_layout
 from test_train import SMALL, env1, make_data
 
 from clipbert import evaluate, modelfile, vislmdb
+from clipbert.checkpoints import MODEL_FILE
 from clipbert.config import TrainConfig, make_config
 from clipbert.errors import ClipbertError
 from clipbert.fsutil import read_jsonl
@@ -152,7 +153,7 @@ def test_cli_infer_and_bad_model_file(setup: dict, tmp_path: Path, capsys) -> No
     (tmp_path / "a.json").unlink()
     assert main(["infer", "--model", str(junk), *map(str, common)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {junk}: not a readable model file") and err.count("\n") == 1
+    assert err == f"error: {junk}: not a model file (text); a model file here is {MODEL_FILE}\n"
     assert not (tmp_path / "p.jsonl").exists() and not (tmp_path / "a.json").exists()
     no_lmdb = [a for a in map(str, common) if a not in ("--lmdb", str(setup["lmdb_dir"]))]
     assert main(["infer", "--model", str(setup["model"]), *no_lmdb]) == 1
@@ -165,6 +166,74 @@ def test_cli_infer_and_bad_model_file(setup: dict, tmp_path: Path, capsys) -> No
 
 
 PIXEL_EXTRAS = {"cnn.feature.pixel_mean": (3, 1, 1), "cnn.feature.pixel_std": (3, 1, 1)}
+
+
+@pytest.mark.parametrize(("content", "looks"), [
+    (b"my notes on the run\n", "text"), (b'{"answers": [1, 2]}', "JSON"), (b"", "an empty file"),
+    (bytes(range(256)) * 4, "other binary data")])
+def test_not_a_model_file_says_what_one_is(tmp_path: Path, content: bytes, looks: str) -> None:
+    """A text or JSON file given as the model: one line saying what a model file is here, not
+    torch's `IndexError: pop from empty list` or `Unsupported operand 91`."""
+    path = tmp_path / "notes.txt"
+    path.write_bytes(content)
+    for call in (lambda: modelfile.check_model_file(path),
+                 lambda: modelfile.load_for_inference(path)):
+        with pytest.raises(ClipbertError) as info:
+            call()
+        msg = str(info.value)
+        assert msg == f"{path}: not a model file ({looks}); a model file here is {MODEL_FILE}"
+        assert "IndexError" not in msg and "operand" not in msg and "\n" not in msg
+
+
+def test_a_pickle_that_runs_code_is_refused_unrun(tmp_path: Path) -> None:
+    """A torch file whose pickle would call a function is refused by weights_only=True; the
+    function never runs."""
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.pt"
+    torch.save({"x": torch.zeros(1), "y": Planted(str(marker))}, path)
+    with pytest.raises(ClipbertError, match=r"not loadable as plain tensors \(weights_only=True "
+                       r"refused it: .*\); pickled objects .* are not accepted"):
+        modelfile.check_model_file(path)
+    assert not marker.exists()
+
+
+def test_a_file_of_another_preset_names_the_preset_that_fits(tmp_path: Path) -> None:
+    """SQA3D's faithful-sized file checked against the tiny preset (and the reverse): the error
+    names the preset whose sizes fit, in the words of the caller (`hint`). Only names and
+    shapes are read."""
+    faithful = standin_checkpoint(tmp_path / "clipbert.pt")
+    assert faithful.stat().st_size < 2_000_000
+    hint = "set train.preset: {preset}"
+    with pytest.raises(ClipbertError) as info:
+        modelfile.check_model_file(faithful, preset="tiny", hint=hint)
+    assert str(info.value) == (
+        f"{faithful}: tensor module.cnn.feature.backbone.stem.conv1.weight is [64, 3, 7, 7] in "
+        "the file but [16, 3, 7, 7] in the clipbert model of preset 'tiny': the settings do not "
+        "fit this file (the file fits preset 'faithful' (also 'improved'); set train.preset: "
+        "faithful)")
+    assert modelfile.check_model_file(faithful, preset="faithful", variant="clipbert",
+                                      n_answers=706) == (
+        f"{faithful}: upstream state dict, clipbert model of preset 'faithful', 481 tensors, "
+        "answer head of 1500 rows")
+    with pytest.raises(ClipbertError, match=r"the answer head \(module.transformer.classifier.2."
+                       r"weight\) has 1500 rows, fewer than the 1600 answers$"):
+        modelfile.check_model_file(faithful, n_answers=1600)
+    with pytest.raises(ClipbertError, match="a 'clipbert' model .*'blind' one is needed"):
+        modelfile.check_model_file(faithful, variant="blind")
+    tiny = standin_checkpoint(tmp_path / "tiny.pt", "tiny", head_rows=20, vocab_size=50)
+    with pytest.raises(ClipbertError, match=r"\(the file fits preset 'tiny'; --preset tiny with "
+                       "clipbert infer, train.preset: tiny in the workflow\)$"):
+        modelfile.check_model_file(tiny)
+
+
+class Planted:
+    """Unpickling it would create the marker file."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
 
 
 def upstream_state(native: dict[str, torch.Tensor], mcfg, dtype=torch.float16,
@@ -185,6 +254,25 @@ def upstream_state(native: dict[str, torch.Tensor], mcfg, dtype=torch.float16,
         out.update({k: torch.randn(shape, generator=g).to(dtype)
                     for k, shape in {**UPSTREAM_EXTRAS, **PIXEL_EXTRAS}.items()})
     return {prefix + k: v for k, v in out.items()}
+
+
+def standin_checkpoint(path: Path, preset: str = "faithful", overrides: dict | None = None,
+                       head_rows: int = 1500, vocab_size: int = 30522,
+                       dtype: torch.dtype = torch.float16, prefix: str = "module.") -> Path:
+    """A stand-in for SQA3D's `clipbert.pt`: upstream key names at `preset`'s sizes, fp16, a
+    1500-row head, a DDP prefix, detector heads and `pixel_mean`. Each tensor is one value
+    expanded (stride 0), so the file is a few hundred KB whatever the sizes: for the checks of
+    names and shapes, not for answering."""
+    m = make_config(preset, overrides).model
+    layout = upstream_layout({
+        "depths": m.depths, "stem_width": m.stem_width, "widths": m.widths,
+        "hidden_size": m.hidden_size, "num_layers": m.num_layers,
+        "intermediate_size": m.intermediate_size, "vocab_size": vocab_size,
+        "max_position_embeddings": m.max_position_embeddings, "num_labels": head_rows})
+    shapes = {**{k: shape for k, (_, shape) in layout.items()}, **UPSTREAM_EXTRAS, **PIXEL_EXTRAS}
+    torch.save({prefix + k: torch.full((), 0.01, dtype=dtype).expand(shape)
+                for k, shape in shapes.items()}, path)
+    return path
 
 
 def extra_keys() -> list[str]:
@@ -230,7 +318,7 @@ def test_every_layout_loads_the_same_weights(setup: dict, native: dict, tmp_path
             continue
         want = v.half().float() if fp16 else v
         assert loaded[k].dtype == v.dtype and torch.equal(loaded[k], want), k
-    assert got.unused == (extra_keys() if fp16 else [])
+    assert got.unused == (["module." + k for k in extra_keys()] if fp16 else [])
     assert [n for n in got.notes if "beside the weights" in n] == (
         [f"model: not used: entries of {path} beside the weights: step"] if "entry" in case
         else [])
@@ -320,26 +408,26 @@ def _bad_inputs(case: str, setup: dict, native: dict, tmp: Path) -> tuple[list[s
         small = dataclasses.replace(native["mcfg"], num_labels=n - 1)
         torch.manual_seed(0)
         torch.save(upstream_state(ClipBert(small).state_dict(), small), path)
-        return bare, (f"{path}: the answer head (transformer.classifier.2.weight) has {n - 1} "
+        return bare, (f"{path}: the answer head (module.transformer.classifier.2.weight) has {n - 1} "
                       f"rows, fewer than the {n} answers of {native['answers']}")
     if case == "missing tensor":
         del up["module.transformer.bert.encoder.layer.1.output.dense.weight"]
         torch.save(up, path)
-        return bare, (f"{path}: missing tensor transformer.bert.encoder.layer.1.output.dense."
+        return bare, (f"{path}: missing tensor module.transformer.bert.encoder.layer.1.output.dense."
                       "weight, needed by the clipbert model of preset 'tiny'")
     if case == "missing backbone tensors":
         up = {k: v for k, v in up.items() if ".res3." not in k}
         torch.save(up, path)
-        return bare, (f"{path}: missing tensor cnn.feature.backbone.res3.0.conv1.weight (and "
+        return bare, (f"{path}: missing tensor module.cnn.feature.backbone.res3.0.conv1.weight (and "
                       "19 more), needed by the clipbert model of preset 'tiny'")
     if case == "pretrained, not fine-tuned":
         torch.save({k: v for k, v in up.items() if ".classifier." not in k}, path)
-        return bare, (f"{path}: missing tensor transformer.classifier.2.weight (the answer "
+        return bare, (f"{path}: missing tensor module.transformer.classifier.2.weight (the answer "
                       "head: a pretrained, not a fine-tuned, ClipBERT file?)")
     if case == "preset does not fit":
         torch.save(up, path)
         return (bare[:6] + ["--preset", "faithful"],
-                f"{path}: tensor cnn.feature.backbone.stem.conv1.weight is [16, 3, 7, 7] "
+                f"{path}: tensor module.cnn.feature.backbone.stem.conv1.weight is [16, 3, 7, 7] "
                 "in the file but [64, 3, 7, 7] in the clipbert model of preset 'faithful': the "
                 "settings do not fit this file (choose them with train.preset / train.overrides "
                 "in the workflow, --preset / --set with clipbert infer)")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -33,6 +34,7 @@ _BERT_FILES = ("model.safetensors", "pytorch_model.bin")
 _COVERS = {"clipbert": "", "detectron2": "cnn.backbone.", "resnet": "cnn.backbone.",
            "bert": "transformer.bert."}
 _SHOW = 8  # keys listed per category in printed reports
+DDP_PREFIX = "module."
 
 
 # ---- key maps -------------------------------------------------------------------------------
@@ -139,16 +141,58 @@ def is_ignored(layout: str, key: str) -> bool:
 # ---- reading --------------------------------------------------------------------------------
 
 
-def _torch_load(path: Path) -> object:
+# What a model file is here, for the error that says a file is none.
+MODEL_FILE = ("a torch state dict (upstream's fine-tuned ClipBERT, a pretrained checkpoint) or "
+              "this project's model file, as torch.save writes them")
+
+
+def _looks_like(path: Path) -> str:
+    """What a file that torch cannot read seems to be, from its first bytes."""
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    if not head:
+        return "an empty file"
+    if head.lstrip()[:1] in (b"{", b"["):
+        return "JSON"
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "other binary data"
+    return "text"
+
+
+def load_tensors(path: str | os.PathLike) -> object:
+    """torch.load with `weights_only=True`, memory-mapped where the file allows it (torch's zip
+    format): tensors are then read from disk only when used, so a 600 MB file's names and shapes
+    cost milliseconds. A file torch cannot read is a one-line ClipbertError saying what a model
+    file is (not torch's `pop from empty list`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ClipbertError(f"{path}: no such file")
+    zipped = zipfile.is_zipfile(path)
+    with open(path, "rb") as fh:
+        pickled = fh.read(1) == b"\x80"  # torch's legacy format: a pickle, protocol 2 or later
+    if not (zipped or pickled):
+        raise ClipbertError(f"{path}: not a model file ({_looks_like(path)}); a model file here "
+                            f"is {MODEL_FILE}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ClipbertError(
-            f"{path}: not loadable as plain tensors (weights_only=True refused it: {first}); "
-            "detectron2 .pkl files and pickled objects are not accepted") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise ClipbertError(f"{path}: cannot read the checkpoint ({e})") from None
+            f"{path}: not loadable as plain tensors (weights_only=True refused it: "
+            f"{_weights_only_gist(e)}); pickled objects (detectron2 .pkl files too) are not "
+            f"accepted, only {MODEL_FILE}") from None
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a damaged file
+        raise ClipbertError(f"{path}: a damaged or unreadable torch file ({type(e).__name__}: "
+                            f"{' '.join(str(e).split())[:200]})") from None
+
+
+def _weights_only_gist(e: Exception) -> str:
+    """The gist of torch's weights-only refusal, which comes with a page of advice."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n\n")[0]
+    return " ".join(text.split())[:200] or type(e).__name__
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -167,9 +211,11 @@ def _inner_key(obj: dict) -> str | None:
     return None
 
 
-def unwrap_state(obj: object, path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The flat name -> tensor mapping inside what torch.load returned: a native model file
-    (`state_dict`), a detectron2/trainer checkpoint (`model`) or a bare state dict."""
+def split_state(obj: object, path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]:
+    """The flat name -> tensor mapping inside what torch.load returned (a native model file's
+    `state_dict`, a detectron2/trainer checkpoint's `model`, or a bare state dict), its names
+    without a DDP `module.` prefix, and that prefix ("" if none): messages name keys as the
+    file spells them, prefix and all."""
     if not isinstance(obj, dict):
         raise ClipbertError(f"{path}: expected a state dict, found a {type(obj).__name__}")
     key = _inner_key(obj)
@@ -178,9 +224,14 @@ def unwrap_state(obj: object, path: str | os.PathLike) -> dict[str, torch.Tensor
     state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not state:
         raise ClipbertError(f"{path}: no tensors in this file")
-    if all(k.startswith("module.") for k in state):  # saved from a DistributedDataParallel
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-    return state
+    if all(k.startswith(DDP_PREFIX) for k in state):  # saved from a DistributedDataParallel
+        return {k.removeprefix(DDP_PREFIX): v for k, v in state.items()}, DDP_PREFIX
+    return state, ""
+
+
+def unwrap_state(obj: object, path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """`split_state` without the prefix."""
+    return split_state(obj, path)[0]
 
 
 def other_entries(obj: dict) -> list[str]:
@@ -192,8 +243,9 @@ def other_entries(obj: dict) -> list[str]:
     return [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
 
 
-def read_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Name -> tensor from a checkpoint file, or from a Hugging Face model folder."""
+def read_state_prefixed(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]:
+    """Name -> tensor from a checkpoint file, or from a Hugging Face model folder, and the DDP
+    prefix its names had (see `split_state`)."""
     path = Path(path)
     if path.is_dir():
         for name in _BERT_FILES:
@@ -205,8 +257,13 @@ def read_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ClipbertError(f"{path}: checkpoint not found")
     if path.suffix == ".safetensors":
-        return _load_safetensors(path)
-    return unwrap_state(_torch_load(path), path)
+        return _load_safetensors(path), ""
+    return split_state(load_tensors(path), path)
+
+
+def read_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Name -> tensor from a checkpoint file, or from a Hugging Face model folder."""
+    return read_state_prefixed(path)[0]
 
 
 def detect_layout(state: dict[str, torch.Tensor], path: str | os.PathLike | None = None) -> str:
@@ -251,7 +308,7 @@ def _kind_layout(kind: str, state: dict[str, torch.Tensor], path: Path) -> str:
 
 
 def _load_one(model: nn.Module, kind: str, path: Path, target: dict[str, torch.Tensor]) -> dict:
-    state = read_state(path)
+    state, prefix = read_state_prefixed(path)
     layout = _kind_layout(kind, state, path)
     mapped: dict[str, torch.Tensor] = {}
     unexpected, mismatch, ignored = [], [], 0
@@ -267,7 +324,7 @@ def _load_one(model: nn.Module, kind: str, path: Path, target: dict[str, torch.T
             ignored += 1
             continue
         if name is None or name not in target or name in mapped:
-            unexpected.append(key)
+            unexpected.append(prefix + key)
         elif tensor.shape != target[name].shape:
             mismatch.append({"key": name, "checkpoint": list(tensor.shape),
                              "model": list(target[name].shape)})

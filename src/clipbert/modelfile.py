@@ -28,12 +28,13 @@ from clipbert import runtime
 from clipbert.checkpoints import (
     detect_layout,
     is_ignored,
+    load_tensors,
     native_to_upstream,
     other_entries,
+    split_state,
     to_native,
-    unwrap_state,
 )
-from clipbert.config import TrainConfig, make_config
+from clipbert.config import PRESETS, TrainConfig, make_config
 from clipbert.errors import ClipbertError
 from clipbert.fsutil import atomic_path
 from clipbert.model import build_model
@@ -47,6 +48,8 @@ WORDS = "transformer.bert.embeddings.word_embeddings.weight"
 # What the settings of a bare state dict are chosen with, for error messages.
 _SETTINGS_HINT = ("choose them with train.preset / train.overrides in the workflow, --preset / "
                   "--set with clipbert infer")
+# How to pick a preset that fits, by default (the workflow passes its own: `set train.preset`).
+_PRESET_HINT = "--preset {preset} with clipbert infer, train.preset: {preset} in the workflow"
 
 
 def vocab_tokens(tokenizer: Any) -> list[str]:
@@ -74,12 +77,8 @@ def save_model_file(path: str | os.PathLike, model: nn.Module, cfg: TrainConfig,
 
 
 def _torch_load(path: str | os.PathLike) -> object:
-    if not Path(path).is_file():
-        raise ClipbertError(f"{path}: no such file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise ClipbertError(f"{path}: not a readable model file ({_one_line(e)})") from None
+    """The file's contents, tensors memory-mapped (read from disk only when used)."""
+    return load_tensors(path)
 
 
 def _model_file(obj: object, path: str | os.PathLike) -> dict:
@@ -128,6 +127,7 @@ class _Source:
     tokenizer: Any
     notes: list[str]
     answers_name: str
+    prefix: str = ""  # the DDP `module.` prefix of the file's names, kept in messages
 
 
 def _native_file(obj: dict, path, answers, vocab) -> _Source:
@@ -140,14 +140,24 @@ def _native_file(obj: dict, path, answers, vocab) -> _Source:
                    tokenizer_from_tokens(obj["vocab"]), notes, "the model file's own answer map")
 
 
-def _bare_state(obj: object, path, answers, vocab, preset: str,
-                overrides: dict | None) -> _Source:
-    state, entries = unwrap_state(obj, path), other_entries(obj)
+def _bare_state(obj: object, path, answers, vocab, preset: str, overrides: dict | None,
+                need_data: bool = True) -> _Source:
+    """A bare state dict with the settings of `preset` + `overrides`; its answer map and
+    tokenizer from `answers` and `vocab` (`need_data=False`: not read, for a check made before
+    they exist)."""
+    state, prefix = split_state(obj, path)
+    entries = other_entries(obj)
     layout = detect_layout(state, path)
     if layout not in ("upstream", "native"):
         raise ClipbertError(f"{path}: a {layout} checkpoint (pretrained weights to train "
                             "from), not a fine-tuned ClipBERT model")
-    cfg = _bare_settings(path, state, layout, preset, overrides)
+    cfg = _bare_settings(path, state, layout, preset, overrides, prefix)
+    settings = (f"model: settings of preset {preset!r}"
+                + (f" with overrides {json.dumps(overrides, sort_keys=True)}" if overrides else "")
+                + f", sizes checked against the tensors: {cfg.model.variant} model, "
+                f"{cfg.model.vocab_size} word embeddings")
+    if not need_data:
+        return _Source(cfg, state, layout, entries, {}, None, [settings], "", prefix)
     if answers is None:
         raise ClipbertError(f"{path}: a bare state dict ({layout} layout) has no answer map: "
                             "give train_ans2label.json or answer_dict.json (its head's row "
@@ -160,11 +170,44 @@ def _bare_state(obj: object, path, answers, vocab, preset: str,
     if n_tokens > cfg.model.vocab_size:
         raise ClipbertError(f"{vocab}: {n_tokens} tokens, but the word embeddings of {path} "
                             f"have {cfg.model.vocab_size} rows")
-    notes = [f"model: settings of preset {preset!r}"
-             + (f" with overrides {json.dumps(overrides, sort_keys=True)}" if overrides else "")
-             + f", sizes checked against the tensors: {cfg.model.variant} model, "
-             f"{cfg.model.vocab_size} word embeddings ({n_tokens} tokens in {vocab})"]
-    return _Source(cfg, state, layout, entries, ans2label, tokenizer, notes, str(answers))
+    notes = [f"{settings} ({n_tokens} tokens in {vocab})"]
+    return _Source(cfg, state, layout, entries, ans2label, tokenizer, notes, str(answers),
+                   prefix)
+
+
+def _source(path, answers, vocab, preset: str, overrides: dict | None, variant: str | None,
+            need_data: bool = True) -> tuple[_Source, bool]:
+    """What the file brings, and whether it is a native model file."""
+    obj = _torch_load(path)
+    native = isinstance(obj, dict) and "format" in obj
+    src = (_native_file(obj, path, answers, vocab) if native
+           else _bare_state(obj, path, answers, vocab, preset, overrides, need_data))
+    if variant is not None and src.cfg.model.variant != variant:
+        raise ClipbertError(f"{path}: a {src.cfg.model.variant!r} model (model.variant), but a "
+                            f"{variant!r} one is needed here")
+    return src, native
+
+
+def check_model_file(path: str | os.PathLike, *, preset: str = "faithful",
+                     overrides: dict | None = None, variant: str | None = None,
+                     n_answers: int | None = None, hint: str = "") -> str:
+    """Check, without loading its weights, that `path` is a fine-tuned model file that
+    `load_for_inference` will take with these settings: readable as plain tensors, its layout,
+    its model variant, every tensor's shape against the model of `preset` + `overrides` (for a
+    bare state dict), and an answer head of at least `n_answers` rows. The workflow calls it
+    before any job. Only names and shapes are read (the file is memory-mapped): a 600 MB file
+    takes well under a second. Returns a one-line summary; a problem is a ClipbertError.
+    `hint` says how to choose a preset that fits (`{preset}` is replaced by its name)."""
+    src, native = _source(path, None, None, preset, overrides, variant, need_data=False)
+    _fit(path, src, "native" if native else src.layout, None if native else preset,
+         overrides, load=False, hint=hint)
+    rows = src.cfg.model.num_labels
+    if n_answers is not None and rows < n_answers:
+        raise ClipbertError(f"{path}: the answer head ({_file_name(src, HEAD)}) has {rows} "
+                            f"rows, fewer than the {n_answers} answers")
+    what = "native model file" if native else f"{src.layout} state dict"
+    return (f"{path}: {what}, {src.cfg.model.variant} model of preset {src.cfg.preset!r}, "
+            f"{len(src.state)} tensors, answer head of {rows} rows")
 
 
 def load_for_inference(
@@ -190,20 +233,15 @@ def load_for_inference(
     (detector heads, `pixel_mean`/`pixel_std`, pre-training heads) are returned in `unused`.
     `variant`, when given, is the model variant the caller needs (`clipbert` or `blind`).
     """
-    obj = _torch_load(path)
-    native = isinstance(obj, dict) and "format" in obj
-    src = (_native_file(obj, path, answers, vocab) if native
-           else _bare_state(obj, path, answers, vocab, preset, overrides))
+    src, native = _source(path, answers, vocab, preset, overrides, variant)
     cfg, ans2label, notes = src.cfg, src.ans2label, src.notes
-    if variant is not None and cfg.model.variant != variant:
-        raise ClipbertError(f"{path}: a {cfg.model.variant!r} model (model.variant), but a "
-                            f"{variant!r} one is needed here")
-    loaded, unused = _fit(path, src.state, "native" if native else src.layout, cfg,
-                          None if native else preset)
+    loaded, unused = _fit(path, src, "native" if native else src.layout,
+                          None if native else preset, overrides)
     head_rows = cfg.model.num_labels
     if head_rows < len(ans2label):
-        raise ClipbertError(f"{path}: the answer head ({HEAD}) has {head_rows} rows, fewer than "
-                            f"the {len(ans2label)} answers of {src.answers_name}")
+        raise ClipbertError(f"{path}: the answer head ({_file_name(src, HEAD)}) has {head_rows} "
+                            f"rows, fewer than the {len(ans2label)} answers of "
+                            f"{src.answers_name}")
     model = build_model(cfg.model)
     result = model.load_state_dict(loaded, strict=False)
     assert not result.unexpected_keys and all(  # _fit checked both against the same model
@@ -212,7 +250,7 @@ def load_for_inference(
     model.eval()
     skipped = set(unused)
     dtypes = sorted({str(t.dtype).removeprefix("torch.") for k, t in src.state.items()
-                     if k not in skipped and t.is_floating_point()})
+                     if src.prefix + k not in skipped and t.is_floating_point()})
     notes.append(f"model: {path} ({src.layout}): {len(loaded)} tensors loaded, stored as "
                  f"{'/'.join(dtypes)}" + ("" if dtypes == ["float32"] else ", run in float32"))
     notes.append(f"model: answer head of {head_rows} rows for the {len(ans2label)} answers of "
@@ -229,7 +267,7 @@ def load_for_inference(
 
 
 def _bare_settings(path: str | os.PathLike, state: dict[str, torch.Tensor], layout: str,
-                   preset: str, overrides: dict | None) -> TrainConfig:
+                   preset: str, overrides: dict | None, prefix: str = "") -> TrainConfig:
     """The settings of a bare state dict: `preset` + `overrides`, with the variant, the
     vocabulary size and the head's row count read off the tensors (the three things training
     fills in from the data)."""
@@ -237,7 +275,8 @@ def _bare_settings(path: str | os.PathLike, state: dict[str, torch.Tensor], layo
     for name, what in ((HEAD, "the answer head: a pretrained, not a fine-tuned, ClipBERT file?"),
                        (WORDS, "the word embeddings")):
         if name not in names:
-            raise ClipbertError(f"{path}: missing tensor {_file_name(layout, name)} ({what})")
+            raise ClipbertError(f"{path}: missing tensor {prefix}{_layout_name(layout, name)} "
+                                f"({what})")
     video = layout == "upstream" or any(
         n is not None and n.startswith(("cnn.", "transformer.visual_embeddings."))
         for n in names)
@@ -247,52 +286,94 @@ def _bare_settings(path: str | os.PathLike, state: dict[str, torch.Tensor], layo
         vocab_size=state[names[WORDS]].shape[0], num_labels=state[names[HEAD]].shape[0]))
 
 
-def _fit(path: str | os.PathLike, state: dict[str, torch.Tensor], layout: str,
-         cfg: TrainConfig, preset: str | None) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """The file's tensors under their native names (floats as fp32), checked against the
-    shapes of the model `cfg` builds (built on the meta device: no memory, no arithmetic), and
-    the file's keys that are not used."""
+def _shapes(cfg: TrainConfig) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes of the model `cfg` builds (on the meta device: no memory, no
+    arithmetic)."""
     with torch.device("meta"):
-        shapes = {k: tuple(v.shape) for k, v in build_model(cfg.model).state_dict().items()}
-    what = (f"the {cfg.model.variant} model of preset {preset!r}" if preset is not None
-            else "the model of its own settings")
-    loaded: dict[str, torch.Tensor] = {}
+        return {k: tuple(v.shape) for k, v in build_model(cfg.model).state_dict().items()}
+
+
+def _misfit(src: _Source, layout: str, shapes: dict[str, tuple[int, ...]], what: str
+            ) -> tuple[str | None, dict[str, str], list[str]]:
+    """Whether the file's tensors fit a model of these `shapes`: (the problem, or None;
+    native name -> the file's key of each tensor used; the file's keys not used, as the file
+    spells them)."""
+    used: dict[str, str] = {}
     unused: list[str] = []
     unplaced: list[str] = []
-    for key, tensor in state.items():
+    for key, tensor in src.state.items():
         name = to_native(layout, key)
-        if name in shapes and name not in loaded:
+        if name in shapes and name not in used:
             if tuple(tensor.shape) != shapes[name]:
-                raise ClipbertError(
-                    f"{path}: tensor {key} is {list(tensor.shape)} in the file but "
-                    f"{list(shapes[name])} in {what}: the settings do not fit this file"
-                    + (f" ({_SETTINGS_HINT})" if preset is not None else ""))
-            loaded[name] = tensor.float() if tensor.is_floating_point() else tensor
-        elif name is None or name in loaded or is_ignored(layout, key):
-            unused.append(key)
+                return (f"tensor {src.prefix}{key} is {list(tensor.shape)} in the file but "
+                        f"{list(shapes[name])} in {what}", used, unused)
+            used[name] = key
+        elif name is None or name in used or is_ignored(layout, key):
+            unused.append(src.prefix + key)
         else:
-            unplaced.append(key)
+            unplaced.append(src.prefix + key)
     if unplaced:
-        raise ClipbertError(
-            f"{path}: {len(unplaced)} tensors have no place in {what}, e.g. {unplaced[0]}: the "
-            "settings do not fit this file" + (f" ({_SETTINGS_HINT})" if preset is not None
-                                               else ""))
-    missing = [k for k in shapes if k not in loaded and not k.endswith("num_batches_tracked")]
+        return (f"{len(unplaced)} tensors have no place in {what}, e.g. {unplaced[0]}", used,
+                unused)
+    missing = [k for k in shapes if k not in used and not k.endswith("num_batches_tracked")]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise ClipbertError(f"{path}: missing tensor {_file_name(layout, missing[0])}{more}, "
-                            f"needed by {what}")
+        return (f"missing tensor {_file_name(src, missing[0])}{more}, needed by {what}", used,
+                unused)
+    return None, used, unused
+
+
+def fitting_presets(path: str | os.PathLike, src: _Source, layout: str,
+                    overrides: dict | None) -> list[str]:
+    """The presets whose model (with `overrides`) every tensor of a bare state dict fits."""
+    out = []
+    for name in PRESETS:
+        try:
+            cfg = _bare_settings(path, src.state, layout, name, overrides, src.prefix)
+        except ClipbertError:
+            continue
+        if _misfit(src, layout, _shapes(cfg), "")[0] is None:
+            out.append(name)
+    return out
+
+
+def _fit(path: str | os.PathLike, src: _Source, layout: str, preset: str | None,
+         overrides: dict | None, load: bool = True, hint: str = ""
+         ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The file's tensors under their native names (floats as fp32; nothing read with
+    `load=False`), checked against the shapes of the model of `src.cfg`, and the file's keys
+    that are not used. When the settings do not fit, the error names a preset that does."""
+    what = (f"the {src.cfg.model.variant} model of preset {preset!r}" if preset is not None
+            else "the model of its own settings")
+    problem, used, unused = _misfit(src, layout, _shapes(src.cfg), what)
+    if problem is not None:
+        if preset is None:
+            raise ClipbertError(f"{path}: {problem}")
+        fits = [p for p in fitting_presets(path, src, layout, overrides) if p != preset]
+        if fits:
+            also = f" (also {', '.join(map(repr, fits[1:]))})" if fits[1:] else ""
+            raise ClipbertError(
+                f"{path}: {problem}: the settings do not fit this file (the file fits preset "
+                f"{fits[0]!r}{also}; {(hint or _PRESET_HINT).format(preset=fits[0])})")
+        if problem.startswith("missing tensor"):  # an incomplete file more likely than settings
+            raise ClipbertError(f"{path}: {problem}")
+        raise ClipbertError(f"{path}: {problem}: the settings do not fit this file "
+                            f"({_SETTINGS_HINT})")
+    if not load:
+        return {}, unused
+    loaded = {}
+    for name, key in used.items():
+        tensor = src.state[key]
+        loaded[name] = tensor.float() if tensor.is_floating_point() else tensor
     return loaded, unused
 
 
-def _file_name(layout: str, native: str) -> str:
+def _layout_name(layout: str, native: str) -> str:
     """A native tensor name as the file's layout spells it."""
     return (native_to_upstream(native) or native) if layout == "upstream" else native
 
 
-def _one_line(e: Exception) -> str:
-    """The gist of a torch.load error: its weights-only complaint is a page of advice."""
-    text = str(e)
-    if "WeightsUnpickler error:" in text:
-        text = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n\n")[0]
-    return f"{type(e).__name__}: {' '.join(text.split())[:200]}"
+def _file_name(src: _Source, native: str) -> str:
+    """A native tensor name as the file spells it, prefix included."""
+    return src.prefix + _layout_name(src.layout if src.layout != "native model file"
+                                     else "native", native)
