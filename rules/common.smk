@@ -75,7 +75,11 @@ for _kind, _path in config["weights"].items():
         require_file(f"weights.{_kind}", _path)
 
 
-def sqa_files(kind: str, splits: tuple[str, ...] = SPLITS) -> list[str]:
+# The splits converted: evaluating only (nothing trained) needs the test split alone.
+SQA_SPLITS = ("test",) if EVAL_ONLY else SPLITS
+
+
+def sqa_files(kind: str, splits: tuple[str, ...] = SQA_SPLITS) -> list[str]:
     name = sqa.questions_name if kind == "questions" else sqa.annotations_name
     return [f"{SQA_DIR}/balanced/{name(s)}" for s in splits]
 
@@ -87,6 +91,28 @@ def check_real_inputs() -> None:
         require_file("data.sqa_dir", path)
 
 
+def check_checkpoints() -> None:
+    """Evaluation only: each given checkpoint is a model file whose layout, variant and tensor
+    shapes fit the preset in use, checked now (names and shapes only: the file is
+    memory-mapped), so that a wrong file stops the run, `-n` too, before any job deletes the
+    last results."""
+    from clipbert import modelfile  # imports torch: only evaluation-only runs pay for it here
+
+    answers = None if DEMO else len(sqa.load_answer_dict(f"{SQA_DIR}/{sqa.ANSWER_DICT}"))
+    overrides = config["train"]["overrides"]
+    for key, path, variant, extra in (
+            ("infer.model", INFER_MODEL, TRAIN.model.variant, {}),
+            ("baselines.blind_model", BLIND_MODEL, "blind", {"model.variant": "blind"})):
+        if not path:
+            continue
+        try:
+            modelfile.check_model_file(path, preset=config["train"]["preset"],
+                                       overrides={**overrides, **extra}, variant=variant,
+                                       n_answers=answers, hint="set train.preset: {preset}")
+        except ClipbertError as e:
+            fail(f"config: {key}: {e}")
+
+
 def scene_list() -> list[str]:
     """Demo: known from the config. Real data: the SQA3D baseline's selection, restricted to the
     scenes the question files use (the test split's alone when only evaluating); released videos
@@ -94,7 +120,7 @@ def scene_list() -> list[str]:
     if DEMO:
         return demo.scene_ids(config["data"]["demo"]["scenes"])
     check_real_inputs()
-    asked = sqa_files("questions", ("test",) if EVAL_ONLY else SPLITS)
+    asked = sqa_files("questions")
     lists = config["data"]["scene_lists"]
     questions = asked if config["data"]["restrict_to_questions"] else []
     try:
@@ -110,6 +136,8 @@ def scene_list() -> list[str]:
 
 
 SCENES = scene_list()
+if INFER_MODEL or BLIND_MODEL:
+    check_checkpoints()
 
 
 def video_path(scene: str) -> str:

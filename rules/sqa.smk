@@ -8,11 +8,11 @@ rule sqa_convert:
         annotations=sqa_files("sqa_annotations"),
         answers=f"{SQA_DIR}/answer_dict.json",
     output:
-        jsonl=expand(f"{WORK}/sqa/{{split}}.jsonl", split=SPLITS),
+        jsonl=expand(f"{WORK}/sqa/{{split}}.jsonl", split=SQA_SPLITS),
         ans2label=f"{WORK}/sqa/train_ans2label.json",
         stats=f"{WORK}/sqa/stats.json",
     params:
-        splits=SPLITS,  # the order of the questions and annotations files
+        splits=SQA_SPLITS,  # the order of the questions and annotations files
     conda:
         ENV
     log:

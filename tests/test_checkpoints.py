@@ -433,15 +433,16 @@ def test_upstream_fine_tuned_file_for_inference(tmp_path, layout):
                              overrides=overrides)
     assert (got.layout, got.head_rows, got.dtypes) == ("upstream", 7, ["float16"])
     assert got.cfg.model == ModelConfig(**{**CFG, "frozen_bn": True})
-    assert got.unused == ["module." + k for k in state if k in UPSTREAM_EXTRAS]  # as in the file
+    assert got.unused == ["module." + k for k in state if k in UPSTREAM_EXTRAS]  # the file's
     assert_landed(got.model, state, {k: n for k, (n, _) in layout.items()})
-    with pytest.raises(ClipbertError, match=r"tensor module.cnn.feature.backbone.stem.conv1.weight is "
-                       r"\[8, 3, 7, 7\] in the file but \[64, 3, 7, 7\] in the clipbert model "
-                       "of preset 'faithful'"):
+    with pytest.raises(ClipbertError, match=r"tensor module.cnn.feature.backbone.stem.conv1."
+                       r"weight is \[8, 3, 7, 7\] in the file but \[64, 3, 7, 7\] in the "
+                       "clipbert model of preset 'faithful'"):
         load_for_inference(tmp_path / "clipbert.pt", answers=tmp_path / "answers.json",
                            vocab=tmp_path / "vocab.txt")
     with pytest.raises(ClipbertError, match="16 tensors have no place in the clipbert model of "
-                       "preset 'faithful', e.g. module.transformer.bert.encoder.layer.11.attention"):
+                       "preset 'faithful', e.g. module.transformer.bert.encoder.layer.11."
+                       "attention"):
         load_for_inference(tmp_path / "clipbert.pt", answers=tmp_path / "answers.json",
                            vocab=tmp_path / "vocab.txt", preset="faithful",
                            overrides={**overrides, "model.num_layers": 11})

@@ -222,7 +222,7 @@ def test_a_file_of_another_preset_names_the_preset_that_fits(tmp_path: Path) -> 
         modelfile.check_model_file(faithful, variant="blind")
     tiny = standin_checkpoint(tmp_path / "tiny.pt", "tiny", head_rows=20, vocab_size=50)
     with pytest.raises(ClipbertError, match=r"\(the file fits preset 'tiny'; --preset tiny with "
-                       "clipbert infer, train.preset: tiny in the workflow\)$"):
+                       r"clipbert infer, train.preset: tiny in the workflow\)$"):
         modelfile.check_model_file(tiny)
 
 
@@ -258,18 +258,25 @@ def upstream_state(native: dict[str, torch.Tensor], mcfg, dtype=torch.float16,
 
 def standin_checkpoint(path: Path, preset: str = "faithful", overrides: dict | None = None,
                        head_rows: int = 1500, vocab_size: int = 30522,
-                       dtype: torch.dtype = torch.float16, prefix: str = "module.") -> Path:
+                       dtype: torch.dtype = torch.float16, prefix: str = "module.",
+                       blind: bool = False) -> Path:
     """A stand-in for SQA3D's `clipbert.pt`: upstream key names at `preset`'s sizes, fp16, a
     1500-row head, a DDP prefix, detector heads and `pixel_mean`. Each tensor is one value
     expanded (stride 0), so the file is a few hundred KB whatever the sizes: for the checks of
-    names and shapes, not for answering."""
-    m = make_config(preset, overrides).model
-    layout = upstream_layout({
-        "depths": m.depths, "stem_width": m.stem_width, "widths": m.widths,
-        "hidden_size": m.hidden_size, "num_layers": m.num_layers,
-        "intermediate_size": m.intermediate_size, "vocab_size": vocab_size,
-        "max_position_embeddings": m.max_position_embeddings, "num_labels": head_rows})
-    shapes = {**{k: shape for k, (_, shape) in layout.items()}, **UPSTREAM_EXTRAS, **PIXEL_EXTRAS}
+    names and shapes, not for answering. `blind`: a native blind model's state dict."""
+    m = dataclasses.replace(make_config(preset, overrides).model, vocab_size=vocab_size,
+                            num_labels=head_rows)
+    if blind:
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in BlindQA(m).state_dict().items()}
+    else:
+        layout = upstream_layout({
+            "depths": m.depths, "stem_width": m.stem_width, "widths": m.widths,
+            "hidden_size": m.hidden_size, "num_layers": m.num_layers,
+            "intermediate_size": m.intermediate_size, "vocab_size": vocab_size,
+            "max_position_embeddings": m.max_position_embeddings, "num_labels": head_rows})
+        shapes = {**{k: shape for k, (_, shape) in layout.items()}, **UPSTREAM_EXTRAS,
+                  **PIXEL_EXTRAS}
     torch.save({prefix + k: torch.full((), 0.01, dtype=dtype).expand(shape)
                 for k, shape in shapes.items()}, path)
     return path
@@ -408,18 +415,18 @@ def _bad_inputs(case: str, setup: dict, native: dict, tmp: Path) -> tuple[list[s
         small = dataclasses.replace(native["mcfg"], num_labels=n - 1)
         torch.manual_seed(0)
         torch.save(upstream_state(ClipBert(small).state_dict(), small), path)
-        return bare, (f"{path}: the answer head (module.transformer.classifier.2.weight) has {n - 1} "
-                      f"rows, fewer than the {n} answers of {native['answers']}")
+        return bare, (f"{path}: the answer head (module.transformer.classifier.2.weight) has "
+                      f"{n - 1} rows, fewer than the {n} answers of {native['answers']}")
     if case == "missing tensor":
         del up["module.transformer.bert.encoder.layer.1.output.dense.weight"]
         torch.save(up, path)
-        return bare, (f"{path}: missing tensor module.transformer.bert.encoder.layer.1.output.dense."
-                      "weight, needed by the clipbert model of preset 'tiny'")
+        return bare, (f"{path}: missing tensor module.transformer.bert.encoder.layer.1.output."
+                      "dense.weight, needed by the clipbert model of preset 'tiny'")
     if case == "missing backbone tensors":
         up = {k: v for k, v in up.items() if ".res3." not in k}
         torch.save(up, path)
-        return bare, (f"{path}: missing tensor module.cnn.feature.backbone.res3.0.conv1.weight (and "
-                      "19 more), needed by the clipbert model of preset 'tiny'")
+        return bare, (f"{path}: missing tensor module.cnn.feature.backbone.res3.0.conv1.weight "
+                      "(and 19 more), needed by the clipbert model of preset 'tiny'")
     if case == "pretrained, not fine-tuned":
         torch.save({k: v for k, v in up.items() if ".classifier." not in k}, path)
         return bare, (f"{path}: missing tensor module.transformer.classifier.2.weight (the answer "

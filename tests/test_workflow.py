@@ -220,9 +220,12 @@ def test_reruns_follow_the_inputs(tmp_path):
 def test_eval_only_dag_has_no_training(tmp_path):
     """With infer.model the DAG holds no train job, and no blind one unless blind_model names
     a checkpoint (which is then scored, not trained)."""
+    from test_evaluate import standin_checkpoint
+
     (tmp_path / "ck").mkdir()
-    for name in ("clipbert.pt", "blind.pt"):
-        (tmp_path / "ck" / name).write_bytes(b"read only when the job runs")
+    overrides = SMALL["train"]["overrides"]
+    standin_checkpoint(tmp_path / "ck/clipbert.pt", "tiny", overrides, 20, 200)
+    standin_checkpoint(tmp_path / "ck/blind.pt", "tiny", overrides, 20, 200, blind=True)
     cfg = {**SMALL, "infer": {"model": "ck/clipbert.pt"}}
     counts = job_stats(snakemake(tmp_path, "-n", config=cfg).stdout)
     assert counts["infer"] == counts["plot_training"] == counts["plot_benchmarks"] == 1, counts
@@ -252,9 +255,11 @@ def test_eval_only_checkpoint_errors_name_the_key(tmp_path):
 
 
 def test_released_videos_and_checkpoint_need_nothing_else(tmp_path):
-    """The SQA3D release (sqa_task/, <scene>.mp4 videos), a checkpoint and a vocabulary: no
-    scans and no scene lists; only the test split's videos are packed, and a missing one is
-    named before any job."""
+    """The SQA3D release (sqa_task/ with the test split's files only, <scene>.mp4 videos), a
+    checkpoint and a vocabulary: no scans, no scene lists, no train or val files; only the test
+    split's videos are packed, and a missing one is named before any job."""
+    from test_evaluate import standin_checkpoint
+
     from clipbert import demo, sqa
 
     src = tmp_path / "release"
@@ -265,7 +270,10 @@ def test_released_videos_and_checkpoint_need_nothing_else(tmp_path):
     videos.mkdir()
     for s in demo.scene_ids(6):
         (videos / f"{s}.mp4").write_bytes(b"read only when the job runs")
-    (tmp_path / "clipbert.pt").write_bytes(b"x")
+    for split in ("train", "val"):  # evaluating needs the test split's files alone
+        for name in (sqa.questions_name(split), sqa.annotations_name(split)):
+            (src / "sqa_task/balanced" / name).unlink()
+    standin_checkpoint(tmp_path / "clipbert.pt")
     cfg = {"data": {"source": "scannet", "sqa_dir": str(src / "sqa_task"),
                     "videos_dir": str(videos)},
            "train": {"preset": "faithful"}, "infer": {"model": str(tmp_path / "clipbert.pt")},
@@ -284,6 +292,46 @@ def test_released_videos_and_checkpoint_need_nothing_else(tmp_path):
     assert proc.returncode != 0
     assert (f"error: config: data.videos_dir: 1 of {len(test_scenes)} scenes the questions use "
             f"have no video in {videos}: {videos}/{test_scenes[0]}.mp4" in proc.stderr), proc.stderr
+
+
+def test_a_bad_checkpoint_stops_the_run_before_any_job(tmp_path):
+    """A text file, a json file and a file of another preset given as infer.model each stop
+    `snakemake -n` and a real run at the start, with one line (no traceback) saying what is
+    wrong and, for the preset, which one fits; the last results stay in place."""
+    from test_evaluate import standin_checkpoint
+
+    from clipbert.checkpoints import MODEL_FILE
+
+    (tmp_path / "results").mkdir()
+    last = {name: f"the last good {name}" for name in ("test_acc.json", "test_predictions.jsonl")}
+    for name, text in last.items():
+        (tmp_path / "results" / name).write_text(text)
+    (tmp_path / "notes.txt").write_text("scores of the last run\n")
+    (tmp_path / "answers.json").write_text('{"yes": 0}')
+    faithful = standin_checkpoint(tmp_path / "clipbert.pt")
+    cases = {
+        "notes.txt": f"error: config: infer.model: notes.txt: not a model file (text); a model "
+                     f"file here is {MODEL_FILE}",
+        "answers.json": f"error: config: infer.model: answers.json: not a model file (JSON); a "
+                        f"model file here is {MODEL_FILE}",
+        "clipbert.pt": "error: config: infer.model: clipbert.pt: tensor module.cnn.feature."
+                       "backbone.stem.conv1.weight is [64, 3, 7, 7] in the file but [16, 3, 7, 7] "
+                       "in the clipbert model of preset 'tiny': the settings do not fit this file "
+                       "(the file fits preset 'faithful' (also 'improved') without the overrides; "
+                       "set train.preset: faithful)",
+    }
+    runs = [(name, ["-n"]) for name in cases] + [("clipbert.pt", ["results/test_acc.json"])]
+    for name, args in runs:
+        proc = snakemake(tmp_path, *args, config={**SMALL, "infer": {"model": name}},
+                         check=False)
+        assert proc.returncode == 1, proc.stderr
+        lines = [x for x in proc.stderr.strip().splitlines()
+                 if not x.startswith(("Using workflow specific profile", "Config file "))]
+        assert lines == [cases[name]], proc.stderr
+    assert faithful.is_file()
+    assert {n: (tmp_path / "results" / n).read_text() for n in last} == last
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == sorted(last)
+    assert not (tmp_path / "work").exists()
 
 
 @pytest.mark.slow

@@ -329,10 +329,11 @@ def fitting_presets(path: str | os.PathLike, src: _Source, layout: str,
     out = []
     for name in PRESETS:
         try:
-            cfg = _bare_settings(path, src.state, layout, name, overrides, src.prefix)
-        except ClipbertError:
+            shapes = _shapes(_bare_settings(path, src.state, layout, name, overrides,
+                                            src.prefix))
+        except (ClipbertError, ValueError):  # the overrides make no model of this preset
             continue
-        if _misfit(src, layout, _shapes(cfg), "")[0] is None:
+        if _misfit(src, layout, shapes, "")[0] is None:
             out.append(name)
     return out
 
@@ -350,11 +351,14 @@ def _fit(path: str | os.PathLike, src: _Source, layout: str, preset: str | None,
         if preset is None:
             raise ClipbertError(f"{path}: {problem}")
         fits = [p for p in fitting_presets(path, src, layout, overrides) if p != preset]
+        bare = "" if fits or not overrides else " without the overrides"
+        if bare:
+            fits = fitting_presets(path, src, layout, None)
         if fits:
             also = f" (also {', '.join(map(repr, fits[1:]))})" if fits[1:] else ""
             raise ClipbertError(
                 f"{path}: {problem}: the settings do not fit this file (the file fits preset "
-                f"{fits[0]!r}{also}; {(hint or _PRESET_HINT).format(preset=fits[0])})")
+                f"{fits[0]!r}{also}{bare}; {(hint or _PRESET_HINT).format(preset=fits[0])})")
         if problem.startswith("missing tensor"):  # an incomplete file more likely than settings
             raise ClipbertError(f"{path}: {problem}")
         raise ClipbertError(f"{path}: {problem}: the settings do not fit this file "
