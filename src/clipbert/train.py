@@ -71,17 +71,25 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
+    """Every RNG stream of this process as tensors and plain types, so that the resumable state
+    loads with `weights_only=True` (no pickled objects: a planted file cannot run code)."""
+    version, words, gauss = random.getstate()
+    kind, key, pos, has_gauss, cached = np.random.get_state()
     return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": {"version": version, "state": torch.tensor(words, dtype=torch.int64),
+                   "gauss": gauss},
+        "numpy": {"kind": str(kind), "key": torch.from_numpy(key.astype(np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(cached)},
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
+    np.random.set_state((npy["kind"], npy["key"].numpy().astype(np.uint32), npy["pos"],
+                         npy["has_gauss"], npy["gauss"]))
     torch.set_rng_state(state["torch"])
     if torch.cuda.is_available() and state["cuda"]:
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -294,14 +302,22 @@ def resume(run: Run, state_dir: Path) -> TrainState:
     last, main = state_dir / "last.pt", run.d.main
     saved, why = None, None  # why: None = nothing saved, [] = the same run, else what changed
     if main and last.exists():
-        saved = _load_state(last, state_dir)
-        why = changes(saved, run) if isinstance(saved, dict) else ["not a resume state"]
+        saved = _load_state(last)
+        if saved is None:
+            why = ["unsafe"]
+        else:
+            why = changes(saved, run) if isinstance(saved, dict) else ["not a resume state"]
     if run.d.world > 1:  # rank 0 decides for all
         box = [why]
         dist.broadcast_object_list(box, src=0, group=run.group)
         why = box[0]
     if why != []:
-        if main and why:
+        if main and why == ["unsafe"]:
+            aside = last.with_name(last.name + ".set-aside")
+            last.replace(aside)
+            print(f"not resuming {last}: it does not load as plain tensors (weights_only=True "
+                  f"refused it; set aside as {aside.name}); training starts over", flush=True)
+        elif main and why:
             print(f"not resuming {last}: saved by another run (changed: {', '.join(why)}); "
                   "training starts over", flush=True)
         if main:  # a leftover of another run is no candidate for the best weights either
@@ -309,7 +325,9 @@ def resume(run: Run, state_dir: Path) -> TrainState:
             (state_dir / "best.pt").unlink(missing_ok=True)
         return TrainState()
     if saved is None:
-        saved = _load_state(last, state_dir)
+        saved = _load_state(last)
+        if saved is None:  # replaced since rank 0 read it: not this run's own state
+            raise ClipbertError(f"{last}: changed while training started; start again")
     run.model.load_state_dict(saved["model"])
     run.optimizer.load_state_dict(saved["optimizer"])
     run.scheduler.load_state_dict(saved["scheduler"])
@@ -321,12 +339,14 @@ def resume(run: Run, state_dir: Path) -> TrainState:
                       last_acc=saved["last_acc"], loss=mine["loss"], labelled=saved["labelled"])
 
 
-def _load_state(last: Path, state_dir: Path) -> Any:
+def _load_state(last: Path) -> Any:
+    """The resumable state, read with `weights_only=True` as every file here is; None when it
+    does not load that way (a file of an older version with pickled RNG objects, a damaged or a
+    planted one), which is then set aside rather than run."""
     try:
-        return torch.load(last, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - written atomically, so only a foreign file
-        raise ClipbertError(f"{last}: unreadable resume state ({type(e).__name__}); delete "
-                            f"{state_dir} to start over") from None
+        return torch.load(last, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - whatever the reason, the state is not usable
+        return None
 
 
 # ---- one step, validation, logging ------------------------------------------------------------
