@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -105,6 +106,27 @@ def test_infer_writes_predictions_and_accuracy(setup: dict, tmp_path: Path) -> N
     assert saved["preset"] == "tiny" and saved["inference_n_clips"] == 3
     assert saved["checkpoint_sha256"] == hashlib.sha256(setup["model"].read_bytes()).hexdigest()
     assert saved["split"] == "test" and saved["bf16"] is False
+
+
+def test_loader_workers_are_capped_at_the_job_cpus(setup: dict, monkeypatch) -> None:
+    """The faithful preset's 4 workers on a 2-CPU job: 2 workers, and no PyTorch warning about
+    the suggested maximum number of workers."""
+    import warnings
+
+    from clipbert import data, runtime
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert runtime.loader_workers(4) == 2 and runtime.loader_workers(0) == 0
+    m = modelfile.load_for_inference(setup["model"])
+    cfg = dataclasses.replace(m.cfg, num_workers=4)
+    rows = read_jsonl(setup["data_dir"] / "test.jsonl")[:8]
+    dataset = data.dataset_for(cfg, rows, setup["lmdb_dir"], m.ans2label, train=False)
+    collate = data.make_collate(m.tokenizer, cfg.max_txt_len, cfg.pad_to_max)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        labels = evaluate.predict(m.model, dataset, collate, torch.device("cpu"), cfg)
+    assert len(labels) == 8
+    assert not [w for w in seen if "number of worker" in str(w.message)], seen
 
 
 def test_infer_clip_count_changes_the_scores_seen(setup: dict, tmp_path: Path) -> None:

@@ -85,7 +85,8 @@ def predict(model: torch.nn.Module, dataset, collate, device: torch.device,
     model.eval()
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=cfg.eval_batch_size, shuffle=False, collate_fn=collate,
-        num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+        num_workers=runtime.loader_workers(cfg.num_workers),
+        pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(0))  # leaves the training RNG streams alone
     out: list[torch.Tensor] = []
     for batch in progress(loader, "evaluation", unit="batches"):

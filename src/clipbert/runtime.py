@@ -3,6 +3,8 @@ of a collated batch, shared by training and evaluation so that both compute alik
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
@@ -28,6 +30,21 @@ def set_threads(threads: int | None) -> None:
     the workflow passes its rule's."""
     if threads is not None:
         torch.set_num_threads(max(1, threads))
+
+
+def job_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (which SLURM, taskset and container
+    limits set), not the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def loader_workers(wanted: int) -> int:
+    """Data-loader worker processes: the setting `num_workers`, capped at the CPUs the job has
+    (its affinity mask, and torch's thread count, which the workflow sets to the rule's
+    threads). More workers than CPUs only contend, and PyTorch warns about them in every log."""
+    return max(0, min(wanted, job_cpus(), torch.get_num_threads()))
 
 
 def set_numerics(cfg: TrainConfig, device: torch.device) -> str | None:

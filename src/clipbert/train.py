@@ -450,7 +450,7 @@ def epoch_loader(run: Run, epoch: int, pos: int) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(
         run.train_set, batch_sampler=epoch_batches(len(run.train_rows), epoch, run.cfg,
                                                    run.d)[pos:],
-        collate_fn=run.collate, num_workers=run.cfg.num_workers,
+        collate_fn=run.collate, num_workers=runtime.loader_workers(run.cfg.num_workers),
         generator=torch.Generator().manual_seed(run.cfg.seed + epoch),
         pin_memory=run.device.type == "cuda")
 
