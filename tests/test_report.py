@@ -63,6 +63,7 @@ def test_progress_writes_plain_lines_to_a_file():
     assert "\r" not in out.getvalue()
     assert lines[0].startswith("frames: 1/4 frames (25%)")
     assert lines[-1].startswith("frames: 4/4 frames (100%)")  # the final count closes it
+    assert [line.split()[1] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]  # each once
 
 
 def test_progress_redraws_one_line_on_a_terminal():
@@ -73,7 +74,7 @@ def test_progress_redraws_one_line_on_a_terminal():
         bar.update()
     bar.close()
     text = out.getvalue()
-    assert text.count("\r") == 4 and text.endswith("\n") and text.count("\n") == 1
+    assert text.count("\r") == 3 and text.endswith("\n") and text.count("\n") == 1
     assert "lmdb: 3 videos" in text
 
 
@@ -238,6 +239,11 @@ def test_accuracy_plot(tmp_path):
     (blind_line,) = ax.collections
     assert np.allclose(blind_line.get_segments()[0][:, 1], 43.65)
     assert lines(ax) == {"ceiling of this split (90.0)": [(0.0, 90.0), (1.0, 90.0)]}
+    assert title.startswith("test accuracy: 7 questions")
+    path.write_text(json.dumps({**ACC, "split": "val"}))  # `clipbert plot` on another split
+    fig = report.figure("test_accuracy", acc=path, source="demo")
+    assert fig.axes[0].get_title().startswith("val accuracy: 7 questions")
+    assert fig.get_label().startswith("val accuracy, embedded demo data: ")
 
 
 def test_accuracy_plot_on_sqa3d_with_a_blind_baseline(tmp_path):
@@ -289,7 +295,7 @@ def test_benchmarks_aggregate_per_rule(tmp_path):
     paths = report.benchmark_files(tmp_path / "benchmarks")
     assert report.read_benchmarks(paths) == {
         "frames": {"jobs": 2, "seconds": 4.0, "longest": 2.5, "max_rss": 30.0},
-        "train": {"jobs": 1, "seconds": 9.0, "longest": 9.0, "max_rss": 0.0}}
+        "train": {"jobs": 1, "seconds": 9.0, "longest": 9.0, "max_rss": None}}
     out = tmp_path / "b.png"
     said = report.draw("benchmarks", out, folder=tmp_path / "benchmarks")
     assert png_size(out)[0] > 500
@@ -301,7 +307,14 @@ def test_benchmarks_aggregate_per_rule(tmp_path):
     assert bars(memory, horizontal=True) == {"peak MB": [30.0, 0.0]}
     assert [t.get_text() for t in time.get_yticklabels()] == ["frames", "train"]
     assert texts(time) == ["4.0 s (2 jobs, longest 2.5)", "9.0 s (1 job, longest 9.0)"]
-    assert texts(memory) == ["30 MB", "0 MB"]
+    assert texts(memory) == ["30 MB", "not sampled (too short)"]  # `-`, not 0 MB
+    assert "max_rss" in memory.get_xlabel() and "summed" in memory.get_xlabel()
+    # This run's files only: a leftover of an earlier config is not read.
+    this_run = [tmp_path / "benchmarks/frames/a.tsv", tmp_path / "benchmarks/train.tsv",
+                tmp_path / "benchmarks/infer.tsv"]  # infer: not run yet, absent
+    assert report.benchmark_files(tmp_path / "benchmarks", this_run) == this_run[:2]
+    only = report.figure("benchmarks", folder=tmp_path / "benchmarks", files=this_run)
+    assert only.get_label() == "benchmarks: frames 1 job 1.5 s, train 1 job 9.0 s"
     (tmp_path / "benchmarks" / "train.tsv").write_text(BENCH_HEAD + "x" + "\t-" * 9 + "\n")
     with pytest.raises(ClipbertError, match=r"train.tsv: line 2"):
         report.read_benchmarks(paths)
@@ -347,6 +360,15 @@ def test_frames_and_data_plots_from_a_small_lmdb(tmp_path):
         assert fig.axes[cols - 1].get_title() == f"clip {clips}, frame {cfg.num_frm}"
         assert fig.get_suptitle().startswith(f"evaluation input: {clips} clip(s) x "
                                              f"{cfg.num_frm} frames")
+    # One clip of two frames (the faithful preset): the title fits inside the figure.
+    fig = report.figure("frames", lmdb=lmdb, preset="faithful", overrides={"max_img_size": 32})
+    assert len(fig.axes) == 4
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    box = fig._suptitle.get_window_extent(canvas.get_renderer())
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.width, (box, fig.bbox)
     with pytest.raises(ClipbertError, match="vis_db: n_clips must be >= 1, got 0"):
         report.figure("frames", **sheet, n_clips=0)
     with pytest.raises(ClipbertError, match="vis_db: scenes must be >= 1, got 0"):
@@ -437,6 +459,7 @@ def test_the_benchmarks_plot_waits_for_every_result(tmp_path):
     """benchmarks.png lists every rule that ran, so its job comes after the blind baseline's
     too; when only evaluating it pulls in no training."""
     from conftest import job_stats
+    from test_evaluate import standin_checkpoint
 
     def benchmark_inputs(proc) -> list[str]:
         block = proc.stdout.split("rule plot_benchmarks:", 1)[1]
@@ -446,11 +469,42 @@ def test_the_benchmarks_plot_waits_for_every_result(tmp_path):
     proc = snakemake(tmp_path, "-n", *details, config=SMALL)
     assert benchmark_inputs(proc) == ["results/test_acc.json", "results/blind/test_acc.json"]
     (tmp_path / "ck").mkdir()
-    (tmp_path / "ck" / "clipbert.pt").write_bytes(b"read only when the job runs")
+    standin_checkpoint(tmp_path / "ck/clipbert.pt", "tiny", SMALL["train"]["overrides"], 20, 99)
     proc = snakemake(tmp_path, "-n", *details, config={**SMALL,
                                                       "infer": {"model": "ck/clipbert.pt"}})
     assert benchmark_inputs(proc) == ["results/test_acc.json"]
     assert not {"train", "train_blind", "infer_blind"} & set(job_stats(proc.stdout))
+
+
+def test_the_benchmarks_plot_reads_this_runs_files_only(tmp_path):
+    """The files the benchmarks plot reads (rules/report.smk run_benchmarks) are those of the
+    jobs this config runs: an evaluation-only run on 6 demo scenes reads no train file and no
+    scene's file beyond its 6, whatever an earlier run left in logs/benchmarks."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+    from test_evaluate import standin_checkpoint
+
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    (tmp_path / "Snakefile").write_text(f'include: "{REPO / "Snakefile"}"\n'
+                                        'print("FILES", " ".join(run_benchmarks()))\n')
+    (tmp_path / "ck").mkdir()
+    standin_checkpoint(tmp_path / "ck/clipbert.pt", "tiny", SMALL["train"]["overrides"], 20, 99)
+    (tmp_path / "c.yaml").write_text(json.dumps({**SMALL, "infer": {"model": "ck/clipbert.pt"}}))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", "Snakefile", "--cores", "1",
+                           "-n", "--configfile", "c.yaml"], cwd=tmp_path, env=cli_env(),
+                          capture_output=True, text=True)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("FILES ")]
+    assert line, proc.stdout + proc.stderr
+    files = line[0].split()[1:]
+    scenes = [f"scene{i:04d}_00" for i in range(6)]
+    assert files == ["logs/benchmarks/demo_data.tsv",
+                     *[f"logs/benchmarks/{r}/{s}.tsv" for r in ("sens_index", "frames",
+                                                                 "encode_video") for s in scenes],
+                     "logs/benchmarks/pack_lmdb.tsv", "logs/benchmarks/sqa_convert.tsv",
+                     "logs/benchmarks/infer.tsv"], files
 
 
 # ---- the Snakemake report on the demo -------------------------------------------------------

@@ -31,6 +31,7 @@ class Progress:
         self.n = 0
         self.start = self.last = time.monotonic()
         self.printed = False
+        self.shown = -1  # the count of the line last written
 
     def line(self) -> str:
         """`label: n/total unit (p%), r unit/s, ETA s`, with what is known."""
@@ -54,9 +55,11 @@ class Progress:
             self._emit()
 
     def close(self) -> None:
-        """The final count, only where a line was already shown (short loops stay silent)."""
+        """The final count, only where a line was already shown (short loops stay silent), and
+        only if the last line shown has not already said it."""
         if self.printed:
-            self._emit()
+            if self.shown != self.n:
+                self._emit()
             if self.tty:
                 self.stream.write("\n")
                 self.stream.flush()
@@ -67,7 +70,7 @@ class Progress:
         else:
             self.stream.write(self.line() + "\n")
         self.stream.flush()
-        self.printed = True
+        self.printed, self.shown = True, self.n
 
 
 def progress(items: Iterable[T], label: str, total: int | None = None, *, unit: str = "items",

@@ -11,6 +11,7 @@ malformed input is a ClipbertError naming the file, and no half-written PNG is l
 from __future__ import annotations
 
 import os
+import textwrap
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -257,14 +258,15 @@ def accuracy_figure(acc: str | os.PathLike, source: str,
     ax.set_ylabel("accuracy %")
     ax.set_ylim(0, 110)
     n = result.get("n_questions", "?")
+    split = result.get("split", "test")
     ax.set_title(
-        f"test accuracy: {n} questions of the embedded demo (synthetic scenes, not SQA3D)\n"
+        f"{split} accuracy: {n} questions of the embedded demo (synthetic scenes, not SQA3D)\n"
         "hatched: published on the real SQA3D test split; the demo checks the stages, it "
         "reproduces nothing" if source == "demo" else
-        f"test accuracy: {n} questions of SQA3D (data.source: {source})\n"
+        f"{split} accuracy: {n} questions of SQA3D (data.source: {source})\n"
         "hatched: published on the real SQA3D test split", fontsize=10)
     fig.legend(handles=handles, fontsize=8, ncols=2, loc="outside lower center")
-    fig.set_label(f"test accuracy, {where}: " + "; ".join(
+    fig.set_label(f"{split} accuracy, {where}: " + "; ".join(
         f"{label} {values[0]:.2f} overall" for label, values, _ in series)
         + f"; blind text-only, {PUBLISHED} {PUBLISHED_BLIND}")
     return fig
@@ -365,7 +367,8 @@ def contact_sheet(lmdb_dir: str | os.PathLike, cfg: TrainConfig, scenes: int = 4
     keys = [keys[round(i * (len(keys) - 1) / max(n - 1, 1))] for i in range(n)]
     n_clips, num_frm = cfg.inference_n_clips, cfg.num_frm
     cols = n_clips * num_frm
-    fig = _figure(1.6 * cols + 0.8, 1.7 * len(keys) + 0.5)
+    width = max(1.6 * cols + 0.8, 6.0)  # room for the title over a sheet of one or two frames
+    fig = _figure(width, 1.7 * len(keys) + 0.7)
     axes = np.array(fig.subplots(len(keys), cols, squeeze=False))
     rates = set()
     for r, key in enumerate(keys):
@@ -384,16 +387,21 @@ def contact_sheet(lmdb_dir: str | os.PathLike, cfg: TrainConfig, scenes: int = 4
                 ax.set_ylabel(key, fontsize=8)
     title = (f"evaluation input: {n_clips} clip(s) x {num_frm} frames at {cfg.sample_fps:g} fps "
              f"of {'/'.join(sorted(rates))} fps video, {cfg.max_img_size} px canvas")
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle("\n".join(textwrap.wrap(title, int(width * 12))), fontsize=9)
     fig.set_label(f"{title}; scenes {', '.join(keys)}")
     return fig
 
 
 # ---- benchmarks -----------------------------------------------------------------------------
 
-def benchmark_files(folder: str | os.PathLike) -> list[Path]:
-    """Every `.tsv` under `folder` (none when it does not exist: a run made before the
+def benchmark_files(folder: str | os.PathLike,
+                    files: Sequence[str | os.PathLike] | None = None) -> list[Path]:
+    """The `.tsv` files to read: of `files` (the benchmark files of this run's jobs), those that
+    exist, so that files left by an earlier run with another config are not read; without
+    `files`, every `.tsv` under `folder` (none when it does not exist: a run made before the
     benchmark directives)."""
+    if files is not None:
+        return sorted(Path(f) for f in files if Path(f).is_file())
     return sorted(Path(folder).rglob("*.tsv"))
 
 
@@ -409,8 +417,10 @@ def _rule_of(path: Path, root: str | os.PathLike | None) -> str:
 
 def read_benchmarks(paths: Sequence[str | os.PathLike],
                     root: str | os.PathLike | None = None) -> dict[str, dict[str, float]]:
-    """Per rule (see _rule_of): jobs, total and longest wall seconds, peak RSS in MB (`-`, not
-    measured, counts as 0)."""
+    """Per rule (see _rule_of): jobs, total and longest wall seconds, peak RSS in MB (None when
+    no job of the rule was sampled: `-`, a job shorter than Snakemake's first sample). The RSS
+    is Snakemake's `max_rss`: the job's process tree summed, so pages that data-loader workers
+    share with their parent count once per process."""
     import pandas as pd
 
     tables = []
@@ -426,9 +436,11 @@ def read_benchmarks(paths: Sequence[str | os.PathLike],
         if "s" not in t:
             raise ClipbertError(f"{p}: line 1: no 's' column (not a Snakemake benchmark file)")
         s = pd.to_numeric(t["s"], errors="coerce")
+        unsampled = t["max_rss"] == "-" if "max_rss" in t else s.notna()
         rss = (pd.to_numeric(t["max_rss"].replace("-", "0"), errors="coerce") if "max_rss" in t
                else s * 0)
         bad = s.isna() | rss.isna()
+        rss = rss.mask(unsampled)
         if bad.any():
             raise ClipbertError(f"{p}: line {int(bad.to_numpy().argmax()) + 2}: no numeric 's' / "
                                 "'max_rss' column")
@@ -437,14 +449,15 @@ def read_benchmarks(paths: Sequence[str | os.PathLike],
         return {}
     agg = pd.concat(tables).groupby("rule", sort=False).agg(
         jobs=("s", "size"), seconds=("s", "sum"), longest=("s", "max"), max_rss=("max_rss", "max"))
-    return {rule: {k: (int(v) if k == "jobs" else float(v)) for k, v in row.items()}
-            for rule, row in agg.iterrows()}
+    return {rule: {k: (int(v) if k == "jobs" else None if pd.isna(v) else float(v))
+                   for k, v in row.items()} for rule, row in agg.iterrows()}
 
 
-def benchmarks_figure(folder: str | os.PathLike = "logs/benchmarks") -> Figure:
+def benchmarks_figure(folder: str | os.PathLike = "logs/benchmarks",
+                      files: Sequence[str | os.PathLike] | None = None) -> Figure:
     """Wall time and peak memory of every rule, from the Snakemake `benchmark:` files under
-    `folder`."""
-    bench = read_benchmarks(benchmark_files(folder), root=folder)
+    `folder`: those of `files` (this run's jobs) when given, else every one there."""
+    bench = read_benchmarks(benchmark_files(folder, files), root=folder)
     if not bench:
         return _message(f"no benchmark files in {folder}: the stages ran before the workflow "
                         "recorded them")
@@ -459,10 +472,13 @@ def benchmarks_figure(folder: str | os.PathLike = "logs/benchmarks") -> Figure:
     ax1.set_yticks(y, rules)
     ax1.set_xlabel("wall seconds, all jobs of the rule")
     ax1.margins(x=0.45)
-    bars = ax2.barh(y, [bench[r]["max_rss"] for r in rules], color="tab:orange",
-                    label="peak MB")
-    ax2.bar_label(bars, fmt="%.0f MB", fontsize=7)
-    ax2.set_xlabel("peak resident memory of one job, MB")
+    rss = [bench[r]["max_rss"] for r in rules]
+    bars = ax2.barh(y, [m or 0.0 for m in rss], color="tab:orange", label="peak MB")
+    ax2.bar_label(bars, labels=["not sampled (too short)" if m is None else f"{m:.0f} MB"
+                                for m in rss], fontsize=7)
+    ax2.set_xlabel("peak memory of one job, MB: Snakemake's max_rss, the resident memory of "
+                   "the job's processes summed\n(pages that data-loader workers share count "
+                   "once per process: more than any one process holds)", fontsize=8)
     ax2.margins(x=0.3)
     fig.set_label("benchmarks: " + ", ".join(
         f"{r} {_plural(bench[r]['jobs'], 'job')} {bench[r]['seconds']:.1f} s" for r in rules))
