@@ -5,9 +5,6 @@
 # workflow_scripts/plots.py passes them on as they are (`clipbert plot` takes the same).
 
 
-from snakemake.io import get_wildcard_names, strip_wildcard_constraints
-
-
 report: "../report/workflow.rst"
 
 
@@ -106,31 +103,6 @@ rule plot_frames:
         "logs/plots/frames.log",
     script:
         "../workflow_scripts/plots.py"
-
-
-def run_benchmarks() -> list[str]:
-    """The benchmark files of the jobs this config runs: each rule's `benchmark:` over this
-    run's scenes, less the rules the config leaves out, so that files an earlier run with
-    another config left in logs/benchmarks (other scenes, training before an evaluation-only
-    run) are not read. A pattern with another wildcard is globbed."""
-    left_out = {*(("train", "train_blind") if EVAL_ONLY else ()),
-                *(() if BLIND and not BLIND_MODEL else ("train_blind",)),
-                *(() if BLIND else ("infer_blind",)),
-                *(("sens_index", "frames", "encode_video") if VIDEOS else ()),
-                *(() if DEMO else ("demo_data",))}
-    files = []
-    for r in workflow.rules:
-        if r.name in left_out or not r.benchmark:
-            continue
-        pattern = strip_wildcard_constraints(str(r.benchmark))
-        names = set(get_wildcard_names(pattern))
-        if names == {"scene"}:
-            files += expand(pattern, scene=SCENES)
-        elif names:
-            files += [str(p) for p in Path().glob(expand(pattern, **{n: "*" for n in names})[0])]
-        else:
-            files.append(pattern)
-    return files
 
 
 rule plot_benchmarks:
