@@ -148,15 +148,18 @@ def test_mismatches_are_reported_and_skipped(tmp_path, layout, capsys):
     state["transformer.bert.encoder.layer.12.output.dense.weight"] = torch.zeros(16, 24)
     state["cnn.feature.backbone.res5.0.conv4.weight"] = torch.zeros(1)
     state["transformer.classifier.2.weight"] = torch.zeros(3, 32)  # other answer vocabulary
-    torch.save({"state_dict": state}, tmp_path / "ft.pt")
+    # DDP-prefixed: the file's own names are reported, prefix and all.
+    torch.save({"state_dict": {"module." + k: v for k, v in state.items()}}, tmp_path / "ft.pt")
     model = fresh_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     report = load_pretrained(model, clipbert=tmp_path / "ft.pt")
     src = report["sources"][0]
     assert src["missing"] == ["cnn.backbone.layer3.5.bn2.running_var"]
-    assert sorted(src["unexpected"]) == ["cnn.feature.backbone.res5.0.conv4.weight",
-                                         "transformer.bert.encoder.layer.12.output.dense.weight"]
+    assert sorted(src["unexpected"]) == [
+        "module.cnn.feature.backbone.res5.0.conv4.weight",
+        "module.transformer.bert.encoder.layer.12.output.dense.weight"]
     assert src["shape_mismatch"] == [{"key": "transformer.classifier.2.weight",
+                                      "file_key": "module.transformer.classifier.2.weight",
                                       "checkpoint": [3, 32], "model": [7, 32]}]
     after = model.state_dict()
     for key in ("cnn.backbone.layer3.5.bn2.running_var", "transformer.classifier.2.weight"):
@@ -166,7 +169,8 @@ def test_mismatches_are_reported_and_skipped(tmp_path, layout, capsys):
     out = capsys.readouterr().out
     assert "missing 1: cnn.backbone.layer3.5.bn2.running_var" in out
     assert "WARNING unexpected 2" in out
-    assert "WARNING shape mismatch transformer.classifier.2.weight: checkpoint [3, 32]" in out
+    assert ("WARNING shape mismatch module.transformer.classifier.2.weight: checkpoint [3, 32]"
+            in out)
     assert "2 tensors start from RANDOM weights" in out
 
 
@@ -300,7 +304,7 @@ def test_wrong_kind_and_nothing_fits(tmp_path, layout):
         load_pretrained(fresh_model(), clipbert=tmp_path / "bert.bin", verbose=False)
     with pytest.raises(ClipbertError, match=r"bert.bin: no tensor of this resnet checkpoint"):
         load_pretrained(fresh_model(), resnet=tmp_path / "bert.bin", verbose=False)
-    with pytest.raises(ClipbertError, match=r"shapes differ, e\.g\. transformer\.bert\."):
+    with pytest.raises(ClipbertError, match=r"shapes differ, e\.g\. embeddings\.word_embeddings\."):
         load_pretrained(fresh_model(hidden_size=8, num_heads=2, intermediate_size=12),
                         bert=tmp_path / "bert.bin", verbose=False)
 

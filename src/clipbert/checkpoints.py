@@ -326,12 +326,13 @@ def _load_one(model: nn.Module, kind: str, path: Path, target: dict[str, torch.T
         if name is None or name not in target or name in mapped:
             unexpected.append(prefix + key)
         elif tensor.shape != target[name].shape:
-            mismatch.append({"key": name, "checkpoint": list(tensor.shape),
+            mismatch.append({"key": name, "file_key": prefix + key,
+                             "checkpoint": list(tensor.shape),
                              "model": list(target[name].shape)})
         else:
             mapped[name] = tensor.float() if tensor.is_floating_point() else tensor
     if not mapped:
-        detail = (f"; shapes differ, e.g. {mismatch[0]['key']} {mismatch[0]['checkpoint']} in "
+        detail = (f"; shapes differ, e.g. {mismatch[0]['file_key']} {mismatch[0]['checkpoint']} in "
                   f"the file vs {mismatch[0]['model']} in the model" if mismatch else "")
         raise ClipbertError(f"{path}: no tensor of this {kind} checkpoint ({layout} layout) fits "
                             f"the model ({len(unexpected)} unexpected keys{detail})")
@@ -375,7 +376,7 @@ def format_report(report: dict) -> list[str]:
             lines.append(f"weights:   WARNING unexpected {len(s['unexpected'])}: "
                          f"{_listing(s['unexpected'])}")
         for m in s["shape_mismatch"][:_SHOW]:
-            lines.append(f"weights:   WARNING shape mismatch {m['key']}: checkpoint "
+            lines.append(f"weights:   WARNING shape mismatch {m['file_key']}: checkpoint "
                          f"{m['checkpoint']} vs model {m['model']} (not loaded)")
         if len(s["shape_mismatch"]) > _SHOW:
             lines.append(f"weights:   ... {len(s['shape_mismatch']) - _SHOW} more mismatches")
