@@ -110,13 +110,23 @@ def test_infer_writes_predictions_and_accuracy(setup: dict, tmp_path: Path) -> N
 
 def test_loader_workers_are_capped_at_the_job_cpus(setup: dict, monkeypatch) -> None:
     """The faithful preset's 4 workers on a 2-CPU job: 2 workers, and no PyTorch warning about
-    the suggested maximum number of workers."""
+    the suggested maximum number of workers; torch's threads are capped there too."""
     import warnings
 
     from clipbert import data, runtime
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    threads = torch.get_num_threads()
+    try:
+        runtime.set_threads(16)  # the rule's threads of `--cores 16`, on 2 CPUs
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)  # threads do not lift the cap
     assert runtime.loader_workers(4) == 2 and runtime.loader_workers(0) == 0
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # a job of one thread
+    assert runtime.loader_workers(4) == 1
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
     m = modelfile.load_for_inference(setup["model"])
     cfg = dataclasses.replace(m.cfg, num_workers=4)
     rows = read_jsonl(setup["data_dir"] / "test.jsonl")[:8]

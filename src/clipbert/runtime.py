@@ -27,9 +27,10 @@ def place(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module
 def set_threads(threads: int | None) -> None:
     """Fix the CPU threads of this process: on a given machine the same command then gives the
     same numbers. The thread count is part of that (it decides how float sums are split), hence
-    the workflow passes its rule's."""
+    the workflow passes its rule's; capped at the CPUs the job has (`--cores 16` on a 2-CPU
+    machine would only contend)."""
     if threads is not None:
-        torch.set_num_threads(max(1, threads))
+        torch.set_num_threads(max(1, min(threads, job_cpus())))
 
 
 def job_cpus() -> int:
