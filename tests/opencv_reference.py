@@ -1,4 +1,4 @@
-"""SQA3D's encoder (its `utils/jpg2mp4.py`, run by OpenCV itself) and ScanNet-like frames to feed it.
+"""SQA3D's encoder (its `utils/jpg2mp4.py`, run by OpenCV itself) and ScanNet-like frames for it.
 
 Shared by tests/test_video.py and benchmarks/bench_video.py. As a script it runs under any
 Python that has `cv2` (the benchmark drives an old OpenCV in its own venv this way):
@@ -88,6 +88,29 @@ def jpg2mp4(frames_dir: Path, out: Path, size: tuple[int, int] = (224, 224), fps
     if resized is not None:
         np.save(resized, np.stack(kept))
     return cv2.__version__
+
+
+def decode_rgb(mp4: Path) -> np.ndarray:
+    """Every frame of an mp4 as uint8 RGB (N, H, W, 3), decoded by PyAV."""
+    import av
+
+    with av.open(str(mp4)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB over all frames together (one mean squared error); inf when identical."""
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+
+
+def detail(frames: np.ndarray) -> float:
+    """Mean absolute 4-neighbour Laplacian of the frames' grey level (mean of the channels):
+    how much fine detail (and aliasing) survives."""
+    g = frames.astype(np.float32).mean(axis=-1)
+    lap = (4 * g[:, 1:-1, 1:-1] - g[:, :-2, 1:-1] - g[:, 2:, 1:-1] - g[:, 1:-1, :-2]
+           - g[:, 1:-1, 2:])
+    return float(np.abs(lap).mean())
 
 
 def main() -> None:
