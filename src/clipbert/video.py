@@ -11,9 +11,10 @@ fps x W x H`, since OpenCV adds half the nominal rate twice; `qmin` 3; a GOP of 
 (benchmarks/bench_video.py, tests/test_video.py). PyAV writes rather than `cv2.VideoWriter` for
 one FFmpeg in the whole pipeline, errors that name the frame, and an atomic output. The
 `improved` encode keeps less aliasing in 0.7x the time: a DCT-domain downscaled decode (Pillow
-`draft()`) and one swscale bilinear pass, at a bit rate chosen from a measured curve. Training decodes every example's video every epoch, so a video is demuxed and decoded
-once, up to the last frame needed, and only the frames used are converted to RGB. Clips are
-picked by upstream ClipBERT's timestamp arithmetic from each file's own rate, time base and pts.
+`draft()`) and one swscale bilinear pass, at a bit rate chosen from a measured curve. Training
+decodes every example's video every epoch, so a video is demuxed and decoded once, up to the last
+frame needed, and only the frames used are converted to RGB. Clips are picked by upstream
+ClipBERT's timestamp arithmetic from each file's own rate, time base and pts.
 """
 
 from __future__ import annotations
