@@ -10,6 +10,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from opencv_reference import decode_rgb, detail, jpg2mp4, psnr, write_scene
 from PIL import Image, JpegImagePlugin
 
 from clipbert import video
@@ -51,7 +52,8 @@ def test_encode_probe_and_content(tmp_path: Path) -> None:
     scene = make_scene(tmp_path / "scene0000_00")
     out = tmp_path / "v" / "scene0000_00.mp4"
     info = video.encode_video(scene, out, size=(48, 40))
-    assert info == {"n_frames": 8, "width": 48, "height": 40, "fps": 20, "codec": "mpeg4"}
+    assert info == {"n_frames": 8, "width": 48, "height": 40, "fps": 20, "codec": "mpeg4",
+                    "preset": "faithful"}
     probe = video.probe_video(out)
     assert probe == {"width": 48, "height": 40, "fps": 20.0, "rate": "20/1",
                      "time_base": "1/10240", "duration": 8 * 512, "start_pts": 0,
@@ -90,13 +92,73 @@ def test_draft_downscale_matches_full_decode(tmp_path: Path, monkeypatch) -> Non
 
     monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
     out = tmp_path / "s.mp4"
-    video.encode_video(scene, out, size=(64, 48))
+    video.encode_video(scene, out, size=(64, 48), preset="improved")
     # 320x240 -> 64x48 is 5x smaller: libjpeg decodes at 1/4 scale (80x60) before the resize
     assert calls and all(got == (80, 60) for _, got in calls)
     frames = decode_all(out)
     for k in range(2):
         ref = expected(scene / f"frame-{k}.color.jpg", (64, 48))
         assert np.abs(frames[k].astype(float) - ref).mean() < 6
+
+
+def test_faithful_encode_is_sqa3d_encode(tmp_path: Path) -> None:
+    """The faithful encode against SQA3D's jpg2mp4 run by OpenCV itself, on ScanNet-sized
+    frames with natural-image statistics: the resize hands the writer OpenCV's pixels (within
+    1), the decoded frames are at least as close to OpenCV's writer's as two OpenCV releases
+    are to each other (34 dB), the file is as large (within 10 %), keeps the same detail, and
+    has the same timing (clip sampling reads it). The old draft-decoded encode fails this."""
+    import cv2
+
+    scene = write_scene(tmp_path / "scene0000_00", 24)
+    ref_mp4 = tmp_path / "opencv.mp4"
+    jpg2mp4(scene, ref_mp4, resized=tmp_path / "resized.npy")
+    ours = tmp_path / "ours.mp4"
+    video.encode_video(scene, ours)
+
+    resized = np.load(tmp_path / "resized.npy")
+    handed = np.stack([video.faithful_frame(p, (224, 224))[0]
+                       for p in video.list_scene_frames(scene)])
+    assert np.abs(handed.astype(int) - resized.astype(int)).max() <= 1
+
+    got, want = decode_rgb(ours), decode_rgb(ref_mp4)
+    assert got.shape == want.shape == (24, 224, 224, 3)
+    assert psnr(got, want) >= 34, (cv2.__version__, psnr(got, want))
+    size, ref_size = ours.stat().st_size, ref_mp4.stat().st_size
+    assert abs(size / ref_size - 1) <= 0.10, (size, ref_size)
+    assert abs(detail(got) / detail(want) - 1) <= 0.05
+    timing = ("rate", "time_base", "duration", "start_pts", "n_frames", "width", "height")
+    p, q = video.probe_video(ours), video.probe_video(ref_mp4)
+    assert {k: p[k] for k in timing} == {k: q[k] for k in timing}
+
+    old = tmp_path / "old.mp4"
+    video.encode_video(scene, old, preset="improved")
+    assert psnr(decode_rgb(old), want) < 34
+
+
+def test_opencv_bit_rate() -> None:
+    """OpenCV's writer: 1.5 x fps*W*H when the stream is configured, plus half again at open
+    (both halves truncated), capped at INT_MAX."""
+    assert video.opencv_bit_rate(20, 224, 224) == 2 * 20 * 224 * 224
+    assert video.opencv_bit_rate(25, 45, 33) == 37125 + 18562 + 18562
+    assert video.opencv_bit_rate(30, 7, 1) == 210 + 105 + 105
+    assert video.opencv_bit_rate(60, 8000, 8000) == 2**31 - 1
+
+
+def test_faithful_keep_aspect_and_other_sizes_resize_as_opencv(tmp_path: Path) -> None:
+    """Other sizes resize as cv2.resize at that size (an exact halving included, which OpenCV
+    turns into INTER_AREA); keep_aspect resizes to the fitted size the same way and pads."""
+    import cv2
+
+    scene = write_scene(tmp_path / "s", 1, size=(320, 240))
+    path = scene / "frame-0.color.jpg"
+    bgr = cv2.imread(str(path))
+    for size in [(160, 120), (45, 33), (448, 448)]:
+        got, src = video.faithful_frame(path, size)
+        assert src == (320, 240)
+        assert np.array_equal(got, cv2.resize(bgr, size))
+    got, _ = video.faithful_frame(path, (64, 64), keep_aspect=True)
+    assert np.array_equal(got[:48], cv2.resize(bgr, (64, 48)))
+    assert not got[48:].any()
 
 
 def test_keep_aspect_pads_right_bottom_black(tmp_path: Path) -> None:
@@ -146,6 +208,11 @@ def test_cli_bad_inputs(tmp_path: Path, cli) -> None:
     png = make_scene(tmp_path / "png", n=4, extras=False)
     Image.fromarray(scene_frame(2, 96, 72)).save(png / "frame-2.color.jpg", format="PNG")
     _assert_cli_error(cli, tmp_path, [png], str(png / "frame-2.color.jpg"), "not a JPEG")
+
+    cut = make_scene(tmp_path / "cut", n=4, extras=False)
+    data = (cut / "frame-2.color.jpg").read_bytes()
+    (cut / "frame-2.color.jpg").write_bytes(data[: len(data) // 2])
+    _assert_cli_error(cli, tmp_path, [cut], str(cut / "frame-2.color.jpg"), "truncated")
 
     junk = make_scene(tmp_path / "junk", n=4, extras=False)
     (junk / "frame-3.color.jpg").write_bytes(b"\xff\xd8 not really")

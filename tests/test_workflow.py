@@ -13,6 +13,8 @@ import pytest
 import yaml
 from conftest import REPO, cli_env, job_stats
 
+from clipbert.video import ENCODERS
+
 SMALL = {
     "data": {"demo": {"scenes": 6, "frames": 30}},
     "frames": {"stride": 10},
@@ -212,6 +214,33 @@ def test_reruns_follow_the_inputs(tmp_path):
     assert (wd / "results/model.pt").read_bytes() != model
     proc = snakemake(wd, "results/test_acc.json", config=smaller)
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_old_encodes_are_redone(tmp_path):
+    """A work folder encoded before the faithful encode followed OpenCV (its records lack the
+    `preset` and `encoder` params) re-encodes every video on the next run, and the LMDB after
+    them; so does a change of `video.preset`; with nothing changed, nothing runs."""
+    wd = tmp_path
+    config = {**SMALL, "data": {"demo": {"scenes": 5, "frames": 20}}}
+    snakemake(wd, "work/demo/vis_db", config=config)
+    assert "Nothing to be done" in snakemake(wd, "-n", "work/demo/vis_db", config=config).stdout
+    records = [p for p in (wd / ".snakemake/metadata").iterdir()
+               if json.loads(p.read_text())["rule"] == "encode_video"]
+    assert len(records) == 5
+    for p in records:  # what the old rule recorded: size, fps, codec, keep_aspect
+        record = json.loads(p.read_text())
+        record["params"] = [v for v in record["params"]
+                            if v not in (repr("faithful"), repr(ENCODERS["faithful"]))]
+        assert len(record["params"]) == 4, record["params"]
+        p.write_text(json.dumps(record))
+    proc = snakemake(wd, "-n", "work/demo/vis_db", config=config)
+    assert job_stats(proc.stdout + proc.stderr) == {"encode_video": 5, "pack_lmdb": 1,
+                                                   "total": 6}
+    snakemake(wd, "work/demo/vis_db", config=config)
+    improved = {**config, "video": {**config["video"], "preset": "improved"}}
+    proc = snakemake(wd, "-n", "work/demo/vis_db", config=improved)
+    assert job_stats(proc.stdout + proc.stderr) == {"encode_video": 5, "pack_lmdb": 1,
+                                                   "total": 6}
 
 
 # ---- evaluation only (infer.model) -------------------------------------------------------------

@@ -8,4 +8,5 @@ snakemake = snakemake  # noqa: F821, PLW0127 - injected by Snakemake
 with workflow_step(snakemake):
     p = snakemake.params
     print(video.encode_video(snakemake.input[0], snakemake.output[0], size=tuple(p.size),
-                             fps=p.fps, codec=p.codec, keep_aspect=p.keep_aspect))
+                             fps=p.fps, codec=p.codec, keep_aspect=p.keep_aspect,
+                             preset=p.preset))

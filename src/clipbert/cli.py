@@ -268,7 +268,7 @@ def _video_encode(a: argparse.Namespace) -> None:
 
     info = video.encode_video(
         a.frames_dir, a.out, size=a.size, fps=a.fps, codec=a.codec,
-        keep_aspect=a.keep_aspect, gop=a.gop,
+        keep_aspect=a.keep_aspect, gop=a.gop, preset=a.preset,
     )
     _print_json(info)
 
@@ -286,9 +286,10 @@ def _add_video(sub: argparse._SubParsersAction) -> None:
     s = p.add_subparsers(dest="action", required=True)
     e = s.add_parser("encode", help="encode a folder of frame-{k}.color.jpg into an mp4",
                      description="Encode FRAMES_DIR/frame-{k}.color.jpg (k = 0..K-1, in order) "
-                     "into one mp4; the defaults are the published preset (224x224, aspect "
-                     "squashed, 20 fps, MPEG-4 Part 2). Prints the video's description as "
-                     "JSON.",
+                     "into one mp4; the defaults are SQA3D's own encode (its jpg2mp4.py: "
+                     "OpenCV's full-size decode and cv2.resize to 224x224, aspect squashed, "
+                     "OpenCV's mp4v writer settings, 20 fps). Prints the video's description "
+                     "as JSON.",
                      epilog=_examples(
                          "clipbert video encode work/demo/frames/scene0000_00 "
                          "work/try/videos/scene0000_00.mp4",
@@ -309,6 +310,10 @@ def _add_video(sub: argparse._SubParsersAction) -> None:
                    help="scale the longer side to fit and pad with black instead of squashing")
     e.add_argument("--gop", type=int, default=None, metavar="N",
                    help="frames between key frames (default: 12, as upstream's writer)")
+    e.add_argument("--preset", choices=("faithful", "improved"), default="faithful",
+                   help="faithful: SQA3D's encode (OpenCV's resize, no antialiasing, its "
+                   "writer's bit rate); improved: antialiased resize from a downscaled decode, "
+                   "at the bit rate of the README's curve")
     e.set_defaults(func=_video_encode)
     q = s.add_parser("probe", help="print size, fps, codec and frame count as JSON",
                      description="Print an mp4's width, height, fps, codec and frame count as "

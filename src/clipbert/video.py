@@ -1,11 +1,20 @@
-"""Scene frames -> mp4 (the published ClipBERT/SQA3D preset), probing, clip sampling, decoding.
+"""Scene frames -> mp4 (SQA3D's own encode, or a faster antialiased one), probing, clip sampling,
+decoding.
 
-The faithful preset (the published SQA3D baseline's encoding): 224x224, bilinear, aspect
-squashed, 20 fps, MPEG-4 Part 2 (`mpeg4`) in mp4, frames in index order. Speed matters twice:
-encoding reads ~1.2 M source frames (so JPEGs are decoded with DCT-domain downscaling), and
-training decodes every example's video every epoch (so a video is demuxed and decoded once, up to
-the last frame needed, and only the frames used are converted to RGB). Clips are picked by
-upstream ClipBERT's timestamp arithmetic from each file's own rate, time base and pts.
+The `faithful` encode is SQA3D's `utils/jpg2mp4.py`: OpenCV decodes each JPEG at full size
+(its libjpeg-turbo) and `cv2.resize` squashes it to 224x224 with INTER_LINEAR (2-tap bilinear,
+no antialiasing); then PyAV does what OpenCV's FFmpeg writer does with that BGR frame: swscale
+bicubic to yuv420p and `mpeg4` with the writer's settings (`bit_rate = bit_rate_tolerance = 2 x
+fps x W x H`, since OpenCV adds half the nominal rate twice; `qmin` 3; a GOP of 12; one thread),
+20 fps. On the same FFmpeg the decoded frames are identical to OpenCV's writer's; against OpenCV
+4.6 (SQA3D's time) they are as close as two OpenCV releases are to each other
+(benchmarks/bench_video.py, tests/test_video.py). PyAV writes rather than `cv2.VideoWriter` for
+one FFmpeg in the whole pipeline, errors that name the frame, and an atomic output. The
+`improved` encode keeps less aliasing in 0.7x the time: a DCT-domain downscaled decode (Pillow
+`draft()`) and one swscale bilinear pass, at a bit rate chosen from a measured curve. Training
+decodes every example's video every epoch, so a video is demuxed and decoded once, up to the last
+frame needed, and only the frames used are converted to RGB. Clips are picked by upstream
+ClipBERT's timestamp arithmetic from each file's own rate, time base and pts.
 """
 
 from __future__ import annotations
@@ -26,6 +35,19 @@ from PIL import Image
 from clipbert.errors import ClipbertError
 from clipbert.fsutil import atomic_path
 from clipbert.progress import progress
+
+PRESETS = ("faithful", "improved")
+# What made a video, recorded by the workflow (rule encode_video's params): a new recipe or a
+# new revision of one re-encodes the videos of an existing work folder. Revision 1 was the
+# draft-decoded encode every preset used before the faithful one followed OpenCV.
+ENCODERS = {
+    "faithful": "pyav-mpeg4-opencv-jpg2mp4/2",
+    "improved": "pyav-mpeg4-draft-bilinear/2",
+}
+# `improved`'s bit rate in bits per pixel per frame (x fps x W x H), from the curve in the README
+# (benchmarks/bench_video.py): at 1.5 `mpeg4` reaches its finest default quantiser on detailed
+# 224x224 frames, so more bytes buy nothing; below it PSNR falls ~1 dB per 0.25.
+IMPROVED_BPP = 1.5
 
 FRAME_RE = re.compile(r"^frame-(\d+)\.color\.jpg$")
 
@@ -68,7 +90,71 @@ def _fit(src: tuple[int, int], size: tuple[int, int], keep_aspect: bool) -> tupl
     return max(1, min(size[0], round(sw * scale))), max(1, min(size[1], round(sh * scale)))
 
 
-def _load_frame(
+def _open_jpeg(path: Path, data: bytes | None, expect: tuple[int, int] | None) -> Image.Image:
+    """An opened source JPEG (header read, nothing decoded), its size checked against frame 0's;
+    errors name the file."""
+    try:
+        im = Image.open(io.BytesIO(data) if data is not None else path)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ClipbertError(f"{path}: cannot decode JPEG ({e})") from None
+    if im.format != "JPEG":
+        im.close()
+        raise ClipbertError(f"{path}: not a JPEG file ({im.format})")
+    if expect is not None and im.size != expect:
+        im.close()
+        raise ClipbertError(
+            f"{path}: frame size {im.size[0]}x{im.size[1]} differs from frame 0's "
+            f"{expect[0]}x{expect[1]}"
+        )
+    return im
+
+
+def faithful_frame(
+    path: Path, size: tuple[int, int], keep_aspect: bool = False,
+    expect: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """One source JPEG as SQA3D's script handed it to OpenCV's writer: (BGR uint8 (H, W, 3) of
+    `size`, source size).
+
+    OpenCV's own calls: the JPEG decoded at full size by its libjpeg-turbo (`cv2.imread`'s
+    decoder, on the bytes read once) and `cv2.resize(img, size)`, INTER_LINEAR. OpenCV returns
+    a grey-filled picture for a cut-off JPEG instead of failing, so a file without its
+    end-of-image marker is refused first. `keep_aspect` (not upstream's) resizes the same way to
+    the fitted size and pads right and bottom with black.
+    """
+    import cv2
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ClipbertError(f"{path}: cannot read ({e.strerror})") from None
+    with _open_jpeg(path, data, expect) as im:
+        src = im.size
+    if not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        raise ClipbertError(f"{path}: cannot decode JPEG (truncated: no end-of-image marker)")
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None or (bgr.shape[1], bgr.shape[0]) != src:
+        raise ClipbertError(f"{path}: cannot decode JPEG (OpenCV could not read it)")
+    inner = _fit(src, size, keep_aspect)
+    small = cv2.resize(bgr, inner, interpolation=cv2.INTER_LINEAR)
+    if inner != size:
+        canvas = np.zeros((size[1], size[0], 3), np.uint8)
+        canvas[: inner[1], : inner[0]] = small
+        small = canvas
+    return small, src
+
+
+def _load_faithful(
+    path: Path, size: tuple[int, int], keep_aspect: bool, expect: tuple[int, int] | None
+) -> tuple[av.VideoFrame, tuple[int, int]]:
+    """`faithful_frame` converted to yuv420p as OpenCV's FFmpeg writer converts its BGR24 input:
+    swscale, SWS_BICUBIC (which filters the chroma subsampling)."""
+    bgr, src = faithful_frame(path, size, keep_aspect, expect)
+    frame = av.VideoFrame.from_ndarray(bgr, format="bgr24")
+    return frame.reformat(format="yuv420p", interpolation="BICUBIC"), src
+
+
+def _load_improved(
     path: Path, size: tuple[int, int], keep_aspect: bool, expect: tuple[int, int] | None
 ) -> tuple[av.VideoFrame, tuple[int, int]]:
     """Decode one source JPEG straight to a yuv420p frame of `size`; returns (frame, source size).
@@ -77,18 +163,12 @@ def _load_frame(
     smaller, which skips most of the IDCT and colour work of a full 1296x968 decode (Pillow picks
     the largest reduction that stays >= the requested size, so it is a no-op below 2x). The rest
     of the bilinear resize and the RGB -> YUV conversion are one swscale pass; only the padded
-    `keep_aspect` canvas goes through Pillow.
+    `keep_aspect` canvas goes through Pillow. Both low-pass the picture: fewer aliased details
+    than upstream's frames.
     """
     try:
-        with Image.open(path) as im:
-            if im.format != "JPEG":
-                raise ClipbertError(f"{path}: not a JPEG file ({im.format})")
+        with _open_jpeg(path, None, expect) as im:
             src = im.size
-            if expect is not None and src != expect:
-                raise ClipbertError(
-                    f"{path}: frame size {src[0]}x{src[1]} differs from frame 0's "
-                    f"{expect[0]}x{expect[1]}"
-                )
             inner = _fit(src, size, keep_aspect)
             im.draft("RGB", inner)
             rgb = im.convert("RGB")
@@ -108,6 +188,17 @@ def _load_frame(
     return av.VideoFrame.from_image(canvas).reformat(format="yuv420p"), src
 
 
+def opencv_bit_rate(fps: float, w: int, h: int) -> int:
+    """The bit rate (and tolerance) OpenCV's FFmpeg writer gives `mpeg4`: 2 x fps x W x H.
+
+    It computes `fps * W * H`, sets 1.5 times that when it configures the stream and adds the
+    other half again before opening the codec (cap_ffmpeg_impl.hpp); both halves are truncated.
+    """
+    nominal = min(fps * w * h, (2**31 - 1) / 2)
+    rate = int(nominal + 0.5)
+    return min(rate + rate // 2 + int(nominal / 2), 2**31 - 1)
+
+
 def encode_video(
     frames_dir: str | os.PathLike,
     out: str | os.PathLike,
@@ -116,16 +207,20 @@ def encode_video(
     codec: str = "mpeg4",
     keep_aspect: bool = False,
     gop: int | None = None,
+    preset: str = "faithful",
 ) -> dict:
     """Encode a scene folder into an mp4 at `out` (atomically) and return its description.
 
     `size` is (W, H). By default the aspect is squashed as the published baseline did;
     `keep_aspect` resizes the longer side and pads right/bottom with black (the same corner the
-    model pads). The bit rate is fps*W*H bits/s and the GOP 12 unless `gop` is given, which is
-    what OpenCV's `mp4v` writer used upstream. Pixel format yuv420p: `mpeg4` accepts odd sizes
+    model pads). `faithful` is SQA3D's encode (OpenCV's resize and writer settings, see the
+    module's docstring); `improved` the antialiased draft-decoded one at `IMPROVED_BPP`. The GOP
+    is 12 (OpenCV's) unless `gop` is given. Pixel format yuv420p: `mpeg4` accepts odd sizes
     (chroma is rounded up), codecs that do not (libx264) are reported as a clear error.
     """
     w, h = int(size[0]), int(size[1])
+    if preset not in PRESETS:
+        raise ClipbertError(f"{out}: unknown video preset {preset!r} (one of {', '.join(PRESETS)})")
     if w < 1 or h < 1:
         raise ClipbertError(f"{out}: invalid size {w}x{h} (width and height must be at least 1)")
     if fps <= 0:
@@ -134,6 +229,12 @@ def encode_video(
         raise ClipbertError(f"{out}: gop must be >= 1, got {gop}")
     paths = list_scene_frames(frames_dir)
     rate = Fraction(fps).limit_denominator(1001)
+    faithful = preset == "faithful"
+    load = _load_faithful if faithful else _load_improved
+    if faithful:
+        import cv2
+
+        cv2.setNumThreads(1)  # one core per scene job; the resize of one small frame gains nothing
     out = Path(out)
     with atomic_path(out) as tmp:
         try:
@@ -147,12 +248,18 @@ def encode_video(
                 raise ClipbertError(f"{out}: unknown or unusable codec {codec!r} ({e})") from None
             stream.width, stream.height = w, h
             stream.pix_fmt = "yuv420p"
-            stream.bit_rate = round(fps * w * h)
-            if gop is not None:
-                stream.codec_context.gop_size = gop
+            cc = stream.codec_context
+            cc.gop_size = 12 if gop is None else gop
+            if faithful:
+                # FFmpeg's default of one thread: slice threads would add resync markers
+                cc.thread_count = 1
+                cc.bit_rate = cc.bit_rate_tolerance = opencv_bit_rate(fps, w, h)
+                cc.qmin = 3
+            else:
+                cc.bit_rate = round(IMPROVED_BPP * fps * w * h)
             src_size = None
             for k, path in progress(enumerate(paths), str(out), len(paths), unit="frames"):
-                frame, src_size = _load_frame(path, (w, h), keep_aspect, src_size)
+                frame, src_size = load(path, (w, h), keep_aspect, src_size)
                 frame.pts = k
                 frame.time_base = 1 / rate
                 try:
@@ -162,7 +269,8 @@ def encode_video(
                         f"{out}: codec {codec!r} cannot encode {w}x{h} yuv420p ({e})"
                     ) from None
             container.mux(stream.encode(None))
-    return {"n_frames": len(paths), "width": w, "height": h, "fps": fps, "codec": codec}
+    return {"n_frames": len(paths), "width": w, "height": h, "fps": fps, "codec": codec,
+            "preset": preset}
 
 
 def _open(src: bytes | str | os.PathLike, name: str) -> av.container.InputContainer:
