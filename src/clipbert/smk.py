@@ -123,7 +123,9 @@ def check_config(config: dict, workflow: Any, schema: str = "config/schema.yaml"
     sources = [(_display(_original_path(f)), _load(f)) for f in directive]
     sources += [(_display(f), _load(f)) for f in given]
     if settings.config:
-        sources.append(("--config", _plain(settings.config)))
+        given = yaml_scalars(_plain(settings.config), schema_doc)
+        _set_given(config, given)
+        sources.append(("--config", given))
     problems = config_problems(config, schema_doc, sources)
     if problems:
         for line in problems:
@@ -216,6 +218,42 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     return value
+
+
+def yaml_scalars(value: Any, schema: Mapping | None) -> Any:
+    """`--config` values with their scalars read as YAML reads them (`5` an integer, `0.001` a
+    float, `true`, `null`): Snakemake parses a nested value (`frames={stride: 5}`) with YAML's
+    BaseLoader, which keeps every scalar inside it a string. A reading the schema does not allow
+    there keeps the string (a path `2024` stays a path)."""
+    schema = schema or {}
+    if isinstance(value, Mapping):
+        props = schema.get("properties", {})
+        return {k: yaml_scalars(v, props.get(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [yaml_scalars(v, schema.get("items")) for v in value]
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    kinds = {type(None): {"null"}, bool: {"boolean"}, int: {"integer", "number"},
+             float: {"number"}}.get(type(parsed))
+    allowed = schema.get("type")
+    if kinds is None or allowed is not None and not kinds & set(
+            allowed if isinstance(allowed, list) else [allowed]):
+        return value
+    return parsed
+
+
+def _set_given(config: dict, given: Mapping) -> None:
+    """Put the `--config` values `given` into the merged `config`, key by key (a list or a
+    scalar as a whole), where Snakemake merged them as parsed."""
+    for key, value in given.items():
+        if isinstance(value, Mapping) and isinstance(config.get(key), dict):
+            _set_given(config[key], value)
+        else:
+            config[key] = value
 
 
 def _original_path(path: Any) -> str:
