@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -212,6 +215,56 @@ def test_reruns_follow_the_inputs(tmp_path):
     assert (wd / "results/model.pt").read_bytes() != model
     proc = snakemake(wd, "results/test_acc.json", config=smaller)
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+def test_a_run_after_snakemake_was_killed_needs_no_flag(tmp_path):
+    """kill -9 of Snakemake itself while `train` runs (the OOM killer, a lost terminal) leaves
+    its lock, and train's outputs marked incomplete, while the orphaned job trains on. A plain
+    rerun says so and stops while that job still runs; once it has ended, a plain rerun removes
+    the dead lock, reruns `train` (which resumes its finished state) and gives the same model."""
+    wd = tmp_path
+    (wd / "test_config.yaml").write_text(yaml.safe_dump(SMALL))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(wd),
+           "--cores", "2", "results/test_acc.json", "--configfile", str(wd / "test_config.yaml")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=cli_env(), start_new_session=True)
+    log, deadline = wd / "logs/train.log", time.monotonic() + 600
+    try:
+        while not (log.exists() and "train: step" in log.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, "train never started"
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        os.killpg(proc.pid, signal.SIGSTOP)  # the orphaned job, held while the rerun looks
+        stopped = snakemake(wd, "results/test_acc.json", config=SMALL, check=False)
+        os.killpg(proc.pid, signal.SIGCONT)
+        assert stopped.returncode == 1, stopped.stderr
+        assert re.search(r"error: \.snakemake/locks: Snakemake \(pid \d+\) was killed, but its "
+                         r"jobs still run \(pid \d+", stopped.stderr), stopped.stderr
+        while _group_alive(proc.pid):
+            assert time.monotonic() < deadline, "the orphaned job never ended"
+            time.sleep(0.5)
+    finally:
+        if _group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+    model = (wd / "results/model.pt").read_bytes()
+    rerun = snakemake(wd, "results/test_acc.json", config=SMALL)
+    out = rerun.stdout + rerun.stderr
+    assert f"note: removed the lock of a Snakemake that was killed (pid {proc.pid})" in out, out
+    assert job_stats(out) == {"train": 1, "infer": 1, "total": 2}, out
+    assert "resuming from work/demo/train_state/last.pt" in log.read_text()
+    assert (wd / "results/model.pt").read_bytes() == model
+    assert "Nothing to be done" in snakemake(wd, "-n", "results/test_acc.json",
+                                             config=SMALL).stdout
 
 
 # ---- evaluation only (infer.model) -------------------------------------------------------------

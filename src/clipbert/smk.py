@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import json
 import os
 import sys
 import traceback
@@ -36,6 +37,75 @@ def local_gpus() -> int:
     if os.environ.get("CUDA_VISIBLE_DEVICES") == "":
         return 0
     return len(list(Path("/proc/driver/nvidia/gpus").glob("*")))
+
+
+# ---- a run after Snakemake itself was killed ---------------------------------------------------
+# Snakemake locks its working directory while it runs and unlocks it when it ends; killed with
+# SIGKILL (the OOM killer, a lost machine) it leaves the lock, and every later run stops asking
+# for `--unlock`. The workflow records which Snakemake holds the lock, so that the next run can
+# tell a dead holder's lock from a live one's and remove only the former.
+
+LOCK_OWNER = Path(".snakemake/clipbert_lock_owner.json")
+LOCKS = Path(".snakemake/locks")
+
+
+def _start_time(pid: int) -> str | None:
+    """When process `pid` started (ticks since boot; None when there is no such process), so
+    that a recycled pid is not taken for the process that held it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def record_lock_owner() -> None:
+    """Called once the lock is taken (the workflow's `onstart`): this process holds it."""
+    LOCK_OWNER.write_text(json.dumps({"pid": os.getpid(), "start": _start_time(os.getpid())}))
+
+
+def drop_lock_owner() -> None:
+    """Called when the run ends (`onsuccess`, `onerror`): Snakemake removes its lock."""
+    LOCK_OWNER.unlink(missing_ok=True)
+
+
+def _orphaned_jobs() -> list[int]:
+    """Processes that still run a Snakemake job script in this working directory."""
+    here, found = str(Path.cwd()), []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if (os.readlink(proc / "cwd") == here
+                    and b".snakemake/scripts/" in (proc / "cmdline").read_bytes()):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def clear_dead_lock(dry_run: bool) -> None:
+    """Remove the lock a killed Snakemake left in this working directory (its holder, as
+    recorded, is gone), with a note; stop with one line while that Snakemake's jobs still run.
+    A lock whose holder is alive, or that this workflow did not record, is Snakemake's to
+    report."""
+    locks = list(LOCKS.glob("*.lock"))
+    try:
+        owner = json.loads(LOCK_OWNER.read_text())
+    except (OSError, ValueError):
+        return
+    if not locks or owner.get("start") is None or _start_time(owner["pid"]) == owner["start"]:
+        return
+    jobs = _orphaned_jobs()
+    if jobs and not dry_run:
+        fail(f"{LOCKS}: Snakemake (pid {owner['pid']}) was killed, but its jobs still run "
+             f"(pid {', '.join(map(str, jobs))}); wait for them to end, or stop them, and run "
+             "again")
+    if jobs:
+        return
+    for lock in locks:
+        lock.unlink(missing_ok=True)
+    LOCK_OWNER.unlink(missing_ok=True)
+    print(f"note: removed the lock of a Snakemake that was killed (pid {owner['pid']})",
+          file=sys.stderr, flush=True)
 
 
 # ---- workflow scripts -------------------------------------------------------------------------
