@@ -176,45 +176,25 @@ def test_real_data_inputs_are_named_before_any_job(tmp_path):
     assert "work/scannet/sqa/train.jsonl" in dry and "work/demo/" not in dry
 
 
-@pytest.mark.slow
-def test_reruns_follow_the_inputs(tmp_path):
-    """Every rerun gives the artifact its inputs call for: a rerun of the conversion with the
-    same SQA3D files changes no byte (training resumes its finished state: the same model); an
-    edited question or another video size retrains, the log naming what changed; with nothing
-    changed, nothing runs. The final weights are kept (not the best on val, which can be an
-    early step that an edited question does not reach yet), so every change shows in them."""
-    wd = tmp_path
-    final = {**SMALL, "train": {"overrides": {**SMALL["train"]["overrides"],
-                                              "select_best": False}}}
-    snakemake(wd, "results/test_acc.json", config=final)
-    sqa = wd / "work/demo/sqa"
-    before = {p.name: p.read_bytes() for p in sqa.iterdir()}
-    model = (wd / "results/model.pt").read_bytes()
-    snakemake(wd, "results/test_acc.json", "--forcerun", "sqa_convert", config=final)
-    assert {p.name: p.read_bytes() for p in sqa.iterdir()} == before
-    assert "resuming from work/demo/train_state/last.pt" in (wd / "logs/train.log").read_text()
-    assert (wd / "results/model.pt").read_bytes() == model
+def rule_names() -> set[str]:
+    text = "\n".join(p.read_text() for p in [REPO / "Snakefile", *(REPO / "rules").glob("*.smk")])
+    return (set(re.findall(r"^(?:rule|checkpoint) (\w+):", text, re.M))
+            | set(re.findall(r"^use rule \w+ as (\w+)", text, re.M)))
 
-    lines = (sqa / "train.jsonl").read_text().splitlines(keepends=True)
-    row = json.loads(lines[0])
-    row["question"] = row["question"] + " Please answer."
-    (sqa / "train.jsonl").write_text(json.dumps(row) + "\n" + "".join(lines[1:]))
-    proc = snakemake(wd, "results/test_acc.json", config=final)
-    assert job_stats(proc.stdout + proc.stderr) == {"train": 1, "infer": 1, "total": 2}
-    log = (wd / "logs/train.log").read_text()
-    assert "(changed: train.jsonl); training starts over" in log, log
-    assert (wd / "results/model.pt").read_bytes() != model
-    model = (wd / "results/model.pt").read_bytes()
 
-    smaller = {**final, "video": {"size": [48, 48]}}
-    proc = snakemake(wd, "results/test_acc.json", config=smaller)
-    counts = job_stats(proc.stdout + proc.stderr)
-    assert counts["encode_video"] == 6 and counts["train"] == 1, counts
-    log = (wd / "logs/train.log").read_text()
-    assert "(changed: video LMDB); training starts over" in log, log
-    assert (wd / "results/model.pt").read_bytes() != model
-    proc = snakemake(wd, "results/test_acc.json", config=smaller)
-    assert "Nothing to be done" in proc.stdout + proc.stderr
+def rerun_table() -> list[tuple[str, set[str]]]:
+    """The README's table "What a rerun does, and why": each row's change, and the jobs (the
+    rule names in backquotes) that it says run again."""
+    text = (REPO / "README.md").read_text().split("What a rerun does, and why", 1)[1]
+    lines = text[text.index("| rerun |"):].splitlines()[2:]
+    rules = rule_names()
+    rows = []
+    for line in lines:
+        if not line.startswith("|"):
+            break
+        change, again = line.strip("|").split(" | ")[:2]
+        rows.append((change.strip(), set(re.findall(r"`(\w+)`", again)) & rules))
+    return rows
 
 
 def _group_alive(pgid: int) -> bool:
@@ -225,46 +205,146 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-@pytest.mark.slow
-def test_a_run_after_snakemake_was_killed_needs_no_flag(tmp_path):
-    """kill -9 of Snakemake itself while `train` runs (the OOM killer, a lost terminal) leaves
-    its lock, and train's outputs marked incomplete, while the orphaned job trains on. A plain
-    rerun says so and stops while that job still runs; once it has ended, a plain rerun removes
-    the dead lock, reruns `train` (which resumes its finished state) and gives the same model."""
-    wd = tmp_path
-    (wd / "test_config.yaml").write_text(yaml.safe_dump(SMALL))
+def _start(wd: Path, config: dict) -> subprocess.Popen:
+    """`snakemake` (the default target) in the background, in a process group of its own."""
+    (wd / "test_config.yaml").write_text(yaml.safe_dump(config))
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(wd),
-           "--cores", "2", "results/test_acc.json", "--configfile", str(wd / "test_config.yaml")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+           "--cores", "2", "--configfile", str(wd / "test_config.yaml")]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=cli_env(), start_new_session=True)
-    log, deadline = wd / "logs/train.log", time.monotonic() + 600
+
+
+def _training(wd: Path, proc: subprocess.Popen, deadline: float) -> str:
+    """Wait until a training job of the run `proc` has saved its state once (its second step
+    is under way); the job's name."""
+    while True:
+        for name in ("train", "train_blind"):
+            log = wd / "logs" / f"{name}.log"
+            if log.exists() and "train: step 2/" in log.read_text():
+                return name
+        assert proc.poll() is None and time.monotonic() < deadline, "no training ran"
+        time.sleep(0.2)
+
+
+def _wait_gone(pgid: int, deadline: float) -> None:
+    while _group_alive(pgid):
+        assert time.monotonic() < deadline, "the run's jobs never ended"
+        time.sleep(0.5)
+
+
+def _edit_a_question(wd: Path, n: int) -> None:
+    path = wd / "work/demo/sqa/train.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    row = json.loads(lines[n])
+    row["question"] = row["question"] + " Please answer."
+    lines[n] = json.dumps(row) + "\n"
+    path.write_text("".join(lines))
+
+
+MODEL = {"train": "results/model.pt", "train_blind": "results/blind/model.pt"}
+
+
+@pytest.mark.slow
+def test_every_rerun_row_holds(tmp_path):
+    """The README's rerun table and this test are one list: each row's change is made in a
+    finished demo run, a dry run lists exactly the jobs the row names, and the rerun gives what
+    its training column says. The final weights are kept (not the best on val, which can be an
+    early step that an edited question does not reach yet), so every change shows in them."""
+    wd = tmp_path
+    table, checked = rerun_table(), []
+
+    def row(key: str, *args: str, config: dict) -> str:
+        (change, jobs), = [(c, j) for c, j in table if key in c]
+        dry = snakemake(wd, "-n", *args, config=config)
+        out = dry.stdout + dry.stderr
+        assert set(job_stats(out)) - {"all", "total"} == jobs, (change, job_stats(out))
+        assert jobs or "Nothing to be done" in out, out
+        checked.append(change)
+        return out
+
+    def log(name: str = "train") -> str:
+        return (wd / "logs" / f"{name}.log").read_text()
+
+    def model(name: str = "train") -> bytes:
+        return (wd / MODEL[name]).read_bytes()
+
+    base = {**SMALL, "train": {"overrides": {**SMALL["train"]["overrides"],
+                                             "select_best": False}}}
+    snakemake(wd, config=base)
+    row("nothing changed", config=base)
+
+    sqa = wd / "work/demo/sqa"
+    before, old = {p.name: p.read_bytes() for p in sqa.iterdir()}, model()
+    row("--forcerun sqa_convert", "--forcerun", "sqa_convert", config=base)
+    snakemake(wd, "--forcerun", "sqa_convert", config=base)
+    assert {p.name: p.read_bytes() for p in sqa.iterdir()} == before
+    assert "resuming from work/demo/train_state/last.pt" in log()
+    assert model() == old
+
+    _edit_a_question(wd, 0)
+    row("an edited question", config=base)
+    snakemake(wd, config=base)
+    assert "(changed: train.jsonl); training starts over" in log(), log()
+    assert model() != old
+
+    base, old = {**base, "video": {"size": [48, 48]}}, model()
+    row("another `video.size`", config=base)
+    snakemake(wd, config=base)
+    assert "(changed: video LMDB); training starts over" in log(), log()
+    assert model() != old
+    row("another `frames.stride`", config={**base, "frames": {"stride": 5}})
+
+    overrides = {**base["train"]["overrides"], "lr": 5e-4}
+    base, old = {**base, "train": {"overrides": overrides}}, model()
+    row("`train.overrides` value", config=base)
+    snakemake(wd, config=base)
+    for name in MODEL:
+        assert "(changed: setting lr); training starts over" in log(name), log(name)
+    assert model() != old
+
+    base = {**base, "train": {"overrides": {**overrides, "num_workers": 1, "log_every": 5}}}
+    row("speed knob", config=base)
+    snakemake(wd, config=base)
+    row("another `infer.n_clips`", config={**base, "infer": {"n_clips": 3}})
+    (wd / "w.pt").write_bytes(model())
+    row("pretrained weight file", config={**base, "weights": {"clipbert": str(wd / "w.pt")}})
+
+    deadline = time.monotonic() + 900
+    _edit_a_question(wd, 1)
+    proc = _start(wd, base)
+    stopped = _training(wd, proc, deadline)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait()
+    _wait_gone(proc.pid, deadline)
+    row("stopped (SIGTERM, Ctrl-C)", config=base)
+    snakemake(wd, config=base)
+    assert "resuming from work/demo/train_state" in log(stopped), log(stopped)
+
+    _edit_a_question(wd, 2)
+    proc = _start(wd, base)
     try:
-        while not (log.exists() and "train: step" in log.read_text()):
-            assert proc.poll() is None and time.monotonic() < deadline, "train never started"
-            time.sleep(0.2)
+        killed = _training(wd, proc, deadline)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        os.killpg(proc.pid, signal.SIGSTOP)  # the orphaned job, held while the rerun looks
-        stopped = snakemake(wd, "results/test_acc.json", config=SMALL, check=False)
+        os.killpg(proc.pid, signal.SIGSTOP)  # the orphaned job, held while a rerun looks
+        held = snakemake(wd, config=base, check=False)
         os.killpg(proc.pid, signal.SIGCONT)
-        assert stopped.returncode == 1, stopped.stderr
+        assert held.returncode == 1, held.stderr
         assert re.search(r"error: \.snakemake/locks: Snakemake \(pid \d+\) was killed, but its "
-                         r"jobs still run \(pid \d+", stopped.stderr), stopped.stderr
-        while _group_alive(proc.pid):
-            assert time.monotonic() < deadline, "the orphaned job never ended"
-            time.sleep(0.5)
+                         r"jobs still run \(pid \d+", held.stderr), held.stderr
+        _wait_gone(proc.pid, deadline)
     finally:
         if _group_alive(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
-    model = (wd / "results/model.pt").read_bytes()
-    rerun = snakemake(wd, "results/test_acc.json", config=SMALL)
-    out = rerun.stdout + rerun.stderr
+    old = model(killed)
+    out = row("Snakemake itself killed", config=base)
     assert f"note: removed the lock of a Snakemake that was killed (pid {proc.pid})" in out, out
-    assert job_stats(out) == {"train": 1, "infer": 1, "total": 2}, out
-    assert "resuming from work/demo/train_state/last.pt" in log.read_text()
-    assert (wd / "results/model.pt").read_bytes() == model
-    assert "Nothing to be done" in snakemake(wd, "-n", "results/test_acc.json",
-                                             config=SMALL).stdout
+    snakemake(wd, config=base)
+    assert "resuming from work/demo/train_state" in log(killed), log(killed)
+    assert model(killed) == old
+    assert "Nothing to be done" in snakemake(wd, "-n", config=base).stdout
+
+    assert checked == [change for change, _ in table]
 
 
 # ---- evaluation only (infer.model) -------------------------------------------------------------

@@ -11,6 +11,7 @@ upstream ClipBERT's timestamp arithmetic from each file's own rate, time base an
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -24,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from clipbert.errors import ClipbertError
+from clipbert.frames import INDEX_NAME
 from clipbert.fsutil import atomic_path
 from clipbert.progress import progress
 
@@ -59,6 +61,18 @@ def list_scene_frames(frames_dir: str | os.PathLike) -> list[Path]:
     return [found[k] for k in range(len(found))]
 
 
+def frame_sources(frames_dir: str | os.PathLike) -> dict[int, str]:
+    """Where each kept frame of a scene folder came from, `X.sens: frame N` (N the scan's own
+    frame number), as the export's index.json records it; empty for a folder without one. A bad
+    frame is then blamed on the scan that holds it, not on its exported copy."""
+    try:
+        index = json.loads((Path(frames_dir) / INDEX_NAME).read_text())
+        return {int(e["k"]): f"{index['source']}: frame {int(e['frame'])}"
+                for e in index["frames"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
 def _fit(src: tuple[int, int], size: tuple[int, int], keep_aspect: bool) -> tuple[int, int]:
     """Size of the resized picture inside the (W, H) canvas."""
     if not keep_aspect:
@@ -69,9 +83,11 @@ def _fit(src: tuple[int, int], size: tuple[int, int], keep_aspect: bool) -> tupl
 
 
 def _load_frame(
-    path: Path, size: tuple[int, int], keep_aspect: bool, expect: tuple[int, int] | None
+    path: Path, size: tuple[int, int], keep_aspect: bool, expect: tuple[int, int] | None,
+    source: str | None = None,
 ) -> tuple[av.VideoFrame, tuple[int, int]]:
     """Decode one source JPEG straight to a yuv420p frame of `size`; returns (frame, source size).
+    A JPEG that does not decode is blamed on `source` (`X.sens: frame N`) when it is known.
 
     `draft()` lets libjpeg decode at 1/2, 1/4 or 1/8 scale when the target is at least that much
     smaller, which skips most of the IDCT and colour work of a full 1296x968 decode (Pillow picks
@@ -95,7 +111,9 @@ def _load_frame(
     except ClipbertError:
         raise
     except (OSError, SyntaxError, ValueError) as e:
-        raise ClipbertError(f"{path}: cannot decode JPEG ({e})") from None
+        if source is None:
+            raise ClipbertError(f"{path}: cannot decode JPEG ({e})") from None
+        raise ClipbertError(f"{source}: cannot decode JPEG ({e}); exported as {path}") from None
     if inner == size:
         frame = av.VideoFrame.from_image(rgb).reformat(
             width=size[0], height=size[1], format="yuv420p", interpolation="BILINEAR"
@@ -150,9 +168,9 @@ def encode_video(
             stream.bit_rate = round(fps * w * h)
             if gop is not None:
                 stream.codec_context.gop_size = gop
-            src_size = None
+            src_size, sources = None, frame_sources(frames_dir)
             for k, path in progress(enumerate(paths), str(out), len(paths), unit="frames"):
-                frame, src_size = _load_frame(path, (w, h), keep_aspect, src_size)
+                frame, src_size = _load_frame(path, (w, h), keep_aspect, src_size, sources.get(k))
                 frame.pts = k
                 frame.time_base = 1 / rate
                 try:
