@@ -107,6 +107,17 @@ def test_config_errors_name_the_key(tmp_path):
     assert "stride" in proc.stdout + proc.stderr
 
 
+def test_config_on_the_command_line_reads_numbers_as_numbers(tmp_path):
+    """`--config` values are YAML: an integer (frames.stride), a list of integers (video.size)
+    and a nested override with a float and an integer reach the schema and the training
+    settings as numbers (Snakemake alone hands them over as strings)."""
+    proc = snakemake(tmp_path, "-n", "--config", "frames={stride: 5}", "video={size: [96, 96]}",
+                     "train={overrides: {lr: 0.001, model.num_layers: 1}}", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "error" not in out, out
+    assert job_stats(out)["train"] == 1, out
+
+
 def test_real_data_config_needs_paths(tmp_path):
     proc = snakemake(tmp_path, "-n", config={"data": {"source": "scannet"}}, check=False)
     assert proc.returncode != 0
@@ -206,7 +217,10 @@ def _group_alive(pgid: int) -> bool:
 
 
 def _start(wd: Path, config: dict) -> subprocess.Popen:
-    """`snakemake` (the default target) in the background, in a process group of its own."""
+    """`snakemake` (the default target) in the background, in a process group of its own; the
+    training logs of earlier runs are removed first."""
+    for name in ("train", "train_blind"):
+        (wd / "logs" / f"{name}.log").unlink(missing_ok=True)
     (wd / "test_config.yaml").write_text(yaml.safe_dump(config))
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(wd),
            "--cores", "2", "--configfile", str(wd / "test_config.yaml")]
@@ -254,7 +268,7 @@ def test_every_rerun_row_holds(tmp_path):
     table, checked = rerun_table(), []
 
     def row(key: str, *args: str, config: dict) -> str:
-        (change, jobs), = [(c, j) for c, j in table if key in c]
+        (change, jobs), = [(c, j) for c, j in table if c.startswith(key)]
         dry = snakemake(wd, "-n", *args, config=config)
         out = dry.stdout + dry.stderr
         assert set(job_stats(out)) - {"all", "total"} == jobs, (change, job_stats(out))
@@ -275,7 +289,7 @@ def test_every_rerun_row_holds(tmp_path):
 
     sqa = wd / "work/demo/sqa"
     before, old = {p.name: p.read_bytes() for p in sqa.iterdir()}, model()
-    row("--forcerun sqa_convert", "--forcerun", "sqa_convert", config=base)
+    row("`--forcerun sqa_convert`", "--forcerun", "sqa_convert", config=base)
     snakemake(wd, "--forcerun", "sqa_convert", config=base)
     assert {p.name: p.read_bytes() for p in sqa.iterdir()} == before
     assert "resuming from work/demo/train_state/last.pt" in log()
@@ -296,27 +310,29 @@ def test_every_rerun_row_holds(tmp_path):
 
     overrides = {**base["train"]["overrides"], "lr": 5e-4}
     base, old = {**base, "train": {"overrides": overrides}}, model()
-    row("`train.overrides` value", config=base)
+    row("another `train.preset` or `train.overrides` value", config=base)
     snakemake(wd, config=base)
     for name in MODEL:
         assert "(changed: setting lr); training starts over" in log(name), log(name)
     assert model() != old
 
     base = {**base, "train": {"overrides": {**overrides, "num_workers": 1, "log_every": 5}}}
-    row("speed knob", config=base)
+    row("another speed knob", config=base)
     snakemake(wd, config=base)
     row("another `infer.n_clips`", config={**base, "infer": {"n_clips": 3}})
     (wd / "w.pt").write_bytes(model())
-    row("pretrained weight file", config={**base, "weights": {"clipbert": str(wd / "w.pt")}})
+    weights = {"clipbert": str(wd / "w.pt")}
+    row("another pretrained weight file", config={**base, "weights": weights})
 
     deadline = time.monotonic() + 900
     _edit_a_question(wd, 1)
     proc = _start(wd, base)
     stopped = _training(wd, proc, deadline)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)  # Snakemake and its job, as `kill -- -PGID` does
     proc.wait()
     _wait_gone(proc.pid, deadline)
-    row("stopped (SIGTERM, Ctrl-C)", config=base)
+    assert "error: stopped by SIGTERM" in log(stopped), log(stopped)
+    row("a rerun stopped", config=base)
     snakemake(wd, config=base)
     assert "resuming from work/demo/train_state" in log(stopped), log(stopped)
 
