@@ -363,6 +363,42 @@ def test_every_rerun_row_holds(tmp_path):
     assert checked == [change for change, _ in table]
 
 
+def test_only_a_dead_snakemakes_lock_is_removed(tmp_path, monkeypatch, capsys):
+    """The lock is removed only when the Snakemake recorded as holding it is gone (a live one,
+    or a lock this workflow did not record, is left to Snakemake); a dry run leaves it while
+    that Snakemake's jobs still run, a real run stops naming them."""
+    from clipbert import smk
+
+    monkeypatch.chdir(tmp_path)
+    locks = tmp_path / ".snakemake/locks"
+    locks.mkdir(parents=True)
+    lock = locks / "0.input.lock"
+    lock.write_text("")
+    smk.clear_dead_lock(dry_run=False)  # nobody recorded: not ours to judge
+    assert lock.exists()
+    smk.record_lock_owner()  # this process: alive
+    smk.clear_dead_lock(dry_run=False)
+    assert lock.exists() and capsys.readouterr().err == ""
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    smk.LOCK_OWNER.write_text(json.dumps({"pid": dead.pid, "start": "0"}))
+    job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                            ".snakemake/scripts/tmp.train.py"], cwd=tmp_path)
+    try:
+        smk.clear_dead_lock(dry_run=True)
+        assert lock.exists()
+        with pytest.raises(SystemExit):
+            smk.clear_dead_lock(dry_run=False)
+        assert f"still run (pid {job.pid})" in capsys.readouterr().err
+    finally:
+        job.kill()
+        job.wait()
+    smk.clear_dead_lock(dry_run=False)
+    assert not lock.exists() and not smk.LOCK_OWNER.exists()
+    assert capsys.readouterr().err == (
+        f"note: removed the lock of a Snakemake that was killed (pid {dead.pid})\n")
+
+
 # ---- evaluation only (infer.model) -------------------------------------------------------------
 
 
