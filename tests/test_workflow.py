@@ -324,9 +324,8 @@ def test_every_rerun_row_holds(tmp_path):
     weights = {"clipbert": str(wd / "w.pt")}
     row("another pretrained weight file", config={**base, "weights": weights})
 
-    deadline = time.monotonic() + 900
     _edit_a_question(wd, 1)
-    proc = _start(wd, base)
+    proc, deadline = _start(wd, base), time.monotonic() + 900
     stopped = _training(wd, proc, deadline)
     os.killpg(proc.pid, signal.SIGTERM)  # Snakemake and its job, as `kill -- -PGID` does
     proc.wait()
@@ -337,7 +336,7 @@ def test_every_rerun_row_holds(tmp_path):
     assert "resuming from work/demo/train_state" in log(stopped), log(stopped)
 
     _edit_a_question(wd, 2)
-    proc = _start(wd, base)
+    proc, deadline = _start(wd, base), time.monotonic() + 900
     try:
         killed = _training(wd, proc, deadline)
         os.kill(proc.pid, signal.SIGKILL)
