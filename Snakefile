@@ -2,7 +2,13 @@
 # `snakemake --cores 2` runs the embedded demo to results/test_acc.json; see README.md.
 from snakemake.utils import min_version
 
-from clipbert.smk import check_config, clear_dead_lock, drop_lock_owner, record_lock_owner
+from clipbert.smk import (
+    check_config,
+    clear_dead_lock,
+    drop_lock_owner,
+    forget_missing_outputs,
+    record_lock_owner,
+)
 
 min_version("9.0")
 
@@ -27,6 +33,7 @@ onsuccess:
 
 
 onerror:
+    forget_missing_outputs(workflow)
     drop_lock_owner()
 
 

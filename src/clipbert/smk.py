@@ -69,6 +69,20 @@ def drop_lock_owner() -> None:
     LOCK_OWNER.unlink(missing_ok=True)
 
 
+def forget_missing_outputs(workflow: Any) -> None:
+    """Called when a run fails (`onerror`). Snakemake 9 records a failed job's metadata as if
+    the job had made its outputs (today's inputs, params and code), then deletes the outputs:
+    the next run takes a job whose outputs are missing but whose successors' outputs exist
+    (`train_blind` stopped, `infer_blind` still holding the old model's scores) as up to date,
+    and never reruns it, leaving a stale result. Without the record the job's inputs count as
+    new, so it runs again."""
+    persistence = workflow.persistence
+    for job in workflow.dag.jobs:
+        for f in job.output:
+            if not os.path.exists(f) and persistence.metadata(f) is not None:
+                persistence.cleanup_metadata(f)
+
+
 def _orphaned_jobs() -> list[int]:
     """Processes that still run a Snakemake job script in this working directory."""
     here, found = str(Path.cwd()), []
