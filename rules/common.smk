@@ -1,5 +1,6 @@
 # Helpers shared by the rules: where each input comes from, which scenes the run needs, and the
 # checks that stop a run before any job when the config or a real-data input is wrong.
+import json
 from pathlib import Path
 
 from clipbert import config as settings
@@ -175,11 +176,6 @@ check_scene_inputs()
 GPU_JOB = min(local_gpus(), 1)
 
 
-def is_blind(output) -> bool:
-    """A job of the blind baseline: its results live in results/blind/."""
-    return Path(output[0]).parent.name == "blind"
-
-
 def weight_inputs(blind: bool) -> dict[str, str]:
     """The pretrained weight files training starts from, as named inputs (`weights_KIND`): a
     changed file reruns training. The blind baseline has no CNN, so no CNN-only weights."""
@@ -188,15 +184,30 @@ def weight_inputs(blind: bool) -> dict[str, str]:
             if path and kind in settings.WEIGHT_KINDS and not (blind and kind in cnn_only)}
 
 
-def train_overrides(wildcards, output) -> dict:
-    """The config's overrides, and the blind variant for the blind baseline's job."""
-    blind = {"model.variant": "blind"} if is_blind(output) else {}
-    return {**config["train"]["overrides"], **blind}
+def variant_overrides(blind: bool) -> dict:
+    """The config's overrides, and the blind variant for the blind baseline's jobs."""
+    return {**config["train"]["overrides"], **({"model.variant": "blind"} if blind else {})}
 
 
-def train_state_dir(wildcards, output) -> str:
+def tracked_settings(blind: bool) -> str:
+    """Every setting that changes the result of a training (or of scoring a bare checkpoint),
+    resolved from preset + overrides, speed knobs left out: one sorted JSON string. A plain param,
+    so that Snakemake's `params` rerun trigger records it; it leaves out params given as functions
+    of a job's input, output, threads or resources."""
+    cfg = train_settings(variant_overrides(blind))
+    return json.dumps(settings.result_settings(cfg), sort_keys=True)
+
+
+def untracked(value):
+    """`value` as a param that the `params` rerun trigger leaves out (a function of the job's
+    threads): for the overrides as given, whose speed knobs change no result and whose other
+    settings `tracked_settings` records."""
+    return lambda wildcards, threads: value
+
+
+def train_state_dir(blind: bool) -> str:
     """Resumable state of a training job, outside its outputs (Snakemake deletes those)."""
-    return f"{WORK}/train_state" + ("_blind" if is_blind(output) else "")
+    return f"{WORK}/train_state" + ("_blind" if blind else "")
 
 
 def final_targets() -> list[str]:

@@ -1,5 +1,6 @@
 # Training (a GPU job where there is one) and test inference; the blind baseline is the same two
-# rules on the questions alone, its settings derived from its results/blind/ outputs.
+# rules on the questions alone. Every setting that changes a result is a plain param (`settings`),
+# so that a changed one reruns the job (see tracked_settings in common.smk).
 
 
 rule train:
@@ -17,8 +18,9 @@ rule train:
         metrics="results/train_log.jsonl",
     params:
         preset=config["train"]["preset"],
-        overrides=train_overrides,
-        state_dir=train_state_dir,
+        settings=tracked_settings(blind=False),
+        overrides=untracked(variant_overrides(blind=False)),
+        state_dir=train_state_dir(blind=False),
     threads: workflow.cores
     resources:
         gpu=GPU_JOB,
@@ -49,9 +51,10 @@ rule infer:
     params:
         n_clips=config["infer"]["n_clips"],
         preset=config["train"]["preset"],
-        overrides=train_overrides,
-        variant=lambda w, output: "blind" if is_blind(output) else TRAIN.model.variant,
-        trained_here=lambda w, output: not (BLIND_MODEL if is_blind(output) else INFER_MODEL),
+        settings=tracked_settings(blind=False),
+        overrides=untracked(variant_overrides(blind=False)),
+        variant=TRAIN.model.variant,
+        trained_here=not INFER_MODEL,
     threads: workflow.cores
     resources:
         gpu=GPU_JOB,
@@ -77,6 +80,10 @@ use rule train as train_blind with:
     output:
         model="results/blind/model.pt",
         metrics="results/blind/train_log.jsonl",
+    params:
+        settings=tracked_settings(blind=True),
+        overrides=untracked(variant_overrides(blind=True)),
+        state_dir=train_state_dir(blind=True),
     log:
         "logs/train_blind.log",
     benchmark:
@@ -92,6 +99,11 @@ use rule infer as infer_blind with:
     output:
         predictions="results/blind/test_predictions.jsonl",
         acc="results/blind/test_acc.json",
+    params:
+        settings=tracked_settings(blind=True),
+        overrides=untracked(variant_overrides(blind=True)),
+        variant="blind",
+        trained_here=not BLIND_MODEL,
     log:
         "logs/infer_blind.log",
     benchmark:

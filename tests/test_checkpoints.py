@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from clipbert.checkpoints import convert, load_pretrained, read_state
+from clipbert.checkpoints import convert, is_weight, load_pretrained, read_state
 from clipbert.cli import build_parser
 from clipbert.config import ModelConfig
 from clipbert.errors import ClipbertError
@@ -271,9 +271,34 @@ def test_no_weights_is_loud(capsys):
     model = fresh_model()
     before = model.state_dict()["cnn.grid_encoder.0.weight"].clone()
     report = load_pretrained(model)
-    assert report["sources"] == [] and len(report["random"]) == len(model.state_dict())
+    assert report["sources"] == [] and report["random"] == [
+        k for k in model.state_dict() if not k.endswith(".num_batches_tracked")]
     assert "RANDOM weights" in capsys.readouterr().out
     assert torch.equal(model.state_dict()["cnn.grid_encoder.0.weight"], before)
+
+
+def test_a_model_file_reused_as_weights_fills_every_weight(tmp_path, capsys):
+    """A trained model file (training BatchNorm, as the tiny preset has) given back as
+    weights.clipbert: its BatchNorm step counters are buffers, not weights, and are not reported
+    as starting from random weights."""
+    from clipbert.config import make_config
+    from clipbert.modelfile import save_model_file
+
+    trained = fresh_model(frozen_bn=False, freeze_stem=False)
+    counters = [k for k in trained.state_dict() if k.endswith(".num_batches_tracked")]
+    assert counters and not any(map(is_weight, counters))
+    cfg = make_config("faithful", {f"model.{k}": list(v) if isinstance(v, tuple) else v
+                                   for k, v in {**CFG, "frozen_bn": False}.items()})
+    save_model_file(tmp_path / "model.pt", trained, cfg, {str(i): i for i in range(7)},
+                    [f"t{i}" for i in range(30)], {})
+    model = fresh_model(frozen_bn=False, freeze_stem=False)
+    report = load_pretrained(model, clipbert=tmp_path / "model.pt")
+    out = capsys.readouterr().out
+    assert report["random"] == [] and report["sources"][0]["missing"] == [], report
+    assert "RANDOM" not in out and "every tensor comes from the pretrained weights" in out, out
+    for key, value in trained.state_dict().items():
+        if is_weight(key):
+            assert torch.equal(model.state_dict()[key], value), key
 
 
 class Evil:

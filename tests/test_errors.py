@@ -19,7 +19,7 @@ import yaml
 from conftest import REPO, cli_env
 from test_workflow import SMALL, snakemake
 
-from clipbert.smk import config_problems
+from clipbert.smk import config_problems, yaml_scalars
 
 # ---- workflow_step, as a workflow script uses it ---------------------------------------------
 
@@ -176,6 +176,22 @@ def test_config_errors_name_the_file_that_set_the_key(tmp_path: Path) -> None:
     ]
     assert config_problems({"data": {"source": "x"}}, schema) == [
         "the config: data.source: expected one of demo, scannet, got 'x'"]
+
+
+def test_config_values_are_yaml_scalars() -> None:
+    """Snakemake reads `--config frames={stride: 5}` with YAML's BaseLoader (every scalar a
+    string): the scalars are read again as YAML reads them, except where the schema asks for a
+    string (a path that looks like a number stays a path)."""
+    schema = yaml.safe_load((REPO / "config/schema.yaml").read_text())
+    given = {"frames": {"stride": "5", "depth": "true"}, "video": {"size": ["96", "64"]},
+             "train": {"overrides": {"lr": "0.001", "model.num_layers": "1",
+                                     "betas": ["0.9", "0.99"], "select_best": "false"}},
+             "infer": {"model": "null"}, "data": {"sqa_dir": "2024", "scans_dir": "null"}}
+    assert yaml_scalars(given, schema) == {
+        "frames": {"stride": 5, "depth": True}, "video": {"size": [96, 64]},
+        "train": {"overrides": {"lr": 0.001, "model.num_layers": 1, "betas": [0.9, 0.99],
+                                "select_best": False}},
+        "infer": {"model": None}, "data": {"sqa_dir": "2024", "scans_dir": None}}
 
 
 def test_config_defaults_are_those_of_snakemakes_validate() -> None:

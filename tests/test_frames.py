@@ -37,11 +37,14 @@ def pose(i: int) -> np.ndarray:
     return m
 
 
-def make_scan(path: Path, n: int, lost: tuple[int, ...] = (), **kw) -> list[SensFrame]:
+def make_scan(path: Path, n: int, lost: tuple[int, ...] = (),
+              color: dict[int, bytes] | None = None, **kw) -> list[SensFrame]:
+    """A scan of `n` frames; `color` replaces some frames' colour payloads."""
     k = np.array([[30.0, 0, 16, 0], [0, 30, 12, 0], [0, 0, 1, 0], [0, 0, 0, 1]], np.float32)
     fr = [
         SensFrame(np.full((4, 4), -np.inf, np.float32) if i in lost else pose(i),
-                  100 + 33_000 * i, 120 + 33_000 * i, jpeg(i), sens.encode_depth(depth_image(i)))
+                  100 + 33_000 * i, 120 + 33_000 * i, (color or {}).get(i, jpeg(i)),
+                  sens.encode_depth(depth_image(i)))
         for i in range(n)
     ]
     hdr = dict(intrinsic_color=k, intrinsic_depth=k / 2, color_width=CW, color_height=CH,
@@ -295,3 +298,26 @@ def test_real_lists_give_707_scenes(cli) -> None:
     used = scannet.select_scenes(a, t, [q])
     assert len(used) == 67 and set(used) <= set(scenes)
     assert cli("sens", "scenes", a, t, "--questions", q).stdout.splitlines() == used
+
+
+def test_a_corrupt_jpeg_is_blamed_on_the_scans_frame(tmp_path: Path) -> None:
+    """A kept JPEG cut short stops the export naming the scan's own frame number (10 at stride
+    10, not kept frame 1); one damaged inside, its markers intact, is copied out and stops the
+    encode, which names the scan's frame through the folder's index.json, not the copy alone."""
+    from clipbert import video
+
+    good = jpeg(10)
+    scan, out = tmp_path / "scene0002_00.sens", tmp_path / "frames"
+    make_scan(scan, 12, color={10: good[:-40]})
+    with pytest.raises(ClipbertError) as e:
+        frames.export_frames(scan, out, stride=10)
+    assert str(e.value) == f"{scan}: frame 10: colour JPEG does not end with FF D9 (cut short?)"
+    assert not out.exists()
+    make_scan(scan, 12, color={10: good[:2] + bytes(len(good) - 4) + good[-2:]})
+    frames.export_frames(scan, out, stride=10)
+    with pytest.raises(ClipbertError) as e:
+        video.encode_video(out, tmp_path / "v.mp4", size=(32, 24))
+    message = str(e.value)
+    assert message.startswith("scene0002_00.sens: frame 10: cannot decode JPEG ("), message
+    assert message.endswith(f"; exported as {out / 'frame-1.color.jpg'}"), message
+    assert not (tmp_path / "v.mp4").exists()

@@ -435,13 +435,21 @@ def test_check_finds_a_bad_depth_that_export_does_not_read(tmp_path: Path, cli) 
         f"{p}: frame 1: corrupt zlib depth payload (stream is truncated)"]
 
 
-def test_check_of_a_truncated_file_is_one_line(tmp_path: Path) -> None:
+def test_check_of_a_truncated_file_lists_the_bad_frames_before_the_cut(tmp_path: Path) -> None:
+    """Every bad frame the file still holds, then the cut: not the first problem alone."""
     p = tmp_path / "a.sens"
-    write(p, 4)
-    p.write_bytes(p.read_bytes()[: frame_offset(p, 2) + 50])
+    expected = corrupt_scan(p)  # frames 1, 2, 4 and 5 bad
+    with SensReader(p, check_jpeg_start=False) as r:
+        cut_at = r.frame_info(5)["offset"] + 50
+    p.write_bytes(p.read_bytes()[:cut_at])
     result = sens.check_file(p)
-    assert len(result.problems) == 1 and "frame 2: truncated file" in result.problems[0]
-    assert result.summary() == f"{p}: BAD: unreadable" and result.frames == 0
+    assert result.problems[:3] == expected[:3], result.problems
+    assert len(result.problems) == 4 and result.problems[3].startswith(
+        f"{p}: frame 5: truncated file (frame head at offset "), result.problems
+    assert result.bad_frames == [1, 2, 4] and result.frames == 5 and result.missing == 1
+    assert result.summary() == f"{p}: BAD: truncated after 5 of 6 frames, 3 of them bad"
+    with pytest.raises(ClipbertError, match="frame 5: truncated file"):
+        SensReader(p, check_jpeg_start=False)
 
 
 def test_check_notes_what_it_cannot_or_need_not_read(tmp_path: Path) -> None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -106,6 +109,17 @@ def test_config_errors_name_the_key(tmp_path):
     assert "stride" in proc.stdout + proc.stderr
 
 
+def test_config_on_the_command_line_reads_numbers_as_numbers(tmp_path):
+    """`--config` values are YAML: an integer (frames.stride), a list of integers (video.size)
+    and a nested override with a float and an integer reach the schema and the training
+    settings as numbers (Snakemake alone hands them over as strings)."""
+    proc = snakemake(tmp_path, "-n", "--config", "frames={stride: 5}", "video={size: [96, 96]}",
+                     "train={overrides: {lr: 0.001, model.num_layers: 1}}", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "error" not in out, out
+    assert job_stats(out)["train"] == 1, out
+
+
 def test_real_data_config_needs_paths(tmp_path):
     proc = snakemake(tmp_path, "-n", config={"data": {"source": "scannet"}}, check=False)
     assert proc.returncode != 0
@@ -175,45 +189,215 @@ def test_real_data_inputs_are_named_before_any_job(tmp_path):
     assert "work/scannet/sqa/train.jsonl" in dry and "work/demo/" not in dry
 
 
+def rule_names() -> set[str]:
+    text = "\n".join(p.read_text() for p in [REPO / "Snakefile", *(REPO / "rules").glob("*.smk")])
+    return (set(re.findall(r"^(?:rule|checkpoint) (\w+):", text, re.M))
+            | set(re.findall(r"^use rule \w+ as (\w+)", text, re.M)))
+
+
+def rerun_table() -> list[tuple[str, set[str]]]:
+    """The README's table "What a rerun does, and why": each row's change, and the jobs (the
+    rule names in backquotes) that it says run again."""
+    text = (REPO / "README.md").read_text().split("What a rerun does, and why", 1)[1]
+    lines = text[text.index("| rerun |"):].splitlines()[2:]
+    rules = rule_names()
+    rows = []
+    for line in lines:
+        if not line.startswith("|"):
+            break
+        change, again = line.strip("|").split(" | ")[:2]
+        rows.append((change.strip(), set(re.findall(r"`(\w+)`", again)) & rules))
+    return rows
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _start(wd: Path, config: dict) -> subprocess.Popen:
+    """`snakemake` (the default target) in the background, in a process group of its own; the
+    training logs of earlier runs are removed first."""
+    for name in ("train", "train_blind"):
+        (wd / "logs" / f"{name}.log").unlink(missing_ok=True)
+    (wd / "test_config.yaml").write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(wd),
+           "--cores", "2", "--configfile", str(wd / "test_config.yaml")]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=cli_env(), start_new_session=True)
+
+
+def _training(wd: Path, proc: subprocess.Popen, deadline: float) -> str:
+    """Wait until a training job of the run `proc` has saved its state once (its second step
+    is under way); the job's name."""
+    while True:
+        for name in ("train", "train_blind"):
+            log = wd / "logs" / f"{name}.log"
+            if log.exists() and "train: step 2/" in log.read_text():
+                return name
+        assert proc.poll() is None and time.monotonic() < deadline, "no training ran"
+        time.sleep(0.2)
+
+
+def _wait_gone(pgid: int, deadline: float) -> None:
+    while _group_alive(pgid):
+        assert time.monotonic() < deadline, "the run's jobs never ended"
+        time.sleep(0.5)
+
+
+def _edit_a_question(wd: Path, n: int) -> None:
+    path = wd / "work/demo/sqa/train.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    row = json.loads(lines[n])
+    row["question"] = row["question"] + " Please answer."
+    lines[n] = json.dumps(row) + "\n"
+    path.write_text("".join(lines))
+
+
+MODEL = {"train": "results/model.pt", "train_blind": "results/blind/model.pt"}
+
+
 @pytest.mark.slow
-def test_reruns_follow_the_inputs(tmp_path):
-    """Every rerun gives the artifact its inputs call for: a rerun of the conversion with the
-    same SQA3D files changes no byte (training resumes its finished state: the same model); an
-    edited question or another video size retrains, the log naming what changed; with nothing
-    changed, nothing runs. The final weights are kept (not the best on val, which can be an
+def test_every_rerun_row_holds(tmp_path):
+    """The README's rerun table and this test are one list: each row's change is made in a
+    finished demo run, a dry run lists exactly the jobs the row names, and the rerun gives what
+    its training column says. The final weights are kept (not the best on val, which can be an
     early step that an edited question does not reach yet), so every change shows in them."""
     wd = tmp_path
-    final = {**SMALL, "train": {"overrides": {**SMALL["train"]["overrides"],
-                                              "select_best": False}}}
-    snakemake(wd, "results/test_acc.json", config=final)
+    table, checked = rerun_table(), []
+
+    def row(key: str, *args: str, config: dict) -> str:
+        (change, jobs), = [(c, j) for c, j in table if c.startswith(key)]
+        dry = snakemake(wd, "-n", *args, config=config)
+        out = dry.stdout + dry.stderr
+        assert set(job_stats(out)) - {"all", "total"} == jobs, (change, job_stats(out))
+        assert jobs or "Nothing to be done" in out, out
+        checked.append(change)
+        return out
+
+    def log(name: str = "train") -> str:
+        return (wd / "logs" / f"{name}.log").read_text()
+
+    def model(name: str = "train") -> bytes:
+        return (wd / MODEL[name]).read_bytes()
+
+    base = {**SMALL, "train": {"overrides": {**SMALL["train"]["overrides"],
+                                             "select_best": False}}}
+    snakemake(wd, config=base)
+    row("nothing changed", config=base)
+
     sqa = wd / "work/demo/sqa"
-    before = {p.name: p.read_bytes() for p in sqa.iterdir()}
-    model = (wd / "results/model.pt").read_bytes()
-    snakemake(wd, "results/test_acc.json", "--forcerun", "sqa_convert", config=final)
+    before, old = {p.name: p.read_bytes() for p in sqa.iterdir()}, model()
+    row("`--forcerun sqa_convert`", "--forcerun", "sqa_convert", config=base)
+    snakemake(wd, "--forcerun", "sqa_convert", config=base)
     assert {p.name: p.read_bytes() for p in sqa.iterdir()} == before
-    assert "resuming from work/demo/train_state/last.pt" in (wd / "logs/train.log").read_text()
-    assert (wd / "results/model.pt").read_bytes() == model
+    assert "resuming from work/demo/train_state/last.pt" in log()
+    assert model() == old
 
-    lines = (sqa / "train.jsonl").read_text().splitlines(keepends=True)
-    row = json.loads(lines[0])
-    row["question"] = row["question"] + " Please answer."
-    (sqa / "train.jsonl").write_text(json.dumps(row) + "\n" + "".join(lines[1:]))
-    proc = snakemake(wd, "results/test_acc.json", config=final)
-    assert job_stats(proc.stdout + proc.stderr) == {"train": 1, "infer": 1, "total": 2}
-    log = (wd / "logs/train.log").read_text()
-    assert "(changed: train.jsonl); training starts over" in log, log
-    assert (wd / "results/model.pt").read_bytes() != model
-    model = (wd / "results/model.pt").read_bytes()
+    _edit_a_question(wd, 0)
+    row("an edited question", config=base)
+    snakemake(wd, config=base)
+    assert "(changed: train.jsonl); training starts over" in log(), log()
+    assert model() != old
 
-    smaller = {**final, "video": {"size": [48, 48]}}
-    proc = snakemake(wd, "results/test_acc.json", config=smaller)
-    counts = job_stats(proc.stdout + proc.stderr)
-    assert counts["encode_video"] == 6 and counts["train"] == 1, counts
-    log = (wd / "logs/train.log").read_text()
-    assert "(changed: video LMDB); training starts over" in log, log
-    assert (wd / "results/model.pt").read_bytes() != model
-    proc = snakemake(wd, "results/test_acc.json", config=smaller)
-    assert "Nothing to be done" in proc.stdout + proc.stderr
+    base, old = {**base, "video": {"size": [48, 48]}}, model()
+    row("another `video.size`", config=base)
+    snakemake(wd, config=base)
+    assert "(changed: video LMDB); training starts over" in log(), log()
+    assert model() != old
+    row("another `frames.stride`", config={**base, "frames": {"stride": 5}})
+
+    overrides = {**base["train"]["overrides"], "lr": 5e-4}
+    base, old = {**base, "train": {"overrides": overrides}}, model()
+    row("another `train.preset` or `train.overrides` value", config=base)
+    snakemake(wd, config=base)
+    for name in MODEL:
+        assert "(changed: setting lr); training starts over" in log(name), log(name)
+    assert model() != old
+
+    base = {**base, "train": {"overrides": {**overrides, "num_workers": 1, "log_every": 5}}}
+    row("another speed knob", config=base)
+    snakemake(wd, config=base)
+    row("another `infer.n_clips`", config={**base, "infer": {"n_clips": 3}})
+    (wd / "w.pt").write_bytes(model())
+    weights = {"clipbert": str(wd / "w.pt")}
+    row("another pretrained weight file", config={**base, "weights": weights})
+
+    _edit_a_question(wd, 1)
+    proc, deadline = _start(wd, base), time.monotonic() + 900
+    stopped = _training(wd, proc, deadline)
+    os.killpg(proc.pid, signal.SIGTERM)  # Snakemake and its job, as `kill -- -PGID` does
+    proc.wait()
+    _wait_gone(proc.pid, deadline)
+    assert "error: stopped by SIGTERM" in log(stopped), log(stopped)
+    row("a rerun stopped", config=base)
+    snakemake(wd, config=base)
+    assert "resuming from work/demo/train_state" in log(stopped), log(stopped)
+
+    _edit_a_question(wd, 2)
+    proc, deadline = _start(wd, base), time.monotonic() + 900
+    try:
+        killed = _training(wd, proc, deadline)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        os.killpg(proc.pid, signal.SIGSTOP)  # the orphaned job, held while a rerun looks
+        held = snakemake(wd, config=base, check=False)
+        os.killpg(proc.pid, signal.SIGCONT)
+        assert held.returncode == 1, held.stderr
+        assert re.search(r"error: \.snakemake/locks: Snakemake \(pid \d+\) was killed, but its "
+                         r"jobs still run \(pid \d+", held.stderr), held.stderr
+        _wait_gone(proc.pid, deadline)
+    finally:
+        if _group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+    old = model(killed)
+    out = row("Snakemake itself killed", config=base)
+    assert f"note: removed the lock of a Snakemake that was killed (pid {proc.pid})" in out, out
+    snakemake(wd, config=base)
+    assert "resuming from work/demo/train_state" in log(killed), log(killed)
+    assert model(killed) == old
+    assert "Nothing to be done" in snakemake(wd, "-n", config=base).stdout
+
+    assert checked == [change for change, _ in table]
+
+
+def test_only_a_dead_snakemakes_lock_is_removed(tmp_path, monkeypatch, capsys):
+    """The lock is removed only when the Snakemake recorded as holding it is gone (a live one,
+    or a lock this workflow did not record, is left to Snakemake); a dry run leaves it while
+    that Snakemake's jobs still run, a real run stops naming them."""
+    from clipbert import smk
+
+    monkeypatch.chdir(tmp_path)
+    locks = tmp_path / ".snakemake/locks"
+    locks.mkdir(parents=True)
+    lock = locks / "0.input.lock"
+    lock.write_text("")
+    smk.clear_dead_lock(dry_run=False)  # nobody recorded: not ours to judge
+    assert lock.exists()
+    smk.record_lock_owner()  # this process: alive
+    smk.clear_dead_lock(dry_run=False)
+    assert lock.exists() and capsys.readouterr().err == ""
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    smk.LOCK_OWNER.write_text(json.dumps({"pid": dead.pid, "start": "0"}))
+    job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                            ".snakemake/scripts/tmp.train.py"], cwd=tmp_path)
+    try:
+        smk.clear_dead_lock(dry_run=True)
+        assert lock.exists()
+        with pytest.raises(SystemExit):
+            smk.clear_dead_lock(dry_run=False)
+        assert f"still run (pid {job.pid})" in capsys.readouterr().err
+    finally:
+        job.kill()
+        job.wait()
+    smk.clear_dead_lock(dry_run=False)
+    assert not lock.exists() and not smk.LOCK_OWNER.exists()
+    assert capsys.readouterr().err == (
+        f"note: removed the lock of a Snakemake that was killed (pid {dead.pid})\n")
 
 
 def test_old_encodes_are_redone(tmp_path):

@@ -93,6 +93,16 @@ _IGNORED = {
 }
 
 
+# BatchNorm's step counters: buffers, not weights (they scale nothing while a momentum is set),
+# and every layout's files leave them out. A model part without them is not "random".
+_COUNTERS = re.compile(r".*\.num_batches_tracked")
+
+
+def is_weight(key: str) -> bool:
+    """Whether a model's state-dict entry is a weight a checkpoint should fill."""
+    return not _COUNTERS.fullmatch(key)
+
+
 def to_native(layout: str, key: str) -> str | None:
     """The native name of a checkpoint key, or None if the layout has no such tensor (keys
     matched by `is_ignored` should be dropped before asking)."""
@@ -340,7 +350,8 @@ def _load_one(model: nn.Module, kind: str, path: Path, target: dict[str, torch.T
     assert not result.unexpected_keys, result.unexpected_keys  # filtered against target above
     cover = _COVERS[kind]
     bad = {m["key"] for m in mismatch}
-    missing = [k for k in target if k.startswith(cover) and k not in mapped and k not in bad]
+    missing = [k for k in target if k.startswith(cover) and k not in mapped and k not in bad
+               and is_weight(k)]
     return {"kind": kind, "path": str(path), "layout": layout, "loaded": sorted(mapped),
             "missing": missing, "unexpected": unexpected, "shape_mismatch": mismatch,
             "ignored": ignored}
@@ -418,7 +429,8 @@ def load_pretrained(
     sources = [_load_one(model, kind, Path(p), target) for kind, p in paths.items()
                if p is not None]
     filled = {k for s in sources for k in s["loaded"]}
-    report = {"sources": sources, "random": [k for k in target if k not in filled]}
+    report = {"sources": sources,
+              "random": [k for k in target if k not in filled and is_weight(k)]}
     if verbose:
         for line in format_report(report):
             print(line, flush=True)

@@ -18,7 +18,7 @@ import numpy as np
 from clipbert.errors import ClipbertError
 from clipbert.fsutil import atomic_dir
 from clipbert.progress import progress
-from clipbert.sens import ColorCompression, SensReader
+from clipbert.sens import JPEG_EOI, ColorCompression, SensReader
 
 INDEX_NAME = "index.json"
 
@@ -94,8 +94,12 @@ def export_frames(
             for k, i in progress(enumerate(kept), Path(sens_path).name, len(kept), unit="frames"):
                 info = r.frame_info(i)
                 entry: dict[str, Any] = {"k": k, "frame": i, "color": color_name(k)}
+                data = r.color_bytes(i)
+                if data[-2:] != JPEG_EOI:
+                    raise ClipbertError(f"{sens_path}: frame {i}: colour JPEG does not end with "
+                                        "FF D9 (cut short?)")
                 with open(tmp / color_name(k), "wb") as fh:
-                    fh.write(r.color_bytes(i))
+                    fh.write(data)
                 if depth:
                     _save_depth_png(r.depth(i), tmp / depth_name(k))
                     entry["depth"] = depth_name(k)

@@ -285,12 +285,16 @@ class SensReader:
     the ending. Payloads are only read when asked for, so a 3 GB scan costs a few hundred KB.
     `check_jpeg_start=False` leaves the SOI to the caller (`check_file` reports every bad frame
     instead of the first); `warn=False` keeps the trailing-bytes warning to the caller.
+    `partial=True` opens a file cut short too: the frames before the cut are readable
+    (`readable_frames`) and `cut` holds the one line that a plain open raises.
     """
 
     def __init__(self, path: str | os.PathLike, *, check_jpeg_start: bool = True,
-                 warn: bool = True) -> None:
+                 warn: bool = True, partial: bool = False) -> None:
         self.path = Path(path)
         self._check_jpeg_start = check_jpeg_start
+        self._partial = partial
+        self.cut: str | None = None
         self.trailing_bytes = 0
         try:
             self._fh = open(self.path, "rb", buffering=0)
@@ -370,10 +374,26 @@ class SensReader:
 
     def _scan(self) -> tuple[np.ndarray, np.ndarray, int | None, int]:
         """One pass over the heads: the table of heads, frame offsets, and the IMU section."""
-        h = self.header
-        offset = h.size
         heads = bytearray()
         offsets: list[int] = []
+        try:
+            return self._scan_into(heads, offsets)
+        except ClipbertError as e:
+            if not self._partial:
+                raise
+            self.cut = str(e)
+            table = np.frombuffer(bytes(heads), dtype=_FRAME_DTYPE)
+            return table, np.asarray(offsets, dtype=np.int64), None, 0
+
+    @property
+    def readable_frames(self) -> int:
+        """Frames whose head and payloads lie within the file (all of them unless `cut`)."""
+        return len(self._offsets)
+
+    def _scan_into(self, heads: bytearray,
+                   offsets: list[int]) -> tuple[np.ndarray, np.ndarray, int | None, int]:
+        h = self.header
+        offset = h.size
         jpeg = h.color_compression == ColorCompression.JPEG and self._check_jpeg_start
         for i in range(h.num_frames):
             # The head and the first two colour bytes in one read (for the SOI check).
@@ -430,6 +450,8 @@ class SensReader:
             raise ClipbertError(
                 f"{self.path}: frame {i} does not exist (the file has {self.num_frames} frames)"
             )
+        if i >= self.readable_frames:
+            raise ClipbertError(str(self.cut))
         return int(i)
 
     def pose(self, i: int) -> np.ndarray:
@@ -583,11 +605,14 @@ class SensReader:
 
 @dataclass
 class SensCheck:
-    """What `check_file` found in one file: `problems` holds one line per bad frame, or the one
-    line of a file that cannot be read at all (then `frames` is 0)."""
+    """What `check_file` found in one file: `problems` holds one line per bad frame, then the
+    line of the cut in a truncated file (`missing` frames lie past it), or the one line of a file
+    that cannot be read at all (then `frames` is 0)."""
 
     path: str
     frames: int = 0
+    truncated: bool = False
+    missing: int = 0
     bad_frames: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -598,7 +623,10 @@ class SensCheck:
 
     def summary(self) -> str:
         """One line: how many frames were read and how many are bad, and any notes."""
-        if self.problems and not self.frames:
+        if self.truncated:
+            text = (f"{self.path}: BAD: truncated after {self.frames} of "
+                    f"{self.frames + self.missing} frames, {len(self.bad_frames)} of them bad")
+        elif self.problems and not self.frames:
             text = f"{self.path}: BAD: unreadable"
         elif self.bad_frames:
             text = f"{self.path}: BAD: {len(self.bad_frames)} of {self.frames} frames"
@@ -624,20 +652,21 @@ def check_file(path: str | os.PathLike, on_problem: Callable[[str], None] | None
             on_problem(line)
 
     try:
-        r = SensReader(path, check_jpeg_start=False, warn=False)
+        r = SensReader(path, check_jpeg_start=False, warn=False, partial=True)
     except ClipbertError as e:
         problem(str(e))
         return result
     with r:
+        result.missing = r.num_frames - r.readable_frames
         h = r.header
         if r.trailing_bytes:
             result.notes.append(f"{r.trailing_bytes} bytes after the IMU section ignored")
         check_depth = h.depth_compression != DepthCompression.OCCI
         if not check_depth:
             result.notes.append("depth is occi (no public decoder): not checked")
-        bar = Progress(str(path), r.num_frames, unit="frames", stream=progress_stream)
+        bar = Progress(str(path), r.readable_frames, unit="frames", stream=progress_stream)
         try:
-            for i in range(r.num_frames):
+            for i in range(r.readable_frames):
                 try:
                     found = _colour_problems(r, i)
                     if check_depth:
@@ -653,6 +682,9 @@ def check_file(path: str | os.PathLike, on_problem: Callable[[str], None] | None
                 bar.update()
         finally:
             bar.close()
+        if r.cut is not None:
+            result.truncated = True
+            problem(r.cut)
     return result
 
 

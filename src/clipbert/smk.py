@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import json
 import os
 import sys
 import traceback
@@ -36,6 +37,89 @@ def local_gpus() -> int:
     if os.environ.get("CUDA_VISIBLE_DEVICES") == "":
         return 0
     return len(list(Path("/proc/driver/nvidia/gpus").glob("*")))
+
+
+# ---- a run after Snakemake itself was killed ---------------------------------------------------
+# Snakemake locks its working directory while it runs and unlocks it when it ends; killed with
+# SIGKILL (the OOM killer, a lost machine) it leaves the lock, and every later run stops asking
+# for `--unlock`. The workflow records which Snakemake holds the lock, so that the next run can
+# tell a dead holder's lock from a live one's and remove only the former.
+
+LOCK_OWNER = Path(".snakemake/clipbert_lock_owner.json")
+LOCKS = Path(".snakemake/locks")
+
+
+def _start_time(pid: int) -> str | None:
+    """When process `pid` started (ticks since boot; None when there is no such process), so
+    that a recycled pid is not taken for the process that held it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def record_lock_owner() -> None:
+    """Called once the lock is taken (the workflow's `onstart`): this process holds it."""
+    LOCK_OWNER.write_text(json.dumps({"pid": os.getpid(), "start": _start_time(os.getpid())}))
+
+
+def drop_lock_owner() -> None:
+    """Called when the run ends (`onsuccess`, `onerror`): Snakemake removes its lock."""
+    LOCK_OWNER.unlink(missing_ok=True)
+
+
+def forget_missing_outputs(workflow: Any) -> None:
+    """Called when a run fails (`onerror`). Snakemake 9 records a failed job's metadata as if
+    the job had made its outputs (today's inputs, params and code), then deletes the outputs:
+    the next run takes a job whose outputs are missing but whose successors' outputs exist
+    (`train_blind` stopped, `infer_blind` still holding the old model's scores) as up to date,
+    and never reruns it, leaving a stale result. Without the record the job's inputs count as
+    new, so it runs again."""
+    persistence = workflow.persistence
+    for job in workflow.dag.jobs:
+        for f in job.output:
+            if not os.path.exists(f) and persistence.metadata(f) is not None:
+                persistence.cleanup_metadata(f)
+
+
+def _orphaned_jobs() -> list[int]:
+    """Processes that still run a Snakemake job script in this working directory."""
+    here, found = str(Path.cwd()), []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if (os.readlink(proc / "cwd") == here
+                    and b".snakemake/scripts/" in (proc / "cmdline").read_bytes()):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def clear_dead_lock(dry_run: bool) -> None:
+    """Remove the lock a killed Snakemake left in this working directory (its holder, as
+    recorded, is gone), with a note; stop with one line while that Snakemake's jobs still run.
+    A lock whose holder is alive, or that this workflow did not record, is Snakemake's to
+    report."""
+    locks = list(LOCKS.glob("*.lock"))
+    try:
+        owner = json.loads(LOCK_OWNER.read_text())
+    except (OSError, ValueError):
+        return
+    if not locks or owner.get("start") is None or _start_time(owner["pid"]) == owner["start"]:
+        return
+    jobs = _orphaned_jobs()
+    if jobs and not dry_run:
+        fail(f"{LOCKS}: Snakemake (pid {owner['pid']}) was killed, but its jobs still run "
+             f"(pid {', '.join(map(str, jobs))}); wait for them to end, or stop them, and run "
+             "again")
+    if jobs:
+        return
+    for lock in locks:
+        lock.unlink(missing_ok=True)
+    LOCK_OWNER.unlink(missing_ok=True)
+    print(f"note: removed the lock of a Snakemake that was killed (pid {owner['pid']})",
+          file=sys.stderr, flush=True)
 
 
 # ---- workflow scripts -------------------------------------------------------------------------
@@ -123,7 +207,9 @@ def check_config(config: dict, workflow: Any, schema: str = "config/schema.yaml"
     sources = [(_display(_original_path(f)), _load(f)) for f in directive]
     sources += [(_display(f), _load(f)) for f in given]
     if settings.config:
-        sources.append(("--config", _plain(settings.config)))
+        given = yaml_scalars(_plain(settings.config), schema_doc)
+        _set_given(config, given)
+        sources.append(("--config", given))
     problems = config_problems(config, schema_doc, sources)
     if problems:
         for line in problems:
@@ -216,6 +302,42 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     return value
+
+
+def yaml_scalars(value: Any, schema: Mapping | None) -> Any:
+    """`--config` values with their scalars read as YAML reads them (`5` an integer, `0.001` a
+    float, `true`, `null`): Snakemake parses a nested value (`frames={stride: 5}`) with YAML's
+    BaseLoader, which keeps every scalar inside it a string. A reading the schema does not allow
+    there keeps the string (a path `2024` stays a path)."""
+    schema = schema or {}
+    if isinstance(value, Mapping):
+        props = schema.get("properties", {})
+        return {k: yaml_scalars(v, props.get(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [yaml_scalars(v, schema.get("items")) for v in value]
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    kinds = {type(None): {"null"}, bool: {"boolean"}, int: {"integer", "number"},
+             float: {"number"}}.get(type(parsed))
+    allowed = schema.get("type")
+    if kinds is None or allowed is not None and not kinds & set(
+            allowed if isinstance(allowed, list) else [allowed]):
+        return value
+    return parsed
+
+
+def _set_given(config: dict, given: Mapping) -> None:
+    """Put the `--config` values `given` into the merged `config`, key by key (a list or a
+    scalar as a whole), where Snakemake merged them as parsed."""
+    for key, value in given.items():
+        if isinstance(value, Mapping) and isinstance(config.get(key), dict):
+            _set_given(config[key], value)
+        else:
+            config[key] = value
 
 
 def _original_path(path: Any) -> str:

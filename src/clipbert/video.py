@@ -20,6 +20,7 @@ ClipBERT's timestamp arithmetic from each file's own rate, time base and pts.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -33,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from clipbert.errors import ClipbertError
+from clipbert.frames import INDEX_NAME
 from clipbert.fsutil import atomic_path
 from clipbert.progress import progress
 
@@ -81,6 +83,26 @@ def list_scene_frames(frames_dir: str | os.PathLike) -> list[Path]:
     return [found[k] for k in range(len(found))]
 
 
+def frame_sources(frames_dir: str | os.PathLike) -> dict[int, str]:
+    """Where each kept frame of a scene folder came from, `X.sens: frame N` (N the scan's own
+    frame number), as the export's index.json records it; empty for a folder without one. A bad
+    frame is then blamed on the scan that holds it, not on its exported copy."""
+    try:
+        index = json.loads((Path(frames_dir) / INDEX_NAME).read_text())
+        return {int(e["k"]): f"{index['source']}: frame {int(e['frame'])}"
+                for e in index["frames"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+class BadJpeg(ClipbertError):
+    """A source JPEG that does not decode; the encoder blames the scan's frame when it knows it."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: cannot decode JPEG ({reason})")
+        self.path, self.reason = path, reason
+
+
 def _fit(src: tuple[int, int], size: tuple[int, int], keep_aspect: bool) -> tuple[int, int]:
     """Size of the resized picture inside the (W, H) canvas."""
     if not keep_aspect:
@@ -96,7 +118,7 @@ def _open_jpeg(path: Path, data: bytes | None, expect: tuple[int, int] | None) -
     try:
         im = Image.open(io.BytesIO(data) if data is not None else path)
     except (OSError, SyntaxError, ValueError) as e:
-        raise ClipbertError(f"{path}: cannot decode JPEG ({e})") from None
+        raise BadJpeg(path, str(e)) from None
     if im.format != "JPEG":
         im.close()
         raise ClipbertError(f"{path}: not a JPEG file ({im.format})")
@@ -131,10 +153,10 @@ def faithful_frame(
     with _open_jpeg(path, data, expect) as im:
         src = im.size
     if not data.rstrip(b"\0").endswith(b"\xff\xd9"):
-        raise ClipbertError(f"{path}: cannot decode JPEG (truncated: no end-of-image marker)")
+        raise BadJpeg(path, "truncated: no end-of-image marker")
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None or (bgr.shape[1], bgr.shape[0]) != src:
-        raise ClipbertError(f"{path}: cannot decode JPEG (OpenCV could not read it)")
+        raise BadJpeg(path, "OpenCV could not read it")
     inner = _fit(src, size, keep_aspect)
     small = cv2.resize(bgr, inner, interpolation=cv2.INTER_LINEAR)
     if inner != size:
@@ -175,7 +197,7 @@ def _load_improved(
     except ClipbertError:
         raise
     except (OSError, SyntaxError, ValueError) as e:
-        raise ClipbertError(f"{path}: cannot decode JPEG ({e})") from None
+        raise BadJpeg(path, str(e)) from None
     if inner == size:
         frame = av.VideoFrame.from_image(rgb).reformat(
             width=size[0], height=size[1], format="yuv420p", interpolation="BILINEAR"
@@ -257,9 +279,16 @@ def encode_video(
                 cc.qmin = 3
             else:
                 cc.bit_rate = round(IMPROVED_BPP * fps * w * h)
-            src_size = None
+            src_size, sources = None, frame_sources(frames_dir)
             for k, path in progress(enumerate(paths), str(out), len(paths), unit="frames"):
-                frame, src_size = load(path, (w, h), keep_aspect, src_size)
+                try:
+                    frame, src_size = load(path, (w, h), keep_aspect, src_size)
+                except BadJpeg as e:
+                    if k not in sources:
+                        raise
+                    raise ClipbertError(
+                        f"{sources[k]}: cannot decode JPEG ({e.reason}); exported as {path}"
+                    ) from None
                 frame.pts = k
                 frame.time_base = 1 / rate
                 try:
