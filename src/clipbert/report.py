@@ -485,7 +485,7 @@ def runs_figure(summary: str | os.PathLike, source: str) -> Figure:
     mean (bar), one standard deviation (whisker) and each seed (dots), beside the published
     ClipBERT figures (hatched) and the published blind one (dashed); the title gives each
     variant's paired difference from the reference with its 95 % interval."""
-    from clipbert.runs import read_summary
+    from clipbert.runs import CHECKPOINT_RUN, read_summary
 
     if source not in SOURCES:
         raise ClipbertError(f"{summary}: data source {source!r}: expected one of "
@@ -510,13 +510,15 @@ def runs_figure(summary: str | os.PathLike, source: str) -> Figure:
         mean = [acc[g]["mean"] if g in acc else np.nan for g in groups]
         std = [(acc[g]["std"] or 0.0) if g in acc else 0.0 for g in groups]
         n = v["n"]
+        runs = _plural(n, "seed") if CHECKPOINT_RUN not in v["runs"] else "given checkpoint"
         bars = ax.bar(x + offsets[k], mean, w, yerr=std, capsize=3, alpha=0.8,
-                      label=f"{name} ({_plural(n, 'seed') if n > 1 or len(v['runs']) > 1 else 'one result'})")
+                      label=f"{name} ({runs})")
         ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
-        for g_i, g in enumerate(groups):
-            points = [r[g] for r in v["runs"].values() if r.get(g) is not None]
-            ax.plot(np.full(len(points), x[g_i] + offsets[k]), points, "o", ms=3, color="black",
-                    zorder=3)
+        points = [(x[i] + offsets[k], r[g]) for i, g in enumerate(groups)
+                  for r in v["runs"].values() if r.get(g) is not None]
+        # One series per variant, kept out of the legend by its leading underscore.
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o", ms=3, color="black",
+                zorder=3, label=f"_seeds of {name}")
         overall = acc["overall"]
         text = (f"{name} {overall['mean']:.2f}" + (
             f" ± {overall['std']:.2f} ({overall['min']:.2f}-{overall['max']:.2f})"

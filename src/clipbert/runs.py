@@ -6,7 +6,8 @@ layered on the main config: a preset, overrides, `infer.n_clips`, or a released 
 score instead of training) and seeds; every (variant, seed) pair is one run of the workflow
 (rules/runs.smk), all on the same data.
 
-With no variants named, the one variant `main` is the main config itself.
+With no variants named, the runs are those of the default target: `video`, the main config's
+model, and `blind`, its blind baseline (when baselines.blind is on), compared with `blind`.
 `plan_variants` resolves and checks the variants when the workflow starts (torch-free, like
 `config`), so a misspelt override stops the dry run naming the variant and the key.
 `summarize` reads every run's test_acc.json into one pandas table and gives, per variant, the
@@ -36,7 +37,7 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 CHECKPOINT_RUN = "checkpoint"  # the run folder of a variant that scores a given checkpoint
 MEASURES = ("overall", *ANSWER_TYPES)
 LEVEL = 0.95  # the paired difference's interval
-MAIN = "main"  # the one variant when the config names none: the main config's settings
+BLIND = {"train": {"overrides": {"model.variant": "blind"}}}
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def plan_variants(config: Mapping[str, Any]) -> dict[str, Variant]:
     block = config.get("runs") or {}
     main_train, main_infer = config["train"], config["infer"]
     variants: dict[str, Variant] = {}
-    for name, spec in (block.get("variants") or {MAIN: {}}).items():
+    for name, spec in (block.get("variants") or default_variants(config)).items():
         where = f"runs.variants.{name}"
         if not NAME.fullmatch(str(name)):
             raise ClipbertError(f"{where}: a variant's name is a folder name: letters, digits, "
@@ -111,9 +112,21 @@ def plan_variants(config: Mapping[str, Any]) -> dict[str, Variant]:
     return variants
 
 
+def default_variants(config: Mapping[str, Any]) -> dict[str, dict]:
+    """The variants when the config names none: the default target's models, seeded."""
+    blind = config.get("baselines", {}).get("blind", True)
+    return {"video": {}, **({"blind": BLIND} if blind else {})}
+
+
 def reference_of(config: Mapping[str, Any], variants: Mapping[str, Variant]) -> str | None:
-    """The variant the others are compared with: runs.reference, else the first."""
-    return (config.get("runs") or {}).get("reference") or next(iter(variants), None)
+    """The variant the others are compared with: runs.reference, else the default variants'
+    blind baseline, else the first."""
+    block = config.get("runs") or {}
+    if block.get("reference"):
+        return block["reference"]
+    if not block.get("variants") and "blind" in variants:
+        return "blind"
+    return next(iter(variants), None)
 
 
 # ---- the summary ------------------------------------------------------------------------------
