@@ -210,11 +210,20 @@ def run_preset(wildcards) -> str:
     return run_variant(wildcards).preset
 
 
-def run_overrides(wildcards) -> dict:
-    """Every result-changing setting of the run, its seed included (resolved: a changed preset
-    value reruns it too); for a scored checkpoint, the variant's own overrides."""
+def run_settings(wildcards) -> dict:
+    """Every result-changing setting of the run, its seed included, resolved (a changed preset
+    value reruns it too): the rerun trigger; the speed knobs are not in it, nor the evaluation
+    clips (`run_n_clips`: they rerun the scoring, not the training). A scored checkpoint is read
+    with the variant's settings (its seed is irrelevant: 0)."""
+    return run_variant(wildcards).result_settings(run_seed(wildcards) or 0)
+
+
+def run_overrides(wildcards, output) -> dict:
+    """The overrides the job applies to its preset: the main config's, the variant's and the
+    seed. A function of the output, so that Snakemake leaves it out of the rerun trigger
+    (`run_settings` is that): a changed speed knob reruns nothing."""
     variant, seed = run_variant(wildcards), run_seed(wildcards)
-    return dict(variant.overrides) if seed is None else variant.run_overrides(seed)
+    return variant.overrides if seed is None else {**variant.overrides, "seed": seed}
 
 
 def run_n_clips(wildcards) -> int | None:

@@ -7,7 +7,8 @@
 rule train_run:
     """One run's training (a GPU job where there is one, like `train`); its resumable state is
     work/<source>/runs/<variant>/seed<N>/train_state, and its settings, the seed among them,
-    are params of the wildcards alone, so that editing one variant reruns that variant only."""
+    are params of the wildcards alone (`settings`: Snakemake's rerun trigger records those), so
+    that editing one variant reruns that variant only."""
     input:
         unpack(run_train_inputs),
     output:
@@ -17,6 +18,7 @@ rule train_run:
         variant=RUN_VARIANT_PATTERN,
         seed=r"\d+",
     params:
+        settings=run_settings,
         preset=run_preset,
         overrides=run_overrides,
         state_dir=run_state_dir,
@@ -45,6 +47,7 @@ rule infer_run:
         variant=RUN_VARIANT_PATTERN,
         run=rf"seed\d+|{run_plan.CHECKPOINT_RUN}",
     params:
+        settings=run_settings,
         n_clips=run_n_clips,
         preset=run_preset,
         overrides=run_overrides,

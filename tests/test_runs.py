@@ -52,11 +52,13 @@ def test_variants_are_layered_on_the_main_config_and_seeded():
     assert base.run_config(7).seed == 7 and base.run_config(4).seed == 4
     # The resume fingerprint sees the seed: one seed's state is never resumed by another.
     assert settings_fingerprint(base.run_config(4)) != settings_fingerprint(base.run_config(7))
-    # What the rules pass: every result-changing setting, resolved, plus the speed knobs given.
-    over = deep.run_overrides(7)
-    assert over["seed"] == 7 and over["model.num_layers"] == 3 and over["lr"] == 1e-3
-    assert over["model.hidden_size"] == 128 and over["log_every"] == 5
-    assert "checkpoint_every" not in over and "preset" not in over
+    # The rerun trigger: every result-changing setting, resolved, the seed among them; no
+    # speed knob (log_every is given, checkpoint_every comes with the preset).
+    settings = deep.result_settings(7)
+    assert settings["seed"] == 7 and settings["model.num_layers"] == 3
+    assert settings["lr"] == 1e-3 and settings["model.hidden_size"] == 128
+    assert settings["preset"] == "tiny"
+    assert "log_every" not in settings and "checkpoint_every" not in settings
     assert runs.reference_of(config, plan) == "base"
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clipbert.config import SPEED_KNOBS, TrainConfig, make_config, result_settings
+from clipbert.config import TrainConfig, make_config, result_settings
 from clipbert.errors import ClipbertError
 from clipbert.fsutil import atomic_open, read_json, write_json
 from clipbert.qa import ANSWER_TYPES
@@ -68,14 +68,11 @@ class Variant:
     def run_config(self, seed: int) -> TrainConfig:
         return make_config(self.preset, {**self.overrides, "seed": seed})
 
-    def run_overrides(self, seed: int) -> dict:
+    def result_settings(self, seed: int) -> dict:
         """Every setting of the run with `seed` that changes its result, resolved (the preset's
-        values included), plus the speed knobs the config sets: what the rules pass as
-        `overrides`, so that a rerun follows any change of what the run computes."""
-        settings = result_settings(self.run_config(seed))
-        settings.pop("preset")
-        speed = {k: v for k, v in self.overrides.items() if k in SPEED_KNOBS}
-        return {**settings, **speed}
+        values included; speed knobs are not among them): what the rules give Snakemake's
+        rerun trigger, so that a run reruns when what it computes changes, and only then."""
+        return result_settings(self.run_config(seed))
 
 
 def plan_variants(config: Mapping[str, Any]) -> dict[str, Variant]:
