@@ -150,6 +150,13 @@ def test_summary_spread_and_paired_interval(tmp_path):
     assert "video    3 43.00 2.00 41.00 45.00" in printed and "+2.00 [-0.48, +4.48]" in printed
 
 
+def test_one_variant_alone_has_no_differences(tmp_path):
+    summary, flat = runs.summarize(runs.read_results(three_seeds(tmp_path)[:3]))
+    assert summary["reference"] == "video" and summary["variants"]["video"]["n"] == 3
+    assert summary["variants"]["video"]["vs_reference"] is None
+    assert flat["pairs"].tolist() == [0, 0, 0] and flat["diff_low"].isna().all()
+
+
 def test_a_scored_checkpoint_pairs_with_every_seed(tmp_path):
     paths = three_seeds(tmp_path)[:3] + [write_result(tmp_path, "released", "checkpoint", 40.0)]
     summary, flat = runs.summarize(runs.read_results(paths), "released")

@@ -203,11 +203,9 @@ def summarize(table: pd.DataFrame, reference: str | None = None,
     stats = table.groupby(keys, sort=False)["accuracy"].agg(
         n="count", mean="mean", std="std", min="min", max="max")
     diffs = paired_differences(table, reference)
-    grouped = diffs.groupby(keys, sort=False)["diff"]
-    paired = grouped.agg(pairs="count", diff_mean="mean")
-    intervals = grouped.apply(_t_interval)
-    paired["diff_low"] = intervals.str[0]
-    paired["diff_high"] = intervals.str[1]
+    paired = diffs.groupby(keys, sort=False)["diff"].agg(
+        pairs="count", diff_mean="mean", diff_low=lambda d: _t_interval(d)[0],
+        diff_high=lambda d: _t_interval(d)[1])
     flat = stats.join(paired, how="left").reset_index()
     flat["variant"] = _categorical(flat["variant"], order)
     flat["measure"] = _categorical(flat["measure"], measures)
