@@ -182,7 +182,7 @@ def _test_profile_resources(profile: Path) -> dict:
 
 @pytest.mark.slow
 def test_demo_workflow_on_slurm(cluster, tmp_path):
-    assert slurm_cluster.MIN_JOB_AGE >= 3 * FIRST_STATUS_CHECK
+    assert slurm_cluster.MIN_JOB_AGE >= max(3 * FIRST_STATUS_CHECK, TIME_LIMIT)
     profile = _test_profile(cluster, tmp_path / "profile")
     (tmp_path / "small.yaml").write_text(yaml.safe_dump(SMALL_CONFIG))
     work = tmp_path / "run"
