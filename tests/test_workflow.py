@@ -369,6 +369,9 @@ def test_pretrained_weights_are_inputs_of_training(tmp_path):
 
 # ---- seeds and variants (config runs) ----------------------------------------------------------
 
+# Two runs side by side on the two cores, one thread each.
+ONE_THREAD_RUNS = ("--set-threads", "train_run=1", "infer_run=1")
+
 
 @pytest.mark.slow
 def test_demo_runs_video_beats_blind_by_the_paired_interval(tmp_path):
@@ -376,7 +379,7 @@ def test_demo_runs_video_beats_blind_by_the_paired_interval(tmp_path):
     baseline. The video model's mean beats the blind one's by the paired 95 % interval (its
     lower end is above 0); rerunning one seed reruns its jobs only and touches no other run's
     file; editing one variant's settings reruns that variant's runs only."""
-    snakemake(tmp_path, "runs")
+    snakemake(tmp_path, *ONE_THREAD_RUNS, "--", "runs")  # the README's command
     summary = json.loads((tmp_path / "results/runs/summary.json").read_text())
     video, blind = summary["variants"]["video"], summary["variants"]["blind"]
     assert summary["reference"] == "blind" and video["n"] == blind["n"] == 3
@@ -392,7 +395,8 @@ def test_demo_runs_video_beats_blind_by_the_paired_interval(tmp_path):
                                                 *(tmp_path / "work/demo/runs").rglob("*")]
               if p.is_file() and p.parent != runs_dir and "video/seed1" not in p.as_posix()}
     model = (rerun / "model.pt").read_bytes()
-    proc = snakemake(tmp_path, "runs", "--forcerun", "results/runs/video/seed1/model.pt")
+    proc = snakemake(tmp_path, *ONE_THREAD_RUNS, "--forcerun",
+                     "results/runs/video/seed1/model.pt", "--", "runs")
     assert job_stats(proc.stdout + proc.stderr) == {
         "train_run": 1, "infer_run": 1, "runs_summary": 1, "plot_runs": 1, "runs": 1,
         "total": 5}
