@@ -413,10 +413,10 @@ def test_demo_runs_video_beats_blind_by_the_paired_interval(tmp_path):
         "train_run": 3, "infer_run": 3, "runs_summary": 1, "plot_runs": 1, "runs": 1,
         "total": 9}
     # A speed knob reruns nothing; another number of evaluation clips reruns the scoring only.
-    other = {"runs": {"variants": {"video": {"train": {"overrides": {"log_every": 3}}},
-                                   "blind": {**edited["runs"]["variants"]["blind"],
-                                             "infer": {"n_clips": 1}}}, "reference": "blind"}}
-    other["runs"]["variants"]["blind"]["train"] = {"overrides": {"model.variant": "blind"}}
+    other = {"runs": {"variants": {
+        "video": {"train": {"overrides": {"log_every": 3}}},
+        "blind": {"train": {"overrides": {"model.variant": "blind"}}, "infer": {"n_clips": 1}},
+    }, "reference": "blind"}}
     dry = snakemake(tmp_path, "-n", "runs", config=other)
     assert job_stats(dry.stdout + dry.stderr) == {
         "infer_run": 3, "runs_summary": 1, "plot_runs": 1, "runs": 1, "total": 6}
