@@ -45,6 +45,7 @@ include: "rules/video.smk"
 include: "rules/sqa.smk"
 include: "rules/model.smk"
 include: "rules/report.smk"
+include: "rules/runs.smk"
 
 
 rule all:

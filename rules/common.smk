@@ -240,3 +240,100 @@ def run_benchmarks() -> list[str]:
         else:
             files.append(pattern)
     return files
+
+
+# ---- runs: seeds and variants (config `runs`, rules/runs.smk) -----------------------------------
+
+import re
+
+from clipbert import runs as run_plan
+
+try:
+    VARIANTS = run_plan.plan_variants(config)  # checked now: a bad override stops the dry run
+except ClipbertError as e:
+    fail(f"config: {e}")
+RUN_SEEDS = config["runs"]["seeds"]
+RUN_REFERENCE = run_plan.reference_of(config, VARIANTS)
+for _name, _variant in VARIANTS.items():
+    if _variant.checkpoint:
+        require_file(f"runs.variants.{_name}.infer.model", _variant.checkpoint)
+
+
+def run_variant(wildcards) -> run_plan.Variant:
+    return VARIANTS[wildcards.variant]
+
+
+def run_seed(wildcards) -> int | None:
+    """The run's seed (none for a scored checkpoint: folder `checkpoint`)."""
+    run = wildcards.run if "run" in wildcards.keys() else f"seed{wildcards.seed}"
+    return None if run == run_plan.CHECKPOINT_RUN else int(run.removeprefix("seed"))
+
+
+# The settings of a run, as functions of the wildcards alone: Snakemake's `params` rerun trigger
+# records those (not functions of input or output), so editing one variant reruns its runs only.
+def run_preset(wildcards) -> str:
+    return run_variant(wildcards).preset
+
+
+def run_settings(wildcards) -> dict:
+    """Every result-changing setting of the run, its seed included, resolved (a changed preset
+    value reruns it too): the rerun trigger; the speed knobs are not in it, nor the evaluation
+    clips (`run_n_clips`: they rerun the scoring, not the training). A scored checkpoint is read
+    with the variant's settings (its seed is irrelevant: 0)."""
+    return run_variant(wildcards).result_settings(run_seed(wildcards) or 0)
+
+
+def run_overrides(wildcards, output) -> dict:
+    """The overrides the job applies to its preset: the main config's, the variant's and the
+    seed. A function of the output, so that Snakemake leaves it out of the rerun trigger
+    (`run_settings` is that): a changed speed knob reruns nothing."""
+    variant, seed = run_variant(wildcards), run_seed(wildcards)
+    return variant.overrides if seed is None else {**variant.overrides, "seed": seed}
+
+
+def run_n_clips(wildcards) -> int | None:
+    return run_variant(wildcards).n_clips
+
+
+def run_model_variant(wildcards) -> str:
+    return run_variant(wildcards).cfg.model.variant
+
+
+def run_trained_here(wildcards) -> bool:
+    return run_variant(wildcards).trained
+
+
+def run_state_dir(wildcards, output) -> str:
+    """A run's resumable training state, its own (not an output, not a rerun trigger)."""
+    return f"{WORK}/runs/{wildcards.variant}/seed{wildcards.seed}/train_state"
+
+
+def run_train_inputs(wildcards) -> dict[str, str]:
+    """What a run's training reads: the shared data half, its weights; no video when blind."""
+    variant = run_variant(wildcards)
+    video = {} if variant.blind else {"lmdb": rules.pack_lmdb.output[0]}
+    return {**weight_inputs(blind=variant.blind), "train": f"{WORK}/sqa/train.jsonl",
+            "val": f"{WORK}/sqa/val.jsonl", "ans2label": rules.sqa_convert.output.ans2label,
+            **video, "vocab": VOCAB}
+
+
+def run_infer_inputs(wildcards) -> dict[str, str]:
+    """What a run's scoring reads: its trained model, or the variant's checkpoint (then the
+    answer map and vocabulary it is read with too)."""
+    variant = run_variant(wildcards)
+    video = {} if variant.blind else {"lmdb": rules.pack_lmdb.output[0]}
+    given = ({"answers": [], "vocab": []} if variant.trained else
+             {"answers": rules.sqa_convert.output.ans2label, "vocab": VOCAB})
+    model = (f"results/runs/{wildcards.variant}/{wildcards.run}/model.pt" if variant.trained
+             else variant.checkpoint)
+    return {"model": model, "jsonl": f"{WORK}/sqa/test.jsonl", **video, **given}
+
+
+def run_results() -> list[str]:
+    """Every run's test accuracy, variant by variant in the config's order."""
+    return [f"results/runs/{name}/{run}/test_acc.json" for name, variant in VARIANTS.items()
+            for run in variant.run_names(RUN_SEEDS)]
+
+
+# Only the configured variants match a run's folder, so no other path under results/ can.
+RUN_VARIANT_PATTERN = "|".join(map(re.escape, VARIANTS)) or "(?!)"

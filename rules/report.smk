@@ -132,3 +132,25 @@ rule plots:
     """Every plot of the report (also part of the default target)."""
     input:
         list(PLOTS.values()),
+
+
+# Not in PLOTS (the default target): the runs' plot is made with the runs (rules/runs.smk).
+RUNS_PLOT = "results/plots/runs.png"
+
+
+rule plot_runs:
+    """Every variant's mean accuracy with its spread and its seeds, beside the published
+    figures, and the paired difference against the reference variant."""
+    input:
+        summary="results/runs/summary.json",
+    output:
+        report(RUNS_PLOT, caption="../report/runs.rst", category="5 runs"),
+    params:
+        figure="runs",
+        source=SOURCE,
+    conda:
+        ENV
+    log:
+        "logs/plots/runs.log",
+    script:
+        "../workflow_scripts/plots.py"

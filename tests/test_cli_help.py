@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, cli_env, run_cli
 
-from clipbert import demo, frames, sqa, video, vislmdb
+from clipbert import demo, frames, runs, sqa, video, vislmdb
 from clipbert.cli import build_parser, main
 
 SCENES = 5  # the demo's minimum: 3 train, 1 val, 1 test scene
@@ -230,6 +230,13 @@ def workspace_with_model(workspace, tmp_path_factory) -> Path:
                        root / "results/test_acc.json", device="cpu")
     finally:
         torch.set_num_threads(n)
+    # Two seeds' results (the one model's, twice) and their summary, as the runs write them.
+    runs_dir = root / "results/runs"
+    for seed in (0, 1):
+        (runs_dir / f"video/seed{seed}").mkdir(parents=True)
+        shutil.copy(root / "results/test_acc.json", runs_dir / f"video/seed{seed}")
+    runs.write_summary(sorted(runs_dir.glob("*/*/test_acc.json")), runs_dir / "summary.json",
+                       runs_dir / "summary.tsv")
     head = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
     for name, row in (("train.tsv", "12.5\t0:00:12\t900.1"), ("frames/scene0000_00.tsv",
                                                                 "0.4\t0:00:00\t20.3")):

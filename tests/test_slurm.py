@@ -24,17 +24,20 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 # The executor's first status check, in seconds; squeue must still list a job that long after it
 # ends, three times over (the plugin falls back to sacct otherwise, which needs a database).
 FIRST_STATUS_CHECK = 5
-TIME_LIMIT = 420  # about 3 minutes on two busy cores; the limit only stops a hang
+TIME_LIMIT = 600  # about 4 minutes on two busy cores; the limit only stops a hang
 SMALL_CONFIG = {
     "data": {"demo": {"scenes": 6, "frames": 40}},
     "frames": {"stride": 10},
     "video": {"size": [64, 64]},
     "train": {"overrides": {"epochs": 1, "max_img_size": 64}},
+    # Two runs of `runs` (results/runs/video/seed{0,1}): separate SLURM jobs, side by side.
+    "runs": {"seeds": [0, 1], "variants": {"video": {}}},
 }
 # One SLURM job each, with the 18 per-scene jobs in two groups of 3 scenes (two run at once on
 # the two-CPU test node; the shipped profile groups 10 scenes).
 SCENES_PER_GROUP = 3
-EXPECTED_JOBS = ["demo_data", "sqa_convert", "scene", "scene", "pack_lmdb", "train", "infer"]
+EXPECTED_JOBS = ["demo_data", "sqa_convert", "scene", "scene", "pack_lmdb", "train", "infer",
+                 "train_run", "train_run", "infer_run", "infer_run", "runs_summary"]
 
 
 def _unavailable() -> str | None:
@@ -132,6 +135,8 @@ def _test_profile(cluster: slurm_cluster.Cluster, dest: Path) -> Path:
             res["gpu"] = 0  # the test node has none
     for rule in profile["set-threads"]:
         profile["set-threads"][rule] = min(profile["set-threads"][rule], cluster.cpus)
+    for rule in ("train_run", "infer_run"):  # one CPU each: two runs fit the node at once
+        profile["set-threads"][rule] = profile["set-resources"][rule]["cpus_per_task"] = 1
     profile.update({
         "latency-wait": 5,
         "retries": 0,
@@ -162,13 +167,22 @@ def _slurm_jobs(cluster: slurm_cluster.Cluster) -> list[tuple[str, str, int, str
     return sorted(jobs)
 
 
+def _job_windows(cluster: slurm_cluster.Cluster, rule: str) -> list[tuple[str, str]]:
+    """(start, end) of every job of `rule` SLURM remembers, as squeue prints them."""
+    out = cluster.run("squeue", "--noheader", "--states=all", "--format=%k|%S|%e")
+    assert out.returncode == 0, out.stderr
+    rows = [line.split("|") for line in out.stdout.splitlines()]
+    return sorted((start.strip(), end.strip()) for comment, start, end in rows
+                  if comment.strip().removeprefix("rule_").split("_wildcards")[0] == rule)
+
+
 def _test_profile_resources(profile: Path) -> dict:
     return yaml.safe_load((profile / "config.yaml").read_text())["set-resources"]
 
 
 @pytest.mark.slow
 def test_demo_workflow_on_slurm(cluster, tmp_path):
-    assert slurm_cluster.MIN_JOB_AGE >= 3 * FIRST_STATUS_CHECK
+    assert slurm_cluster.MIN_JOB_AGE >= max(3 * FIRST_STATUS_CHECK, TIME_LIMIT)
     profile = _test_profile(cluster, tmp_path / "profile")
     (tmp_path / "small.yaml").write_text(yaml.safe_dump(SMALL_CONFIG))
     work = tmp_path / "run"
@@ -181,7 +195,7 @@ def test_demo_workflow_on_slurm(cluster, tmp_path):
         "timeout", "-k", "15", str(TIME_LIMIT),
         sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work),
         "--workflow-profile", str(profile), "--configfile", str(tmp_path / "small.yaml"),
-        "--", "results/test_acc.json",
+        "--", "results/test_acc.json", "results/runs/summary.json",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
     if proc.returncode != 0:
@@ -196,8 +210,14 @@ def test_demo_workflow_on_slurm(cluster, tmp_path):
     acc = json.loads((work / "results" / "test_acc.json").read_text())
     assert 0.0 <= acc["overall"] <= 100.0
     assert acc["n_questions"] > 0
+    summary = json.loads((work / "results/runs/summary.json").read_text())
+    assert summary["variants"]["video"]["n"] == 2
+    assert sorted(summary["variants"]["video"]["runs"]) == ["seed0", "seed1"]
     jobs = _slurm_jobs(cluster)
     assert [name for name, *_ in jobs] == sorted(EXPECTED_JOBS), jobs
+    # The two runs' trainings were in the queue together and ran side by side.
+    (start0, end0), (start1, end1) = _job_windows(cluster, "train_run")
+    assert start1 < end0 and start0 < end1, _job_windows(cluster, "train_run")
     assert {state for _, state, *_ in jobs} == {"COMPLETED"}, jobs
     # A group runs its steps one after another: one CPU, one step's memory, not their sums.
     per_step = _test_profile_resources(profile)["encode_video"]["mem_mb"]

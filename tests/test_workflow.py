@@ -626,3 +626,60 @@ def test_pretrained_weights_are_inputs_of_training(tmp_path):
     blind_job = next(b for name, b in jobs.items() if name.endswith("rule train_blind"))
     assert str(weights) in train_job.split("output:")[0], train_job
     assert str(weights) not in blind_job
+
+
+# ---- seeds and variants (config runs) ----------------------------------------------------------
+
+# Two runs side by side on the two cores, one thread each.
+ONE_THREAD_RUNS = ("--set-threads", "train_run=1", "infer_run=1")
+
+
+@pytest.mark.slow
+def test_demo_runs_video_beats_blind_by_the_paired_interval(tmp_path):
+    """`snakemake runs` on the default demo: three seeds of the video model and of the blind
+    baseline. The video model's mean beats the blind one's by the paired 95 % interval (its
+    lower end is above 0); rerunning one seed reruns its jobs only and touches no other run's
+    file; editing one variant's settings reruns that variant's runs only."""
+    snakemake(tmp_path, *ONE_THREAD_RUNS, "--", "runs")  # the README's command
+    summary = json.loads((tmp_path / "results/runs/summary.json").read_text())
+    video, blind = summary["variants"]["video"], summary["variants"]["blind"]
+    assert summary["reference"] == "blind" and video["n"] == blind["n"] == 3
+    vs = video["vs_reference"]["overall"]
+    assert vs["pairs"] == 3 and vs["low"] > 0, vs
+    assert video["accuracy"]["overall"]["mean"] > blind["accuracy"]["overall"]["mean"]
+    assert (tmp_path / "results/plots/runs.png").is_file()
+    assert not (tmp_path / "results/model.pt").exists()  # the default target is not run
+
+    runs_dir = tmp_path / "results/runs"
+    rerun = runs_dir / "video/seed1"
+    others = {p: p.stat().st_mtime_ns for p in [*runs_dir.rglob("*"),
+                                                *(tmp_path / "work/demo/runs").rglob("*")]
+              if p.is_file() and p.parent != runs_dir and "video/seed1" not in p.as_posix()}
+    model = (rerun / "model.pt").read_bytes()
+    proc = snakemake(tmp_path, *ONE_THREAD_RUNS, "--forcerun",
+                     "results/runs/video/seed1/model.pt", "--", "runs")
+    assert job_stats(proc.stdout + proc.stderr) == {
+        "train_run": 1, "infer_run": 1, "runs_summary": 1, "plot_runs": 1, "runs": 1,
+        "total": 5}
+    assert {p: p.stat().st_mtime_ns for p in others} == others
+    # Its finished state is resumed: the same model (the seed is in the state's fingerprint).
+    assert "resuming from work/demo/runs/video/seed1/train_state/" in (
+        tmp_path / "logs/runs/video/seed1/train.log").read_text()
+    assert (rerun / "model.pt").read_bytes() == model
+
+    edited = {"runs": {"variants": {"video": {}, "blind": {"train": {"overrides": {
+        "model.variant": "blind", "lr": 1e-3}}}}, "reference": "blind"}}
+    dry = snakemake(tmp_path, "-n", "runs", config=edited)
+    assert job_stats(dry.stdout + dry.stderr) == {
+        "train_run": 3, "infer_run": 3, "runs_summary": 1, "plot_runs": 1, "runs": 1,
+        "total": 9}
+    # A speed knob reruns nothing; another number of evaluation clips reruns the scoring only.
+    other = {"runs": {"variants": {
+        "video": {"train": {"overrides": {"log_every": 3}}},
+        "blind": {"train": {"overrides": {"model.variant": "blind"}}, "infer": {"n_clips": 1}},
+    }, "reference": "blind"}}
+    dry = snakemake(tmp_path, "-n", "runs", config=other)
+    assert job_stats(dry.stdout + dry.stderr) == {
+        "infer_run": 3, "runs_summary": 1, "plot_runs": 1, "runs": 1, "total": 6}
+    proc = snakemake(tmp_path, "-n", "runs")
+    assert "Nothing to be done" in proc.stdout + proc.stderr

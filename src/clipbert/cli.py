@@ -815,6 +815,19 @@ def _add_plot_result_figures(s: argparse._SubParsersAction) -> None:
                    help="predictions of `clipbert infer`")
     c.add_argument("--top", type=int, default=15, metavar="N",
                    help="how many of the most frequent gold answers")
+    r = _plot_figure(
+        s, "runs", "runs", ("summary", "source"),
+        help="the seeds and variants of `runs`: spread and paired differences",
+        description="Every variant's mean accuracy (overall and per answer type) with one "
+        "standard deviation and each seed's result, beside the published figures; the title "
+        "gives each variant's difference from the reference paired by seed, with its 95 % "
+        "interval.",
+        epilog=_examples("clipbert plot runs --summary results/runs/summary.json --source demo "
+                         "--out work/try/plots/runs.png"))
+    r.add_argument("--summary", required=True, metavar="SUMMARY.json",
+                   help="results/runs/summary.json of the workflow's runs")
+    r.add_argument("--source", required=True, choices=("demo", "scannet"),
+                   help="the data the questions are (the workflow's data.source)")
 
 
 def _add_plot(sub: argparse._SubParsersAction) -> None:

@@ -485,6 +485,80 @@ def benchmarks_figure(folder: str | os.PathLike = "logs/benchmarks",
     return fig
 
 
+# ---- seeds and variants ---------------------------------------------------------------------
+
+def _interval_words(vs: dict | None) -> str:
+    """`+38.55 [+36.59, +40.50]` (a single pair: the difference alone)."""
+    if not vs or vs.get("mean") is None:
+        return ""
+    if vs.get("low") is None:
+        return f"{vs['mean']:+.2f}"
+    return f"{vs['mean']:+.2f} [{vs['low']:+.2f}, {vs['high']:+.2f}]"
+
+
+def runs_figure(summary: str | os.PathLike, source: str) -> Figure:
+    """Every variant of the runs (results/runs/summary.json) overall and per answer type: the
+    mean (bar), one standard deviation (whisker) and each seed (dots), beside the published
+    ClipBERT figures (hatched) and the published blind one (dashed); the title gives each
+    variant's paired difference from the reference with its 95 % interval."""
+    from clipbert.runs import CHECKPOINT_RUN, read_summary
+
+    if source not in SOURCES:
+        raise ClipbertError(f"{summary}: data source {source!r}: expected one of "
+                            f"{', '.join(SOURCES)}")
+    data = read_summary(summary)
+    variants, reference = data["variants"], data["reference"]
+    if not variants:
+        raise ClipbertError(f"{summary}: no variants")
+    groups = list(data["measures"])
+    fig = _figure(max(10, 1.6 * len(groups) * (len(variants) + 1) / 2), 5.4)
+    ax = fig.subplots()
+    x = np.arange(len(groups))
+    w = 0.8 / (len(variants) + 1)
+    offsets = (np.arange(len(variants) + 1) - len(variants) / 2) * w
+    published = ax.bar(x + offsets[-1], [PUBLISHED_CLIPBERT.get(g, 0.0) for g in groups], w,
+                       label=f"ClipBERT, {PUBLISHED}", hatch="//", edgecolor="white",
+                       color="lightgrey")
+    ax.bar_label(published, fmt="%.1f", fontsize=7)
+    words = []
+    for k, (name, v) in enumerate(variants.items()):
+        acc = v["accuracy"]
+        mean = [acc[g]["mean"] if g in acc else np.nan for g in groups]
+        std = [(acc[g]["std"] or 0.0) if g in acc else 0.0 for g in groups]
+        n = v["n"]
+        runs = _plural(n, "seed") if CHECKPOINT_RUN not in v["runs"] else "given checkpoint"
+        bars = ax.bar(x + offsets[k], mean, w, yerr=std, capsize=3, alpha=0.8,
+                      label=f"{name} ({runs})")
+        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+        points = [(x[i] + offsets[k], r[g]) for i, g in enumerate(groups)
+                  for r in v["runs"].values() if r.get(g) is not None]
+        # One series per variant, kept out of the legend by its leading underscore.
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o", ms=3, color="black",
+                zorder=3, label=f"_seeds of {name}")
+        overall = acc["overall"]
+        text = (f"{name} {overall['mean']:.2f}" + (
+            f" ± {overall['std']:.2f} ({overall['min']:.2f}-{overall['max']:.2f})"
+            if overall["std"] is not None else ""))
+        vs = (v.get("vs_reference") or {}).get("overall")
+        if vs:
+            text += f", vs {reference} {_interval_words(vs)}"
+        words.append(text)
+    ax.plot([], [], "o", ms=3, color="black", label="one seed")
+    ax.hlines(PUBLISHED_BLIND, x[0] - 0.45, x[0] + 0.45, colors="k", linestyles="--",
+              label=f"blind text-only, {PUBLISHED}: {PUBLISHED_BLIND}")
+    ax.set_xticks(x, groups)
+    ax.set_ylabel("test accuracy %")
+    ax.set_ylim(0, 110)
+    level = int(round(100 * data.get("level", 0.95)))
+    ax.set_title(f"runs on {SOURCES[source]}: mean ± std over the seeds, dots the seeds; "
+                 f"difference from {reference} paired by seed, {level} % interval\n"
+                 + "; ".join(words), fontsize=9)
+    fig.legend(fontsize=8, ncols=3, loc="outside lower center")
+    fig.set_label(f"runs, {SOURCES[source]}: " + "; ".join(words)
+                  + f"; ClipBERT, {PUBLISHED} {PUBLISHED_CLIPBERT['overall']}")
+    return fig
+
+
 # ---- by name: the workflow's plot rules and `clipbert plot` -----------------------------------
 
 FIGURES: dict[str, Callable[..., Figure]] = {
@@ -494,6 +568,7 @@ FIGURES: dict[str, Callable[..., Figure]] = {
     "confusion": confusion_figure,
     "frames": frames_figure,
     "benchmarks": benchmarks_figure,
+    "runs": runs_figure,
 }
 
 
