@@ -170,7 +170,7 @@ def test_config_errors_name_the_file_that_set_the_key(tmp_path: Path) -> None:
     config = {"frames": {"stride": 0}, "video": {"size": [1, 9]}, "trian": {}}
     assert config_problems(config, schema, sources) == [
         "mine.yaml: trian: unknown key (did you mean 'train'? the top level takes data, frames, "
-        "video, train, infer, baselines, weights)",
+        "video, train, infer, runs, baselines, weights)",
         "mine.yaml: frames.stride: must be at least 1, got 0",
         "--config: video.size[0]: must be at least 2, got 1",
     ]
