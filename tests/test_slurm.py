@@ -206,3 +206,26 @@ def test_demo_workflow_on_slurm(cluster, tmp_path):
             assert (cpus, memory) == (1, f"{per_step}M"), jobs
     # The per-scene steps ran inside the group jobs, not as jobs of their own.
     assert len(list((work / "logs" / "encode_video").glob("*.log"))) == 6
+
+
+@pytest.mark.parametrize("profile_args, keeps_conf", [
+    ((), False),
+    (("--workflow-profile", str(PROFILE.parent)), True),
+])
+def test_run_keeps_slurm_out_of_local_runs(tmp_path, profile_args, keeps_conf):
+    """Snakemake loads the SLURM plugin at every start and the plugin asks `scontrol show config`
+    (~9 s where no controller answers): `./run snakemake` hands it an empty configuration unless
+    the run names SLURM. A stand-in scontrol records the SLURM_CONF it is given."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    seen = tmp_path / "seen"
+    (fake / "scontrol").write_text(f'#!/bin/sh\necho "$SLURM_CONF" >> {seen}\nexit 1\n')
+    (fake / "scontrol").chmod(0o755)
+    env = dict(cli_env(), SLURM_CONF="/etc/slurm/site.conf",
+               PATH=os.pathsep.join([str(fake), os.environ["PATH"]]))
+    env.pop("SNAKEMAKE_PROFILE", None)
+    proc = subprocess.run([str(REPO / "run"), "snakemake", *profile_args, "--list-rules"],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    conf = "/etc/slurm/site.conf" if keeps_conf else os.devnull
+    assert set(seen.read_text().split()) == {conf}
