@@ -2,7 +2,7 @@
 # `snakemake --cores 2` runs the embedded demo to results/test_acc.json; see README.md.
 from snakemake.utils import min_version
 
-from clipbert.smk import check_config
+from clipbert.smk import check_config, reap_scheduler_timers, stop_scheduler_timers
 
 min_version("9.0")
 
@@ -26,3 +26,19 @@ rule all:
     input:
         final_targets(),
     default_target: True
+
+
+# Snakemake's job selection runs again whenever a rate-limiter timer fires, and every round arms
+# one more: the rounds would multiply with the jobs (issue 23). The profiles set a limit that never
+# binds (100000 per minute), and the timers are cancelled as they come and when the run ends, so
+# that the run exits at once.
+onstart:
+    reap_scheduler_timers()
+
+
+onsuccess:
+    stop_scheduler_timers()
+
+
+onerror:
+    stop_scheduler_timers()

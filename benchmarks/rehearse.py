@@ -61,7 +61,9 @@ MB = 1e6
 
 
 def env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+    """This checkout's package first; no SLURM configuration, so that the SLURM plugin does not
+    wait ~9 s on `scontrol` at every Snakemake start (the SLURM measurement passes its own)."""
+    return dict(os.environ, SLURM_CONF=os.devnull, PYTHONPATH=os.pathsep.join(
         p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p))
 
 
@@ -132,33 +134,52 @@ def run_child(*args: str) -> dict:
 # ---- Snakemake ------------------------------------------------------------------------------
 
 
-# Snakemake's main process reports its own CPU seconds (its threads, not the jobs' processes)
-# when it exits: the serial part of the workflow's overhead.
+# Snakemake's main process reports, when it exits, its own CPU seconds (its threads, not the
+# jobs' processes: the serial part of the workflow's overhead), how many job-selection rounds its
+# scheduler ran and how many re-evaluation timers it armed (snakemake/scheduling/job_scheduler.py).
 SNAKEMAKE_MAIN = """
-import atexit, os, resource, runpy, sys
+import atexit, json, os, resource, runpy, sys
+from snakemake.scheduling import job_scheduler as js
+counts = {"rounds": 0, "timers": 0}
+def _counted(fn, key):
+    def wrapper(*args, **kwargs):
+        counts[key] += 1
+        return fn(*args, **kwargs)
+    return wrapper
+js.JobScheduler.job_selector = _counted(js.JobScheduler.job_selector, "rounds")
+js.JobScheduler._schedule_reevalutation = _counted(js.JobScheduler._schedule_reevalutation,
+                                                   "timers")
 def _report():
     r = resource.getrusage(resource.RUSAGE_SELF)
     with open(os.environ["REHEARSE_MAIN_CPU"], "w") as fh:
-        fh.write(str(r.ru_utime + r.ru_stime))
+        json.dump({"cpu": r.ru_utime + r.ru_stime, **counts}, fh)
 atexit.register(_report)
 sys.argv[0] = "snakemake"
 runpy.run_module("snakemake", run_name="__main__", alter_sys=True)
 """
 
 
-def snakemake(workdir: Path, config: Path, *args: str) -> tuple[float, float, str]:
-    """Run Snakemake on `config`: wall seconds, the main process's CPU seconds, its output."""
+def snakemake_main(workdir: Path, config: Path, *args: str, extra_env: dict | None = None
+                   ) -> dict:
+    """Run Snakemake on `config`: wall seconds, the main process's CPU seconds, its job-selection
+    rounds and timers, its output."""
     cpu_file = workdir / ".rehearse_main_cpu"
     cmd = [sys.executable, "-c", SNAKEMAKE_MAIN, "-s", str(REPO / "Snakefile"), "-d",
            str(workdir), *args, "--configfile", str(config)]
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True,
-                          env=dict(env(), REHEARSE_MAIN_CPU=str(cpu_file)))
+                          env=dict(env(), REHEARSE_MAIN_CPU=str(cpu_file), **(extra_env or {})))
     wall = time.perf_counter() - t
     if proc.returncode:
         raise SystemExit(f"rehearse: snakemake {' '.join(args)} failed:\n"
                          f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return wall, float(cpu_file.read_text()), proc.stdout + proc.stderr
+    return {"wall": wall, **json.loads(cpu_file.read_text()), "output": proc.stdout + proc.stderr}
+
+
+def snakemake(workdir: Path, config: Path, *args: str) -> tuple[float, float, str]:
+    """Run Snakemake on `config`: wall seconds, the main process's CPU seconds, its output."""
+    r = snakemake_main(workdir, config, *args)
+    return r["wall"], r["cpu"], r["output"]
 
 
 def bench_file(path: Path) -> dict[str, float | None]:
@@ -169,9 +190,9 @@ def bench_file(path: Path) -> dict[str, float | None]:
             for k in ("s", "cpu_time", "max_rss", "io_in")}
 
 
-def tiny_scans_707(root: Path) -> Path:
-    """The 707-scene config of tests/scale_config.py with a valid two-frame 64x48 scan for every
-    scene: the full DAG with jobs that do almost nothing."""
+def tiny_scans(root: Path, n_scenes: int = FULL_SCENES) -> Path:
+    """The 707-scene config of tests/scale_config.py (or its synthetic `n_scenes` variant) with a
+    valid two-frame 64x48 scan for every scene: the full DAG with jobs that do almost nothing."""
     import io
 
     import numpy as np
@@ -181,7 +202,7 @@ def tiny_scans_707(root: Path) -> Path:
     from clipbert import sens
 
     root.mkdir()
-    config = real_data_config(root)
+    config = real_data_config(root, n_scenes)
     buf = io.BytesIO()
     Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(buf, "JPEG")
     frame = sens.SensFrame(color_bytes=buf.getvalue(),
@@ -309,7 +330,7 @@ def rehearse(root: Path, a: argparse.Namespace, vocab: Path) -> None:
         str(NODE_CORES), *shlex.split(a.snakemake_args), "-n", "--quiet", "all")
     full_dag = None
     if a.full_dag:
-        config707 = tiny_scans_707(root / "dag707")
+        config707 = tiny_scans(root / "dag707")
         cores707 = ("--cores", str(os.cpu_count()), *shlex.split(a.snakemake_args))
         t707, cpu707, _ = snakemake(root / "dag707", config707, "pack_lmdb", *cores707)
         n707 = FULL_SCENES * len(SCENE_RULES) + 1

@@ -17,14 +17,14 @@ N_SCENES = 707
 SHARED_SQA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sqa3d"
 
 
-def _scene_lists(root: Path) -> tuple[Path, Path, list[str]]:
+def _scene_lists(root: Path, n_scenes: int) -> tuple[Path, Path, list[str]]:
     """scannetv2.txt and scannetv2_test.txt, and the scenes the baseline selects from them."""
-    if (SHARED_SQA / "scannetv2.txt").is_file():
+    if n_scenes == N_SCENES and (SHARED_SQA / "scannetv2.txt").is_file():
         all_list, test_list = SHARED_SQA / "scannetv2.txt", SHARED_SQA / "scannetv2_test.txt"
     else:
         all_list, test_list = root / "scannetv2.txt", root / "scannetv2_test.txt"
-        train = [f"scene{i:04d}_{r:02d}" for i in range(N_SCENES) for r in range(2)]
-        test = [f"scene{i:04d}_00" for i in range(N_SCENES, N_SCENES + 100)]
+        train = [f"scene{i:04d}_{r:02d}" for i in range(n_scenes) for r in range(2)]
+        test = [f"scene{i:04d}_00" for i in range(n_scenes, n_scenes + 100)]
         all_list.write_text("\n".join(train + test) + "\n")
         test_list.write_text("\n".join(test) + "\n")
     excluded = set(test_list.read_text().split())
@@ -44,11 +44,12 @@ def _question_scenes(path: Path) -> set[str]:
     return {q["scene_id"] for q in json.loads(path.read_text())["questions"]}
 
 
-def real_data_config(root: Path) -> Path:
+def real_data_config(root: Path, n_scenes: int = N_SCENES) -> Path:
     """A scannet config over 707 placeholder scans; every scene has questions, so restricting to
-    the questions' scenes (the default) keeps all 707 and reads the question files as it would."""
-    all_list, test_list, scenes = _scene_lists(root)
-    assert len(scenes) == N_SCENES
+    the questions' scenes (the default) keeps all 707 and reads the question files as it would.
+    Another `n_scenes` (benchmarks/bench_scheduler.py) gives synthetic lists and questions."""
+    all_list, test_list, scenes = _scene_lists(root, n_scenes)
+    assert len(scenes) == n_scenes
     scans = root / "scans"
     for scene in scenes:
         (scans / scene).mkdir(parents=True)
@@ -61,10 +62,11 @@ def real_data_config(root: Path) -> Path:
     for split in ("val", "test"):
         for kind in ("questions", "sqa_annotations"):
             name = f"v1_balanced_{kind}_{split}_scannetv2.json"
-            if (shared_balanced / name).is_file():
+            if n_scenes == N_SCENES and (shared_balanced / name).is_file():
                 (balanced / name).symlink_to(shared_balanced / name)
             else:
-                _questions(balanced / name, scenes[: 60] if split == "val" else scenes[60:120])
+                k = min(60, n_scenes // 10)
+                _questions(balanced / name, scenes[:k] if split == "val" else scenes[k:2 * k])
         covered |= _question_scenes(balanced / f"v1_balanced_questions_{split}_scannetv2.json")
     train_scenes = [s for s in scenes if s not in covered]
     for kind in ("questions", "sqa_annotations"):

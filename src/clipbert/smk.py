@@ -11,6 +11,8 @@ import contextlib
 import difflib
 import os
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -21,6 +23,29 @@ from jsonschema import Draft202012Validator, validators
 
 from clipbert.errors import ClipbertError
 from clipbert.signals import Terminated, sigterm_unwinds
+
+
+def stop_scheduler_timers() -> None:
+    """Cancel the re-evaluation timers that Snakemake's scheduler arms, one per job-selection
+    round, each as long as the rate limiter's timespan (`max-jobs-per-timespan`). They are not
+    daemon threads, so without this the process waits for the last of them at exit; and each one
+    that fires runs another round, which arms another: with many ready jobs, rounds (and
+    Snakemake's CPU per job) grow with the jobs already finished (issue 23). The profiles' limit
+    (100000 per minute) never binds, so no timer is needed to lift it."""
+    for thread in threading.enumerate():
+        if isinstance(thread, threading.Timer):
+            thread.cancel()
+
+
+def reap_scheduler_timers(period_s: float = 1.0) -> None:
+    """For the Snakefile's onstart: cancel the scheduler's pending timers every `period_s` (shorter
+    than the profiles' one-minute timespan, so none fires) from a daemon thread."""
+    def reap() -> None:
+        while True:
+            time.sleep(period_s)
+            stop_scheduler_timers()
+
+    threading.Thread(target=reap, name="clipbert-timer-reaper", daemon=True).start()
 
 
 def fail(message: str) -> NoReturn:
