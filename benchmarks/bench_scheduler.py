@@ -33,7 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "tests"))
 
-from rehearse import NODE_CORES, SCENE_RULES, snakemake_main, tiny_scans  # noqa: E402
+from rehearse import NODE_CORES, SCENE_RULES, snakemake_main  # noqa: E402
+from scale_config import tiny_scans  # noqa: E402
 
 SLURM_PROFILE = REPO / "profiles" / "slurm"
 # Snakemake 9.27's scheduling defaults, which profiles/default used before issue 23: a 1 s
@@ -65,22 +66,28 @@ def row(n: int, profile: str, mode: str, r: dict, base: float | None) -> dict:
     own = r["cpu"] - base if base is not None else None
     return {"scenes": n, "profile": profile, "mode": mode, "jobs": jobs, "rounds": r["rounds"],
             "timers": r["timers"], "main_cpu": r["cpu"], "wall": r["wall"],
+            "exit_wait": r.get("exit_wait"),
             "per_job": own / jobs if own is not None else r["cpu"] / jobs}
 
 
 def print_row(d: dict) -> None:
     print(f"{d['scenes']:6d} {d['profile']:8s} {d['mode']:14s} {d['jobs']:6d} {d['rounds']:7d} "
-          f"{d['timers']:7d} {d['main_cpu']:9.1f} {d['per_job']:8.4f} {d['wall']:8.1f}",
+          f"{d['timers']:7d} {d['main_cpu']:9.1f} {d['per_job']:8.4f} {d['wall']:8.1f} "
+          f"{'' if d['exit_wait'] is None else format(d['exit_wait'], '6.1f'):>6s}",
           flush=True)
 
 
 def slurm_submission(root: Path, n: int) -> dict:
     """`n` scenes through profiles/slurm (fitted to the test node) to a private SLURM cluster."""
     import slurm_cluster
+    import yaml
 
     config = tiny_scans(root / "scans", n)
     with slurm_cluster.local_cluster() as cluster:
-        profile = slurm_cluster.fitted_profile(cluster, SLURM_PROFILE, root / "profile")
+        profile = slurm_cluster.fitted_profile(
+            cluster, SLURM_PROFILE, root / "profile",
+            scenes_per_group=yaml.safe_load((SLURM_PROFILE / "config.yaml").read_text())[
+                "group-components"]["scene"], first_status_check=5)
         work = root / "run"
         work.mkdir()
         r = snakemake_main(work, config, "pack_lmdb", "--workflow-profile", str(profile),
@@ -107,7 +114,7 @@ def main() -> None:
     load0 = os.getloadavg()[0]
     rows = []
     print(f"{'scenes':>6s} {'profile':8s} {'mode':14s} {'jobs':>6s} {'rounds':>7s} {'timers':>7s} "
-          f"{'main CPU':>9s} {'CPU/job':>8s} {'wall s':>8s}")
+          f"{'main CPU':>9s} {'CPU/job':>8s} {'wall s':>8s} {'exit s':>6s}")
     with tempfile.TemporaryDirectory(prefix="bench_scheduler_", dir=a.tmp) as tmp:
         root = Path(tmp)
         for n in a.scenes:
@@ -129,7 +136,8 @@ def main() -> None:
         if a.slurm_scenes:
             rows.append(slurm_submission(root / "slurm", a.slurm_scenes))
             print_row(rows[-1])
-    print("\nCPU/job: dry run = main CPU / jobs; real run = (main CPU - the dry run's) / jobs")
+    print("\nCPU/job: dry run = main CPU / jobs; real run = (main CPU - the dry run's) / jobs; "
+          "exit s: from the scheduler's end to the process's exit (pending timers)")
     for mode in ("run, before", "run, after"):
         per = {d["scenes"]: d["per_job"] for d in rows if d["mode"] == mode}
         if len(per) > 1:

@@ -47,6 +47,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import realdata  # noqa: E402
 from realdata import lmdb_out, sqa_out  # noqa: E402
+from scale_config import SNAKEMAKE_MAIN, tiny_scans  # noqa: E402
 
 GOAL_S = 600.0
 FULL_SCENES = 707
@@ -134,29 +135,6 @@ def run_child(*args: str) -> dict:
 # ---- Snakemake ------------------------------------------------------------------------------
 
 
-# Snakemake's main process reports, when it exits, its own CPU seconds (its threads, not the
-# jobs' processes: the serial part of the workflow's overhead), how many job-selection rounds its
-# scheduler ran and how many re-evaluation timers it armed (snakemake/scheduling/job_scheduler.py).
-SNAKEMAKE_MAIN = """
-import atexit, json, os, resource, runpy, sys
-from snakemake.scheduling import job_scheduler as js
-counts = {"rounds": 0, "timers": 0}
-def _counted(fn, key):
-    def wrapper(*args, **kwargs):
-        counts[key] += 1
-        return fn(*args, **kwargs)
-    return wrapper
-js.JobScheduler.job_selector = _counted(js.JobScheduler.job_selector, "rounds")
-js.JobScheduler._schedule_reevalutation = _counted(js.JobScheduler._schedule_reevalutation,
-                                                   "timers")
-def _report():
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    with open(os.environ["REHEARSE_MAIN_CPU"], "w") as fh:
-        json.dump({"cpu": r.ru_utime + r.ru_stime, **counts}, fh)
-atexit.register(_report)
-sys.argv[0] = "snakemake"
-runpy.run_module("snakemake", run_name="__main__", alter_sys=True)
-"""
 
 
 def snakemake_main(workdir: Path, config: Path, *args: str, extra_env: dict | None = None
@@ -188,30 +166,6 @@ def bench_file(path: Path) -> dict[str, float | None]:
         row = next(csv.DictReader(fh, delimiter="\t"))
     return {k: None if row[k] in ("NA", "-", "") else float(row[k])
             for k in ("s", "cpu_time", "max_rss", "io_in")}
-
-
-def tiny_scans(root: Path, n_scenes: int = FULL_SCENES) -> Path:
-    """The 707-scene config of tests/scale_config.py (or its synthetic `n_scenes` variant) with a
-    valid two-frame 64x48 scan for every scene: the full DAG with jobs that do almost nothing."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-    from scale_config import real_data_config
-
-    from clipbert import sens
-
-    root.mkdir()
-    config = real_data_config(root, n_scenes)
-    buf = io.BytesIO()
-    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(buf, "JPEG")
-    frame = sens.SensFrame(color_bytes=buf.getvalue(),
-                           depth_bytes=sens.encode_depth(np.zeros((48, 64), np.uint16)))
-    header = sens.SensHeader(color_width=64, color_height=48, depth_width=64, depth_height=48,
-                             num_frames=2)
-    for scan in (root / "scans").glob("*/*.sens"):
-        sens.write_sens(scan, header, [frame, frame])
-    return config
 
 
 # ---- the rehearsal --------------------------------------------------------------------------

@@ -114,35 +114,10 @@ def test_profile_resources_reach_a_dry_run(tmp_path):
 
 
 def _test_profile(cluster: slurm_cluster.Cluster, dest: Path) -> Path:
-    """profiles/slurm fitted to the test node: its CPUs and memory, no GPUs, squeue for status.
-
-    Everything else (rule groups, runtimes, the executor) is the shipped profile's.
-    """
-    profile = yaml.safe_load(PROFILE.read_text())
-    per_job_mb = cluster.memory_mb // cluster.cpus
-    profile["cores"] = cluster.cpus
-    profile["group-components"]["scene"] = SCENES_PER_GROUP
-    profile["default-resources"]["slurm_partition"] = slurm_cluster.PARTITION
-    for rule, res in profile["set-resources"].items():
-        res["mem_mb"] = min(res.get("mem_mb", per_job_mb), per_job_mb)
-        if "cpus_per_task" in res:
-            res["cpus_per_task"] = min(res["cpus_per_task"], cluster.cpus)
-        if "gpu" in res:
-            assert res["gpu"] >= 1, f"profile: {rule} should ask for a GPU"
-            res["gpu"] = 0  # the test node has none
-    for rule in profile["set-threads"]:
-        profile["set-threads"][rule] = min(profile["set-threads"][rule], cluster.cpus)
-    profile.update({
-        "latency-wait": 5,
-        "retries": 0,
-        "slurm-status-command": "squeue",
-        "slurm-init-seconds-before-status-checks": FIRST_STATUS_CHECK,
-        "slurm-no-account": True,
-        "slurm-keep-successful-logs": True,
-    })
-    dest.mkdir(parents=True)
-    (dest / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
-    return dest
+    """profiles/slurm fitted to the test node (slurm_cluster.fitted_profile), 3 scenes a group."""
+    return slurm_cluster.fitted_profile(cluster, PROFILE.parent, dest,
+                                        scenes_per_group=SCENES_PER_GROUP,
+                                        first_status_check=FIRST_STATUS_CHECK)
 
 
 def _slurm_jobs(cluster: slurm_cluster.Cluster) -> list[tuple[str, str, int, str]]:
