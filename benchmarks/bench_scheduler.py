@@ -4,8 +4,8 @@ rounds, for the data half (`snakemake pack_lmdb`) on tiny valid scans. Goal (iss
 job within +-30 % from 100 to 1,513 scenes.
 
     python benchmarks/bench_scheduler.py [--scenes 100 300 707 1513] [--run-max 300]
-                                         [--before-max 300] [--cores 2] [--slurm-scenes 0]
-                                         [--json OUT]
+                                         [--before-max 300] [--cores 2] [--stop-after S]
+                                         [--slurm-scenes 0] [--json OUT]
 
 For every size: a dry run (planning) with the workstation profile and with the SLURM profile,
 and, up to --run-max scenes, a real local run with the workstation profile (up to --before-max
@@ -56,13 +56,22 @@ def plan(root: Path, config: Path, *profile: str) -> dict:
                           "-n", "--quiet", "all")
 
 
-def real_run(root: Path, config: Path, cores: int, *extra: str) -> dict:
+def real_run(root: Path, config: Path, cores: int, *extra: str,
+             stop_after: float | None = None) -> dict:
+    """A real run; stopped after `stop_after` s, it counts the jobs that finished (their
+    benchmark: files)."""
     root.mkdir()
-    return snakemake_main(root, config, "pack_lmdb", "--cores", str(cores), *extra)
+    r = snakemake_main(root, config, "pack_lmdb", "--cores", str(cores), *extra,
+                       stop_after=stop_after)
+    if r["stopped"]:
+        r["jobs"] = len(list((root / "logs" / "benchmarks").rglob("*.tsv")))
+    return r
 
 
 def row(n: int, profile: str, mode: str, r: dict, base: float | None) -> dict:
-    jobs = jobs_for(n)
+    jobs = r.get("jobs") or jobs_for(n)
+    if r.get("stopped"):
+        mode += " (stopped)"
     own = r["cpu"] - base if base is not None else None
     return {"scenes": n, "profile": profile, "mode": mode, "jobs": jobs, "rounds": r["rounds"],
             "timers": r["timers"], "main_cpu": r["cpu"], "wall": r["wall"],
@@ -71,7 +80,7 @@ def row(n: int, profile: str, mode: str, r: dict, base: float | None) -> dict:
 
 
 def print_row(d: dict) -> None:
-    print(f"{d['scenes']:6d} {d['profile']:8s} {d['mode']:14s} {d['jobs']:6d} {d['rounds']:7d} "
+    print(f"{d['scenes']:6d} {d['profile']:8s} {d['mode']:24s} {d['jobs']:6d} {d['rounds']:7d} "
           f"{d['timers']:7d} {d['main_cpu']:9.1f} {d['per_job']:8.4f} {d['wall']:8.1f} "
           f"{'' if d['exit_wait'] is None else format(d['exit_wait'], '6.1f'):>6s}",
           flush=True)
@@ -104,6 +113,9 @@ def main() -> None:
                     help="real runs only up to this many scenes (707 tiny scenes: ~15 min on 2 "
                     "cores each)")
     ap.add_argument("--cores", type=int, default=os.cpu_count(), help="--cores of the real runs")
+    ap.add_argument("--stop-after", type=float, default=None,
+                    help="stop each real run with Ctrl-C after this many seconds and count the "
+                    "jobs done (for the largest sizes on a small machine)")
     ap.add_argument("--slurm-scenes", type=int, default=0,
                     help="also submit this many scenes to a local SLURM cluster")
     ap.add_argument("--before-max", type=int, default=300,
@@ -113,7 +125,7 @@ def main() -> None:
     a = ap.parse_args()
     load0 = os.getloadavg()[0]
     rows = []
-    print(f"{'scenes':>6s} {'profile':8s} {'mode':14s} {'jobs':>6s} {'rounds':>7s} {'timers':>7s} "
+    print(f"{'scenes':>6s} {'profile':8s} {'mode':24s} {'jobs':>6s} {'rounds':>7s} {'timers':>7s} "
           f"{'main CPU':>9s} {'CPU/job':>8s} {'wall s':>8s} {'exit s':>6s}")
     with tempfile.TemporaryDirectory(prefix="bench_scheduler_", dir=a.tmp) as tmp:
         root = Path(tmp)
@@ -130,7 +142,8 @@ def main() -> None:
             runs = ([("run, before", BEFORE)] if n <= a.before_max else []) + [
                 ("run, after", ())]
             for mode, extra in runs:
-                r = real_run(root / f"s{n}" / mode.replace(", ", "_"), config, a.cores, *extra)
+                r = real_run(root / f"s{n}" / mode.replace(", ", "_"), config, a.cores, *extra,
+                             stop_after=a.stop_after)
                 rows.append(row(n, "default", mode, r, dry["cpu"]))
                 print_row(rows[-1])
         if a.slurm_scenes:
@@ -139,7 +152,7 @@ def main() -> None:
     print("\nCPU/job: dry run = main CPU / jobs; real run = (main CPU - the dry run's) / jobs; "
           "exit s: from the scheduler's end to the process's exit (pending timers)")
     for mode in ("run, before", "run, after"):
-        per = {d["scenes"]: d["per_job"] for d in rows if d["mode"] == mode}
+        per = {d["scenes"]: d["per_job"] for d in rows if d["mode"].startswith(mode)}
         if len(per) > 1:
             mid = statistics.fmean(per.values())
             worst = max(abs(v / mid - 1) for v in per.values())

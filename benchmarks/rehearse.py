@@ -33,6 +33,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -137,21 +138,30 @@ def run_child(*args: str) -> dict:
 
 
 
-def snakemake_main(workdir: Path, config: Path, *args: str, extra_env: dict | None = None
-                   ) -> dict:
+def snakemake_main(workdir: Path, config: Path, *args: str, extra_env: dict | None = None,
+                   stop_after: float | None = None) -> dict:
     """Run Snakemake on `config`: wall seconds, the main process's CPU seconds, its job-selection
-    rounds and timers, its output."""
+    rounds and timers, its output. With `stop_after`, Ctrl-C (SIGINT) after that many seconds:
+    `stopped` says whether it came to that."""
     cpu_file = workdir / ".rehearse_main_cpu"
     cmd = [sys.executable, "-c", SNAKEMAKE_MAIN, "-s", str(REPO / "Snakefile"), "-d",
            str(workdir), *args, "--configfile", str(config)]
     t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True,
-                          env=dict(env(), REHEARSE_MAIN_CPU=str(cpu_file), **(extra_env or {})))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(env(), REHEARSE_MAIN_CPU=str(cpu_file), **(extra_env or {})))
+    try:
+        out, err = proc.communicate(timeout=stop_after)
+        stopped = False
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate()
+        stopped = True
     wall = time.perf_counter() - t
-    if proc.returncode:
+    if proc.returncode and not stopped:
         raise SystemExit(f"rehearse: snakemake {' '.join(args)} failed:\n"
-                         f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return {"wall": wall, **json.loads(cpu_file.read_text()), "output": proc.stdout + proc.stderr}
+                         f"{out[-3000:]}\n{err[-3000:]}")
+    return {"wall": wall, **json.loads(cpu_file.read_text()), "output": out + err,
+            "stopped": stopped}
 
 
 def snakemake(workdir: Path, config: Path, *args: str) -> tuple[float, float, str]:
