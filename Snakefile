@@ -30,10 +30,10 @@ rule all:
 
 # Snakemake's job selection runs again whenever a rate-limiter timer fires, and every round arms
 # one more: the rounds would multiply with the jobs (issue 23). The profiles set a limit that never
-# binds (100000 per minute), and the timers are cancelled as they come and when the run ends, so
-# that the run exits at once.
+# binds (100000 per minute), whose timers are cancelled as they come; all are cancelled when the
+# run ends, so that it exits at once.
 onstart:
-    reap_scheduler_timers()
+    reap_scheduler_timers(workflow.scheduling_settings.max_jobs_per_timespan.max_jobs)
 
 
 onsuccess:
