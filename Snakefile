@@ -7,7 +7,9 @@ from clipbert.smk import (
     clear_dead_lock,
     drop_lock_owner,
     forget_missing_outputs,
+    reap_scheduler_timers,
     record_lock_owner,
+    stop_scheduler_timers,
 )
 
 min_version("9.0")
@@ -23,18 +25,6 @@ check_config(config, workflow, "config/schema.yaml")  # one line per bad key, th
 if workflow.is_main_process and workflow.local_exec:
     clear_dead_lock(dry_run=workflow.dryrun)
 
-
-onstart:
-    record_lock_owner()
-
-
-onsuccess:
-    drop_lock_owner()
-
-
-onerror:
-    forget_missing_outputs(workflow)
-    drop_lock_owner()
 
 
 
@@ -52,3 +42,24 @@ rule all:
     input:
         final_targets(),
     default_target: True
+
+
+# Snakemake's job selection runs again whenever a rate-limiter timer fires, and every round arms
+# one more: the rounds would multiply with the jobs (issue 23). The profiles set a limit that never
+# binds (100000 per minute), whose timers are cancelled as they come; all are cancelled when the
+# run ends, so that it exits at once. The lock's owner is recorded for clear_dead_lock above, and
+# a failed job's records are forgotten so that it runs again (clipbert.smk).
+onstart:
+    record_lock_owner()
+    reap_scheduler_timers(workflow.scheduling_settings.max_jobs_per_timespan.max_jobs)
+
+
+onsuccess:
+    stop_scheduler_timers()
+    drop_lock_owner()
+
+
+onerror:
+    stop_scheduler_timers()
+    forget_missing_outputs(workflow)
+    drop_lock_owner()

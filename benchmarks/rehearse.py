@@ -33,6 +33,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -47,6 +48,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import realdata  # noqa: E402
 from realdata import lmdb_out, sqa_out  # noqa: E402
+from scale_config import SNAKEMAKE_MAIN, tiny_scans  # noqa: E402
 
 GOAL_S = 600.0
 FULL_SCENES = 707
@@ -61,7 +63,9 @@ MB = 1e6
 
 
 def env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+    """This checkout's package first; no SLURM configuration, so that the SLURM plugin does not
+    wait ~9 s on `scontrol` at every Snakemake start (the SLURM measurement passes its own)."""
+    return dict(os.environ, SLURM_CONF=os.devnull, PYTHONPATH=os.pathsep.join(
         p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p))
 
 
@@ -132,33 +136,38 @@ def run_child(*args: str) -> dict:
 # ---- Snakemake ------------------------------------------------------------------------------
 
 
-# Snakemake's main process reports its own CPU seconds (its threads, not the jobs' processes)
-# when it exits: the serial part of the workflow's overhead.
-SNAKEMAKE_MAIN = """
-import atexit, os, resource, runpy, sys
-def _report():
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    with open(os.environ["REHEARSE_MAIN_CPU"], "w") as fh:
-        fh.write(str(r.ru_utime + r.ru_stime))
-atexit.register(_report)
-sys.argv[0] = "snakemake"
-runpy.run_module("snakemake", run_name="__main__", alter_sys=True)
-"""
 
 
-def snakemake(workdir: Path, config: Path, *args: str) -> tuple[float, float, str]:
-    """Run Snakemake on `config`: wall seconds, the main process's CPU seconds, its output."""
+def snakemake_main(workdir: Path, config: Path, *args: str, extra_env: dict | None = None,
+                   stop_after: float | None = None) -> dict:
+    """Run Snakemake on `config`: wall seconds, the main process's CPU seconds, its job-selection
+    rounds and timers, its output. With `stop_after`, Ctrl-C (SIGINT) after that many seconds:
+    `stopped` says whether it came to that."""
     cpu_file = workdir / ".rehearse_main_cpu"
     cmd = [sys.executable, "-c", SNAKEMAKE_MAIN, "-s", str(REPO / "Snakefile"), "-d",
            str(workdir), *args, "--configfile", str(config)]
     t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True,
-                          env=dict(env(), REHEARSE_MAIN_CPU=str(cpu_file)))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(env(), REHEARSE_MAIN_CPU=str(cpu_file), **(extra_env or {})))
+    try:
+        out, err = proc.communicate(timeout=stop_after)
+        stopped = False
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate()
+        stopped = True
     wall = time.perf_counter() - t
-    if proc.returncode:
+    if proc.returncode and not stopped:
         raise SystemExit(f"rehearse: snakemake {' '.join(args)} failed:\n"
-                         f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return wall, float(cpu_file.read_text()), proc.stdout + proc.stderr
+                         f"{out[-3000:]}\n{err[-3000:]}")
+    return {"wall": wall, **json.loads(cpu_file.read_text()), "output": out + err,
+            "stopped": stopped}
+
+
+def snakemake(workdir: Path, config: Path, *args: str) -> tuple[float, float, str]:
+    """Run Snakemake on `config`: wall seconds, the main process's CPU seconds, its output."""
+    r = snakemake_main(workdir, config, *args)
+    return r["wall"], r["cpu"], r["output"]
 
 
 def bench_file(path: Path) -> dict[str, float | None]:
@@ -167,30 +176,6 @@ def bench_file(path: Path) -> dict[str, float | None]:
         row = next(csv.DictReader(fh, delimiter="\t"))
     return {k: None if row[k] in ("NA", "-", "") else float(row[k])
             for k in ("s", "cpu_time", "max_rss", "io_in")}
-
-
-def tiny_scans_707(root: Path) -> Path:
-    """The 707-scene config of tests/scale_config.py with a valid two-frame 64x48 scan for every
-    scene: the full DAG with jobs that do almost nothing."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-    from scale_config import real_data_config
-
-    from clipbert import sens
-
-    root.mkdir()
-    config = real_data_config(root)
-    buf = io.BytesIO()
-    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(buf, "JPEG")
-    frame = sens.SensFrame(color_bytes=buf.getvalue(),
-                           depth_bytes=sens.encode_depth(np.zeros((48, 64), np.uint16)))
-    header = sens.SensHeader(color_width=64, color_height=48, depth_width=64, depth_height=48,
-                             num_frames=2)
-    for scan in (root / "scans").glob("*/*.sens"):
-        sens.write_sens(scan, header, [frame, frame])
-    return config
 
 
 # ---- the rehearsal --------------------------------------------------------------------------
@@ -309,7 +294,7 @@ def rehearse(root: Path, a: argparse.Namespace, vocab: Path) -> None:
         str(NODE_CORES), *shlex.split(a.snakemake_args), "-n", "--quiet", "all")
     full_dag = None
     if a.full_dag:
-        config707 = tiny_scans_707(root / "dag707")
+        config707 = tiny_scans(root / "dag707")
         cores707 = ("--cores", str(os.cpu_count()), *shlex.split(a.snakemake_args))
         t707, cpu707, _ = snakemake(root / "dag707", config707, "pack_lmdb", *cores707)
         n707 = FULL_SCENES * len(SCENE_RULES) + 1

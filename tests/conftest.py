@@ -13,6 +13,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 SHARED_SQA = SHARED / "data" / "sqa3d"
+# No test talks to a real SLURM cluster (tests/test_slurm.py starts its own and passes its
+# SLURM_CONF): every Snakemake start would otherwise wait ~9 s in the SLURM plugin's
+# `scontrol show config` where SLURM's client is installed and no controller answers.
+os.environ["SLURM_CONF"] = os.devnull
 
 
 def cli_env() -> dict[str, str]:

@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "squeue", "scontrol", "sinfo", "srun", "scancel")
 SBIN = ("/usr/sbin", "/sbin", "/usr/bin")
@@ -244,3 +246,35 @@ def local_cluster(memory_mb: int | None = None) -> Iterator[Cluster]:
     finally:
         _stop(cluster)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def fitted_profile(cluster: Cluster, shipped: Path, dest: Path, *, scenes_per_group: int,
+                   first_status_check: int) -> Path:
+    """The profile folder `shipped` (profiles/slurm) fitted to this cluster's node: its CPUs and
+    memory, no GPUs, squeue for status, `scenes_per_group` scenes a group job. Everything else
+    (rule groups, runtimes, the executor, the scheduling settings) is the shipped profile's."""
+    profile = yaml.safe_load((shipped / "config.yaml").read_text())
+    per_job_mb = cluster.memory_mb // cluster.cpus
+    profile["cores"] = cluster.cpus
+    profile["group-components"]["scene"] = scenes_per_group
+    profile["default-resources"]["slurm_partition"] = PARTITION
+    for rule, res in profile["set-resources"].items():
+        res["mem_mb"] = min(res.get("mem_mb", per_job_mb), per_job_mb)
+        if "cpus_per_task" in res:
+            res["cpus_per_task"] = min(res["cpus_per_task"], cluster.cpus)
+        if "gpu" in res:
+            assert res["gpu"] >= 1, f"profile: {rule} should ask for a GPU"
+            res["gpu"] = 0  # the test node has none
+    for rule in profile["set-threads"]:
+        profile["set-threads"][rule] = min(profile["set-threads"][rule], cluster.cpus)
+    profile.update({
+        "latency-wait": 5,
+        "retries": 0,
+        "slurm-status-command": "squeue",
+        "slurm-init-seconds-before-status-checks": first_status_check,
+        "slurm-no-account": True,
+        "slurm-keep-successful-logs": True,
+    })
+    dest.mkdir(parents=True)
+    (dest / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    return dest

@@ -117,35 +117,13 @@ def test_profile_resources_reach_a_dry_run(tmp_path):
 
 
 def _test_profile(cluster: slurm_cluster.Cluster, dest: Path) -> Path:
-    """profiles/slurm fitted to the test node: its CPUs and memory, no GPUs, squeue for status.
-
-    Everything else (rule groups, runtimes, the executor) is the shipped profile's.
-    """
-    profile = yaml.safe_load(PROFILE.read_text())
-    per_job_mb = cluster.memory_mb // cluster.cpus
-    profile["cores"] = cluster.cpus
-    profile["group-components"]["scene"] = SCENES_PER_GROUP
-    profile["default-resources"]["slurm_partition"] = slurm_cluster.PARTITION
-    for rule, res in profile["set-resources"].items():
-        res["mem_mb"] = min(res.get("mem_mb", per_job_mb), per_job_mb)
-        if "cpus_per_task" in res:
-            res["cpus_per_task"] = min(res["cpus_per_task"], cluster.cpus)
-        if "gpu" in res:
-            assert res["gpu"] >= 1, f"profile: {rule} should ask for a GPU"
-            res["gpu"] = 0  # the test node has none
-    for rule in profile["set-threads"]:
-        profile["set-threads"][rule] = min(profile["set-threads"][rule], cluster.cpus)
-    for rule in ("train_run", "infer_run"):  # one CPU each: two runs fit the node at once
+    """profiles/slurm fitted to the test node (slurm_cluster.fitted_profile), 3 scenes a group;
+    the runs' jobs take one CPU each, so that two runs fit the node at once."""
+    slurm_cluster.fitted_profile(cluster, PROFILE.parent, dest, scenes_per_group=SCENES_PER_GROUP,
+                                 first_status_check=FIRST_STATUS_CHECK)
+    profile = yaml.safe_load((dest / "config.yaml").read_text())
+    for rule in ("train_run", "infer_run"):
         profile["set-threads"][rule] = profile["set-resources"][rule]["cpus_per_task"] = 1
-    profile.update({
-        "latency-wait": 5,
-        "retries": 0,
-        "slurm-status-command": "squeue",
-        "slurm-init-seconds-before-status-checks": FIRST_STATUS_CHECK,
-        "slurm-no-account": True,
-        "slurm-keep-successful-logs": True,
-    })
-    dest.mkdir(parents=True)
     (dest / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
     return dest
 
@@ -226,3 +204,26 @@ def test_demo_workflow_on_slurm(cluster, tmp_path):
             assert (cpus, memory) == (1, f"{per_step}M"), jobs
     # The per-scene steps ran inside the group jobs, not as jobs of their own.
     assert len(list((work / "logs" / "encode_video").glob("*.log"))) == 6
+
+
+@pytest.mark.parametrize("profile_args, keeps_conf", [
+    ((), False),
+    (("--workflow-profile", str(PROFILE.parent)), True),
+])
+def test_run_keeps_slurm_out_of_local_runs(tmp_path, profile_args, keeps_conf):
+    """Snakemake loads the SLURM plugin at every start and the plugin asks `scontrol show config`
+    (~9 s where no controller answers): `./run snakemake` hands it an empty configuration unless
+    the run names SLURM. A stand-in scontrol records the SLURM_CONF it is given."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    seen = tmp_path / "seen"
+    (fake / "scontrol").write_text(f'#!/bin/sh\necho "$SLURM_CONF" >> {seen}\nexit 1\n')
+    (fake / "scontrol").chmod(0o755)
+    env = dict(cli_env(), SLURM_CONF="/etc/slurm/site.conf",
+               PATH=os.pathsep.join([str(fake), os.environ["PATH"]]))
+    env.pop("SNAKEMAKE_PROFILE", None)
+    proc = subprocess.run([str(REPO / "run"), "snakemake", *profile_args, "--list-rules"],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    conf = "/etc/slurm/site.conf" if keeps_conf else os.devnull
+    assert set(seen.read_text().split()) == {conf}

@@ -12,6 +12,8 @@ import difflib
 import json
 import os
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -22,6 +24,37 @@ from jsonschema import Draft202012Validator, validators
 
 from clipbert.errors import ClipbertError
 from clipbert.signals import Terminated, sigterm_unwinds
+
+# A rate limit at or above this many jobs per timespan never binds in this workflow (1,513 scenes
+# make ~4,500 jobs), so the scheduler needs no timer to lift it.
+NEVER_BINDING_JOBS = 10_000
+
+
+def stop_scheduler_timers() -> None:
+    """Cancel the re-evaluation timers that Snakemake's scheduler arms, one per job-selection
+    round, each as long as the rate limiter's timespan (`max-jobs-per-timespan`). They are not
+    daemon threads, so without this the process waits for the last of them at exit; and each one
+    that fires runs another round, which arms another: with many ready jobs, rounds (and
+    Snakemake's CPU per job) grow with the jobs already finished (issue 23)."""
+    for thread in threading.enumerate():
+        if isinstance(thread, threading.Timer):
+            thread.cancel()
+
+
+def reap_scheduler_timers(max_jobs: int, period_s: float = 1.0) -> None:
+    """For the Snakefile's onstart: when the rate limit (`max_jobs` per timespan) never binds,
+    cancel the scheduler's pending timers every `period_s` (shorter than the profiles' one-minute
+    timespan, so none fires) from a daemon thread. A limit that can bind keeps its timers: they
+    are what starts the next jobs once it has passed."""
+    if max_jobs < NEVER_BINDING_JOBS:
+        return
+
+    def reap() -> None:
+        while True:
+            time.sleep(period_s)
+            stop_scheduler_timers()
+
+    threading.Thread(target=reap, name="clipbert-timer-reaper", daemon=True).start()
 
 
 def fail(message: str) -> NoReturn:
