@@ -26,8 +26,6 @@ if workflow.is_main_process and workflow.local_exec:
     clear_dead_lock(dry_run=workflow.dryrun)
 
 
-
-
 include: "rules/common.smk"
 include: "rules/demo.smk"
 include: "rules/scans.smk"
@@ -39,9 +37,9 @@ include: "rules/runs.smk"
 
 
 rule all:
+    default_target: True
     input:
         final_targets(),
-    default_target: True
 
 
 # Snakemake's job selection runs again whenever a rate-limiter timer fires, and every round arms

@@ -53,8 +53,7 @@ def train_settings(overrides: dict) -> settings.TrainConfig:
 DEMO_DIR = "work/demo/source"  # the demo's generated scans, SQA3D files and vocabulary
 SCANS = f"{DEMO_DIR}/scans" if DEMO else config["data"]["scans_dir"]
 SQA_DIR = f"{DEMO_DIR}/sqa_task" if DEMO else require("data.sqa_dir")
-VOCAB = f"{DEMO_DIR}/vocab.txt" if DEMO else require_file("weights.vocab",
-                                                           require("weights.vocab"))
+VOCAB = f"{DEMO_DIR}/vocab.txt" if DEMO else require_file("weights.vocab", require("weights.vocab"))
 VIDEOS = None if DEMO else config["data"]["videos_dir"]
 TRAIN = train_settings(config["train"]["overrides"])
 # Evaluation only (infer.model): a fine-tuned checkpoint is scored and nothing is trained, so no
@@ -63,13 +62,17 @@ INFER_MODEL = config["infer"]["model"]
 BLIND_MODEL = config["baselines"]["blind_model"]
 EVAL_ONLY = bool(INFER_MODEL)
 BLIND = bool(BLIND_MODEL) or (config["baselines"]["blind"] and not EVAL_ONLY)
-for _key, _path, _own in (("infer.model", INFER_MODEL, "results/model.pt"),
-                          ("baselines.blind_model", BLIND_MODEL, "results/blind/model.pt")):
+for _key, _path, _own in (
+    ("infer.model", INFER_MODEL, "results/model.pt"),
+    ("baselines.blind_model", BLIND_MODEL, "results/blind/model.pt"),
+):
     if _path:
         require_file(_key, _path)
         if Path(_path).resolve() == Path(_own).resolve():
-            fail(f"config: {_key}: {_path} is where this workflow's training writes; copy the "
-                 "checkpoint elsewhere to evaluate it")
+            fail(
+                f"config: {_key}: {_path} is where this workflow's training writes; copy the "
+                "checkpoint elsewhere to evaluate it"
+            )
 if not DEMO and not (SCANS or VIDEOS):
     fail("config: data.scans_dir or data.videos_dir is required for real data")
 for _kind, _path in config["weights"].items():
@@ -88,8 +91,11 @@ def sqa_files(kind: str, splits: tuple[str, ...] = SQA_SPLITS) -> list[str]:
 
 def check_real_inputs() -> None:
     """Every SQA3D file the conversion reads exists (named, not silently skipped)."""
-    for path in [f"{SQA_DIR}/{sqa.ANSWER_DICT}", *sqa_files("questions"),
-                 *sqa_files("sqa_annotations")]:
+    for path in [
+        f"{SQA_DIR}/{sqa.ANSWER_DICT}",
+        *sqa_files("questions"),
+        *sqa_files("sqa_annotations"),
+    ]:
         require_file("data.sqa_dir", path)
 
 
@@ -103,14 +109,20 @@ def check_checkpoints() -> None:
     answers = None if DEMO else len(sqa.load_answer_dict(f"{SQA_DIR}/{sqa.ANSWER_DICT}"))
     overrides = config["train"]["overrides"]
     for key, path, variant, extra in (
-            ("infer.model", INFER_MODEL, TRAIN.model.variant, {}),
-            ("baselines.blind_model", BLIND_MODEL, "blind", {"model.variant": "blind"})):
+        ("infer.model", INFER_MODEL, TRAIN.model.variant, {}),
+        ("baselines.blind_model", BLIND_MODEL, "blind", {"model.variant": "blind"}),
+    ):
         if not path:
             continue
         try:
-            modelfile.check_model_file(path, preset=config["train"]["preset"],
-                                       overrides={**overrides, **extra}, variant=variant,
-                                       n_answers=answers, hint="set train.preset: {preset}")
+            modelfile.check_model_file(
+                path,
+                preset=config["train"]["preset"],
+                overrides={**overrides, **extra},
+                variant=variant,
+                n_answers=answers,
+                hint="set train.preset: {preset}",
+            )
         except ClipbertError as e:
             fail(f"config: {key}: {e}")
 
@@ -160,9 +172,11 @@ def check_scene_inputs() -> None:
     if missing:
         key, where = ("data.videos_dir", VIDEOS) if VIDEOS else ("data.scans_dir", SCANS)
         shown = ", ".join(paths[s] for s in missing[:3])
-        fail(f"config: {key}: {len(missing)} of {len(SCENES)} scenes the questions use have "
-             f"no {'video' if VIDEOS else 'scan'} in {where}: {shown}"
-             f"{', ...' if len(missing) > 3 else ''}")
+        fail(
+            f"config: {key}: {len(missing)} of {len(SCENES)} scenes the questions use have "
+            f"no {'video' if VIDEOS else 'scan'} in {where}: {shown}"
+            f"{', ...' if len(missing) > 3 else ''}"
+        )
 
 
 check_scene_inputs()
@@ -180,8 +194,11 @@ def weight_inputs(blind: bool) -> dict[str, str]:
     """The pretrained weight files training starts from, as named inputs (`weights_KIND`): a
     changed file reruns training. The blind baseline has no CNN, so no CNN-only weights."""
     cnn_only = ("detectron2", "resnet")
-    return {f"weights_{kind}": path for kind, path in config["weights"].items()
-            if path and kind in settings.WEIGHT_KINDS and not (blind and kind in cnn_only)}
+    return {
+        f"weights_{kind}": path
+        for kind, path in config["weights"].items()
+        if path and kind in settings.WEIGHT_KINDS and not (blind and kind in cnn_only)
+    }
 
 
 def variant_overrides(blind: bool) -> dict:
@@ -213,8 +230,11 @@ def train_state_dir(blind: bool) -> str:
 def final_targets() -> list[str]:
     """What `snakemake` with no target makes: the test accuracy, the blind baseline's, and the
     report's plots."""
-    return ["results/test_acc.json", *(["results/blind/test_acc.json"] if BLIND else []),
-            *PLOTS.values()]
+    return [
+        "results/test_acc.json",
+        *(["results/blind/test_acc.json"] if BLIND else []),
+        *PLOTS.values(),
+    ]
 
 
 def run_benchmarks() -> list[str]:
@@ -222,11 +242,13 @@ def run_benchmarks() -> list[str]:
     run's scenes, less the rules the config leaves out, so that files an earlier run with
     another config left in logs/benchmarks (other scenes, training before an evaluation-only
     run) are not read. A pattern with another wildcard is globbed."""
-    left_out = {*(("train", "train_blind") if EVAL_ONLY else ()),
-                *(() if BLIND and not BLIND_MODEL else ("train_blind",)),
-                *(() if BLIND else ("infer_blind",)),
-                *(("sens_index", "frames", "encode_video") if VIDEOS else ()),
-                *(() if DEMO else ("demo_data",))}
+    left_out = {
+        *(("train", "train_blind") if EVAL_ONLY else ()),
+        *(() if BLIND and not BLIND_MODEL else ("train_blind",)),
+        *(() if BLIND else ("infer_blind",)),
+        *(("sens_index", "frames", "encode_video") if VIDEOS else ()),
+        *(() if DEMO else ("demo_data",)),
+    }
     files = []
     for r in workflow.rules:
         if r.name in left_out or not r.benchmark:
@@ -312,9 +334,14 @@ def run_train_inputs(wildcards) -> dict[str, str]:
     """What a run's training reads: the shared data half, its weights; no video when blind."""
     variant = run_variant(wildcards)
     video = {} if variant.blind else {"lmdb": rules.pack_lmdb.output[0]}
-    return {**weight_inputs(blind=variant.blind), "train": f"{WORK}/sqa/train.jsonl",
-            "val": f"{WORK}/sqa/val.jsonl", "ans2label": rules.sqa_convert.output.ans2label,
-            **video, "vocab": VOCAB}
+    return {
+        **weight_inputs(blind=variant.blind),
+        "train": f"{WORK}/sqa/train.jsonl",
+        "val": f"{WORK}/sqa/val.jsonl",
+        "ans2label": rules.sqa_convert.output.ans2label,
+        **video,
+        "vocab": VOCAB,
+    }
 
 
 def run_infer_inputs(wildcards) -> dict[str, str]:
@@ -322,17 +349,26 @@ def run_infer_inputs(wildcards) -> dict[str, str]:
     answer map and vocabulary it is read with too)."""
     variant = run_variant(wildcards)
     video = {} if variant.blind else {"lmdb": rules.pack_lmdb.output[0]}
-    given = ({"answers": [], "vocab": []} if variant.trained else
-             {"answers": rules.sqa_convert.output.ans2label, "vocab": VOCAB})
-    model = (f"results/runs/{wildcards.variant}/{wildcards.run}/model.pt" if variant.trained
-             else variant.checkpoint)
+    given = (
+        {"answers": [], "vocab": []}
+        if variant.trained
+        else {"answers": rules.sqa_convert.output.ans2label, "vocab": VOCAB}
+    )
+    model = (
+        f"results/runs/{wildcards.variant}/{wildcards.run}/model.pt"
+        if variant.trained
+        else variant.checkpoint
+    )
     return {"model": model, "jsonl": f"{WORK}/sqa/test.jsonl", **video, **given}
 
 
 def run_results() -> list[str]:
     """Every run's test accuracy, variant by variant in the config's order."""
-    return [f"results/runs/{name}/{run}/test_acc.json" for name, variant in VARIANTS.items()
-            for run in variant.run_names(RUN_SEEDS)]
+    return [
+        f"results/runs/{name}/{run}/test_acc.json"
+        for name, variant in VARIANTS.items()
+        for run in variant.run_names(RUN_SEEDS)
+    ]
 
 
 # Only the configured variants match a run's folder, so no other path under results/ can.

@@ -8,16 +8,16 @@ rule demo_data:
         sqa=sqa_files("questions") + sqa_files("sqa_annotations") if DEMO else [],
         answers=f"{DEMO_DIR}/sqa_task/answer_dict.json",
         vocab=f"{DEMO_DIR}/vocab.txt",
+    log:
+        "logs/demo_data.log",
+    benchmark:
+        "logs/benchmarks/demo_data.tsv"
+    conda:
+        ENV
     params:
         out_dir=lambda w, output: str(Path(output.vocab).parent),
         scenes=config["data"]["demo"]["scenes"],
         seed=config["data"]["demo"]["seed"],
         frames=config["data"]["demo"]["frames"],
-    conda:
-        ENV
-    log:
-        "logs/demo_data.log",
-    benchmark:
-        "logs/benchmarks/demo_data.tsv"
     script:
         "../workflow_scripts/demo_data.py"

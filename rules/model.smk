@@ -16,20 +16,20 @@ rule train:
     output:
         model="results/model.pt",
         metrics="results/train_log.jsonl",
+    log:
+        "logs/train.log",
+    benchmark:
+        "logs/benchmarks/train.tsv"
+    conda:
+        ENV
+    threads: workflow.cores
+    resources:
+        gpu=GPU_JOB,
     params:
         preset=config["train"]["preset"],
         settings=tracked_settings(blind=False),
         overrides=untracked(variant_overrides(blind=False)),
         state_dir=train_state_dir(blind=False),
-    threads: workflow.cores
-    resources:
-        gpu=GPU_JOB,
-    conda:
-        ENV
-    log:
-        "logs/train.log",
-    benchmark:
-        "logs/benchmarks/train.tsv"
     script:
         "../workflow_scripts/train.py"
 
@@ -48,6 +48,15 @@ rule infer:
     output:
         predictions="results/test_predictions.jsonl",
         acc="results/test_acc.json",
+    log:
+        "logs/infer.log",
+    benchmark:
+        "logs/benchmarks/infer.tsv"
+    conda:
+        ENV
+    threads: workflow.cores
+    resources:
+        gpu=GPU_JOB,
     params:
         n_clips=config["infer"]["n_clips"],
         preset=config["train"]["preset"],
@@ -55,15 +64,6 @@ rule infer:
         overrides=untracked(variant_overrides(blind=False)),
         variant=TRAIN.model.variant,
         trained_here=not INFER_MODEL,
-    threads: workflow.cores
-    resources:
-        gpu=GPU_JOB,
-    conda:
-        ENV
-    log:
-        "logs/infer.log",
-    benchmark:
-        "logs/benchmarks/infer.tsv"
     script:
         "../workflow_scripts/infer.py"
 
@@ -80,14 +80,14 @@ use rule train as train_blind with:
     output:
         model="results/blind/model.pt",
         metrics="results/blind/train_log.jsonl",
-    params:
-        settings=tracked_settings(blind=True),
-        overrides=untracked(variant_overrides(blind=True)),
-        state_dir=train_state_dir(blind=True),
     log:
         "logs/train_blind.log",
     benchmark:
         "logs/benchmarks/train_blind.tsv"
+    params:
+        settings=tracked_settings(blind=True),
+        overrides=untracked(variant_overrides(blind=True)),
+        state_dir=train_state_dir(blind=True),
 
 
 use rule infer as infer_blind with:
@@ -99,12 +99,12 @@ use rule infer as infer_blind with:
     output:
         predictions="results/blind/test_predictions.jsonl",
         acc="results/blind/test_acc.json",
+    log:
+        "logs/infer_blind.log",
+    benchmark:
+        "logs/benchmarks/infer_blind.tsv"
     params:
         settings=tracked_settings(blind=True),
         overrides=untracked(variant_overrides(blind=True)),
         variant="blind",
         trained_here=not BLIND_MODEL,
-    log:
-        "logs/infer_blind.log",
-    benchmark:
-        "logs/benchmarks/infer_blind.tsv"

@@ -21,12 +21,12 @@ rule plot_data:
         lmdb=rules.pack_lmdb.output[0],
     output:
         report(PLOTS["data"], caption="../report/data.rst", category="1 data"),
-    params:
-        figure="data",
-    conda:
-        ENV
     log:
         "logs/plots/data.log",
+    conda:
+        ENV
+    params:
+        figure="data",
     script:
         "../workflow_scripts/plots.py"
 
@@ -38,13 +38,13 @@ rule plot_training:
         log=[] if EVAL_ONLY else rules.train.output.metrics,
     output:
         report(PLOTS["training"], caption="../report/training.rst", category="2 training"),
+    log:
+        "logs/plots/training.log",
+    conda:
+        ENV
     params:
         figure="training",
         checkpoint=INFER_MODEL,
-    conda:
-        ENV
-    log:
-        "logs/plots/training.log",
     script:
         "../workflow_scripts/plots.py"
 
@@ -57,13 +57,13 @@ rule plot_test_accuracy:
         blind=rules.infer_blind.output.acc if BLIND else [],
     output:
         report(PLOTS["test_accuracy"], caption="../report/test_accuracy.rst", category="3 test"),
+    log:
+        "logs/plots/test_accuracy.log",
+    conda:
+        ENV
     params:
         figure="test_accuracy",
         source=SOURCE,
-    conda:
-        ENV
-    log:
-        "logs/plots/test_accuracy.log",
     script:
         "../workflow_scripts/plots.py"
 
@@ -74,13 +74,13 @@ rule plot_confusion:
         predictions=rules.infer.output.predictions,
     output:
         report(PLOTS["confusion"], caption="../report/confusion.rst", category="3 test"),
+    log:
+        "logs/plots/confusion.log",
+    conda:
+        ENV
     params:
         figure="confusion",
         top=15,
-    conda:
-        ENV
-    log:
-        "logs/plots/confusion.log",
     script:
         "../workflow_scripts/plots.py"
 
@@ -91,16 +91,16 @@ rule plot_frames:
         lmdb=rules.pack_lmdb.output[0],
     output:
         report(PLOTS["frames"], caption="../report/frames.rst", category="1 data"),
+    log:
+        "logs/plots/frames.log",
+    conda:
+        ENV
     params:
         figure="frames",
         preset=config["train"]["preset"],
         overrides=config["train"]["overrides"],
         n_clips=config["infer"]["n_clips"],
         scenes=4,
-    conda:
-        ENV
-    log:
-        "logs/plots/frames.log",
     script:
         "../workflow_scripts/plots.py"
 
@@ -116,14 +116,14 @@ rule plot_benchmarks:
         rules.infer_blind.output.acc if BLIND else [],
     output:
         report(PLOTS["benchmarks"], caption="../report/benchmarks.rst", category="4 resources"),
+    log:
+        "logs/plots/benchmarks.log",
+    conda:
+        ENV
     params:
         figure="benchmarks",
         folder="logs/benchmarks",
         files=lambda wildcards: run_benchmarks(),
-    conda:
-        ENV
-    log:
-        "logs/plots/benchmarks.log",
     script:
         "../workflow_scripts/plots.py"
 
@@ -145,12 +145,12 @@ rule plot_runs:
         summary="results/runs/summary.json",
     output:
         report(RUNS_PLOT, caption="../report/runs.rst", category="5 runs"),
+    log:
+        "logs/plots/runs.log",
+    conda:
+        ENV
     params:
         figure="runs",
         source=SOURCE,
-    conda:
-        ENV
-    log:
-        "logs/plots/runs.log",
     script:
         "../workflow_scripts/plots.py"

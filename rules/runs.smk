@@ -14,23 +14,23 @@ rule train_run:
     output:
         model="results/runs/{variant}/seed{seed}/model.pt",
         metrics="results/runs/{variant}/seed{seed}/train_log.jsonl",
+    log:
+        "logs/runs/{variant}/seed{seed}/train.log",
+    benchmark:
+        "logs/benchmarks/train_run/{variant}-seed{seed}.tsv"
     wildcard_constraints:
         variant=RUN_VARIANT_PATTERN,
         seed=r"\d+",
+    conda:
+        ENV
+    threads: workflow.cores
+    resources:
+        gpu=GPU_JOB,
     params:
         settings=run_settings,
         preset=run_preset,
         overrides=run_overrides,
         state_dir=run_state_dir,
-    threads: workflow.cores
-    resources:
-        gpu=GPU_JOB,
-    conda:
-        ENV
-    log:
-        "logs/runs/{variant}/seed{seed}/train.log",
-    benchmark:
-        "logs/benchmarks/train_run/{variant}-seed{seed}.tsv"
     script:
         "../workflow_scripts/train.py"
 
@@ -43,9 +43,18 @@ rule infer_run:
     output:
         predictions="results/runs/{variant}/{run}/test_predictions.jsonl",
         acc="results/runs/{variant}/{run}/test_acc.json",
+    log:
+        "logs/runs/{variant}/{run}/infer.log",
+    benchmark:
+        "logs/benchmarks/infer_run/{variant}-{run}.tsv"
     wildcard_constraints:
         variant=RUN_VARIANT_PATTERN,
         run=rf"seed\d+|{run_plan.CHECKPOINT_RUN}",
+    conda:
+        ENV
+    threads: workflow.cores
+    resources:
+        gpu=GPU_JOB,
     params:
         settings=run_settings,
         n_clips=run_n_clips,
@@ -53,15 +62,6 @@ rule infer_run:
         overrides=run_overrides,
         variant=run_model_variant,
         trained_here=run_trained_here,
-    threads: workflow.cores
-    resources:
-        gpu=GPU_JOB,
-    conda:
-        ENV
-    log:
-        "logs/runs/{variant}/{run}/infer.log",
-    benchmark:
-        "logs/benchmarks/infer_run/{variant}-{run}.tsv"
     script:
         "../workflow_scripts/infer.py"
 
@@ -73,15 +73,16 @@ rule runs_summary:
         run_results(),
     output:
         json="results/runs/summary.json",
-        tsv=report("results/runs/summary.tsv", caption="../report/runs_table.rst",
-                   category="5 runs"),
+        tsv=report(
+            "results/runs/summary.tsv", caption="../report/runs_table.rst", category="5 runs"
+        ),
+    log:
+        "logs/runs/summary.log",
+    conda:
+        ENV
     params:
         reference=RUN_REFERENCE,
         seeds=RUN_SEEDS,
-    conda:
-        ENV
-    log:
-        "logs/runs/summary.log",
     script:
         "../workflow_scripts/runs_summary.py"
 

@@ -7,12 +7,12 @@ rule sens_index:
         sens_path("{scene}"),
     output:
         f"{WORK}/index/{{scene}}.json",
-    conda:
-        ENV
     log:
         "logs/sens_index/{scene}.log",
     benchmark:
         "logs/benchmarks/sens_index/{scene}.tsv"
+    conda:
+        ENV
     script:
         "../workflow_scripts/sens_index.py"
 
@@ -24,15 +24,15 @@ rule frames:
         index=rules.sens_index.output[0],
     output:
         directory(f"{WORK}/frames/{{scene}}"),
-    params:
-        stride=config["frames"]["stride"],
-        depth=config["frames"]["depth"],
-        poses=config["frames"]["poses"],
-    conda:
-        ENV
     log:
         "logs/frames/{scene}.log",
     benchmark:
         "logs/benchmarks/frames/{scene}.tsv"
+    conda:
+        ENV
+    params:
+        stride=config["frames"]["stride"],
+        depth=config["frames"]["depth"],
+        poses=config["frames"]["poses"],
     script:
         "../workflow_scripts/frames.py"

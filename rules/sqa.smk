@@ -11,13 +11,13 @@ rule sqa_convert:
         jsonl=expand(f"{WORK}/sqa/{{split}}.jsonl", split=SQA_SPLITS),
         ans2label=f"{WORK}/sqa/train_ans2label.json",
         stats=f"{WORK}/sqa/stats.json",
-    params:
-        splits=SQA_SPLITS,  # the order of the questions and annotations files
-    conda:
-        ENV
     log:
         "logs/sqa_convert.log",
     benchmark:
         "logs/benchmarks/sqa_convert.tsv"
+    conda:
+        ENV
+    params:
+        splits=SQA_SPLITS,  # the order of the questions and annotations files
     script:
         "../workflow_scripts/sqa_convert.py"

@@ -10,6 +10,12 @@ rule encode_video:
         rules.frames.output[0],
     output:
         f"{WORK}/videos/{{scene}}.mp4",
+    log:
+        "logs/encode_video/{scene}.log",
+    benchmark:
+        "logs/benchmarks/encode_video/{scene}.tsv"
+    conda:
+        ENV
     params:
         size=config["video"]["size"],
         fps=config["video"]["fps"],
@@ -17,12 +23,6 @@ rule encode_video:
         keep_aspect=config["video"]["keep_aspect"],
         preset=config["video"]["preset"],
         encoder=ENCODERS[config["video"]["preset"]],
-    conda:
-        ENV
-    log:
-        "logs/encode_video/{scene}.log",
-    benchmark:
-        "logs/benchmarks/encode_video/{scene}.tsv"
     script:
         "../workflow_scripts/encode_video.py"
 
@@ -33,11 +33,11 @@ rule pack_lmdb:
         [video_path(s) for s in SCENES],
     output:
         directory(f"{WORK}/vis_db"),
-    conda:
-        ENV
     log:
         "logs/pack_lmdb.log",
     benchmark:
         "logs/benchmarks/pack_lmdb.tsv"
+    conda:
+        ENV
     script:
         "../workflow_scripts/pack_lmdb.py"
