@@ -4,15 +4,18 @@ rounds, for the data half (`snakemake pack_lmdb`) on tiny valid scans. Goal (iss
 job within +-30 % from 100 to 1,513 scenes.
 
     python benchmarks/bench_scheduler.py [--scenes 100 300 707 1513] [--run-max 300]
-                                         [--before-max 300] [--cores 2] [--stop-after S]
+                                         [--before-max 300] [--before-rev REV] [--cores 2]
+                                         [--stop-after S]
                                          [--slurm-scenes 0] [--json OUT]
 
 For every size: a dry run (planning) with the workstation profile and with the SLURM profile,
-and, up to --run-max scenes, a real local run with the workstation profile (up to --before-max
-twice, side by side):
-`before` with Snakemake's own scheduling defaults given on the command line (what the profile
-said before issue 23), `after` with the profile as shipped. Per job is (real run - dry run of
-the same DAG) / jobs: the scheduling, not the start and the DAG. With --slurm-scenes S, S scenes
+and, up to --run-max scenes, a real local run with the workstation profile; up to --before-max
+scenes, side by side with two runs of the workflow at --before-rev (three jobs per scene: index,
+frames, video), extracted with `git archive`: `before` with Snakemake's own scheduling defaults
+given on the command line and without the Snakefile's hooks (the workflow before issue 23), and
+`3 jobs/scene` as that revision shipped (the profiles' scheduling settings, its hooks). `after`
+is this checkout: those settings and one job per scene. Per job is (real run - dry run of the
+same DAG) / jobs: the scheduling, not the start and the DAG. With --slurm-scenes S, S scenes
 are also submitted through profiles/slurm to a private one-node SLURM cluster
 (tests/slurm_cluster.py; root and SLURM's daemons needed). The scenes' scans are two 64x48
 frames each (rehearse.py's tiny_scans), so the jobs do almost nothing and Snakemake's part shows.
@@ -24,6 +27,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,30 +50,45 @@ BEFORE = ("--max-jobs-per-timespan", "100/1s", "--scheduler", "ilp", "--schedule
 SPREAD = 0.30  # the goal: per-job CPU within +-30 % across sizes
 
 
-def jobs_for(n_scenes: int) -> int:
-    return n_scenes * len(SCENE_RULES) + 1  # + pack_lmdb
+# The last revision with three jobs per scene (sens_index, frames, encode_video).
+THREE_JOBS_REV = "cfe5207"
 
 
-def plan(root: Path, config: Path, *profile: str) -> dict:
+def jobs_for(n_scenes: int, per_scene: int = len(SCENE_RULES)) -> int:
+    return n_scenes * per_scene + 1  # + pack_lmdb
+
+
+def plan(root: Path, config: Path, *profile: str, snakefile: Path = REPO / "Snakefile") -> dict:
     """A dry run of the data half: Snakemake's start and DAG."""
     return snakemake_main(root, config, "pack_lmdb", "--cores", str(NODE_CORES), *profile,
-                          "-n", "--quiet", "all")
+                          "-n", "--quiet", "all", snakefile=snakefile)
 
 
 def real_run(root: Path, config: Path, cores: int, *extra: str,
-             stop_after: float | None = None) -> dict:
+             stop_after: float | None = None, snakefile: Path = REPO / "Snakefile") -> dict:
     """A real run; stopped after `stop_after` s, it counts the jobs that finished (their
     benchmark: files)."""
     root.mkdir()
     r = snakemake_main(root, config, "pack_lmdb", "--cores", str(cores), *extra,
-                       stop_after=stop_after)
+                       stop_after=stop_after, snakefile=snakefile)
     if r["stopped"]:
         r["jobs"] = len(list((root / "logs" / "benchmarks").rglob("*.tsv")))
     return r
 
 
-def row(n: int, profile: str, mode: str, r: dict, base: float | None) -> dict:
-    jobs = r.get("jobs") or jobs_for(n)
+def checkout(rev: str, dest: Path) -> Path:
+    """The workflow files of `rev` (its Snakefile, rules, scripts, profiles) in `dest`; the jobs
+    import this checkout's package, whose stage functions kept their signatures."""
+    dest.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev], capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest / "Snakefile"
+
+
+def row(n: int, profile: str, mode: str, r: dict, base: float | None,
+        per_scene: int = len(SCENE_RULES)) -> dict:
+    jobs = r.get("jobs") or jobs_for(n, per_scene)
     if r.get("stopped"):
         mode += " (stopped)"
     own = r["cpu"] - base if base is not None else None
@@ -96,7 +115,7 @@ def slurm_submission(root: Path, n: int) -> dict:
         profile = slurm_cluster.fitted_profile(
             cluster, SLURM_PROFILE, root / "profile",
             scenes_per_group=yaml.safe_load((SLURM_PROFILE / "config.yaml").read_text())[
-                "group-components"]["scene"], first_status_check=5)
+                "group-components"]["scenes"], first_status_check=5)
         work = root / "run"
         work.mkdir()
         r = snakemake_main(work, config, "pack_lmdb", "--workflow-profile", str(profile),
@@ -119,7 +138,9 @@ def main() -> None:
     ap.add_argument("--slurm-scenes", type=int, default=0,
                     help="also submit this many scenes to a local SLURM cluster")
     ap.add_argument("--before-max", type=int, default=300,
-                    help="the `before` real runs only up to this many scenes")
+                    help="the `before` and `3 jobs/scene` real runs only up to this many scenes")
+    ap.add_argument("--before-rev", default=THREE_JOBS_REV,
+                    help="the revision they run (default: %(default)s)")
     ap.add_argument("--tmp", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
@@ -129,6 +150,7 @@ def main() -> None:
           f"{'main CPU':>9s} {'CPU/job':>8s} {'wall s':>8s} {'exit s':>6s}")
     with tempfile.TemporaryDirectory(prefix="bench_scheduler_", dir=a.tmp) as tmp:
         root = Path(tmp)
+        old = checkout(a.before_rev, root / "rev")
         for n in a.scenes:
             config = tiny_scans(root / f"s{n}", n)
             dry = plan(root / f"s{n}", config)
@@ -139,19 +161,22 @@ def main() -> None:
                 print_row(d)
             if n > a.run_max:
                 continue
-            runs = ([("run, before", BEFORE)] if n <= a.before_max else []) + [
-                ("run, after", ())]
-            for mode, extra in runs:
-                r = real_run(root / f"s{n}" / mode.replace(", ", "_"), config, a.cores, *extra,
-                             stop_after=a.stop_after)
-                rows.append(row(n, "default", mode, r, dry["cpu"]))
+            dry_old = plan(root / f"s{n}", config, snakefile=old) if n <= a.before_max else None
+            runs = ([("run, before", BEFORE, old, dry_old), ("run, 3 jobs/scene", (), old,
+                                                            dry_old)]
+                    if n <= a.before_max else []) + [("run, after", (), REPO / "Snakefile", dry)]
+            for mode, extra, snakefile, base in runs:
+                r = real_run(root / f"s{n}" / mode.replace(", ", "_").replace("/", "_"), config,
+                             a.cores, *extra, stop_after=a.stop_after, snakefile=snakefile)
+                rows.append(row(n, "default", mode, r, base["cpu"],
+                                3 if snakefile == old else len(SCENE_RULES)))
                 print_row(rows[-1])
         if a.slurm_scenes:
             rows.append(slurm_submission(root / "slurm", a.slurm_scenes))
             print_row(rows[-1])
     print("\nCPU/job: dry run = main CPU / jobs; real run = (main CPU - the dry run's) / jobs; "
           "exit s: from the scheduler's end to the process's exit (pending timers)")
-    for mode in ("run, before", "run, after"):
+    for mode in ("run, before", "run, 3 jobs/scene", "run, after"):
         per = {d["scenes"]: d["per_job"] for d in rows if d["mode"].startswith(mode)}
         if len(per) > 1:
             mid = statistics.fmean(per.values())

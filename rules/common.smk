@@ -246,7 +246,7 @@ def run_benchmarks() -> list[str]:
         *(("train", "train_blind") if EVAL_ONLY else ()),
         *(() if BLIND and not BLIND_MODEL else ("train_blind",)),
         *(() if BLIND else ("infer_blind",)),
-        *(("sens_index", "frames", "encode_video") if VIDEOS else ()),
+        *(("scene",) if VIDEOS else ()),
         *(() if DEMO else ("demo_data",)),
     }
     files = []

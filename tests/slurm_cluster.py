@@ -256,7 +256,7 @@ def fitted_profile(cluster: Cluster, shipped: Path, dest: Path, *, scenes_per_gr
     profile = yaml.safe_load((shipped / "config.yaml").read_text())
     per_job_mb = cluster.memory_mb // cluster.cpus
     profile["cores"] = cluster.cpus
-    profile["group-components"]["scene"] = scenes_per_group
+    profile["group-components"]["scenes"] = scenes_per_group
     profile["default-resources"]["slurm_partition"] = PARTITION
     for rule, res in profile["set-resources"].items():
         res["mem_mb"] = min(res.get("mem_mb", per_job_mb), per_job_mb)

@@ -128,7 +128,7 @@ def test_a_corrupt_scan_fails_its_rule_with_one_line(demo_run: Path) -> None:
     assert errors and errors[0].startswith(
         f"error: work/demo/source/scans/{scene}/{scene}.sens: frame ")
     assert "run past the end of the file" in errors[0]
-    assert_one_line_failure(proc, errors[0], demo_run / f"logs/sens_index/{scene}.log")
+    assert_one_line_failure(proc, errors[0], demo_run / f"logs/scene/{scene}.log")
     assert not (demo_run / f"work/demo/index/{scene}.json").exists()
 
 

@@ -133,9 +133,8 @@ def lmdb_rows(wd: Path) -> list[dict]:
 def test_from_scans(scan_run):
     wd, output = scan_run
     per_scene = len(ALL_SCENES)
-    assert job_stats(output) == {"sens_index": per_scene, "frames": per_scene,
-                                 "encode_video": per_scene, "sqa_convert": 1, "pack_lmdb": 1,
-                                 "train": 1, "infer": 1, "total": 3 * per_scene + 4}
+    assert job_stats(output) == {"scene": per_scene, "sqa_convert": 1, "pack_lmdb": 1,
+                                 "train": 1, "infer": 1, "total": per_scene + 4}
     check_counts(wd)
     rows = lmdb_rows(wd)
     assert [r["key"] for r in rows] == ALL_SCENES
@@ -155,4 +154,4 @@ def test_from_released_videos(video_run, scan_run):
     first = json.loads((scan_run[0] / TARGET).read_text())
     for key in ("n_questions", "counts", "n_unknown", "ceiling", "majority_baseline"):
         assert acc[key] == first[key], key
-    assert not (wd / "logs" / "sens_index").exists()
+    assert not (wd / "logs" / "scene").exists()

@@ -503,8 +503,7 @@ def test_the_benchmarks_plot_reads_this_runs_files_only(tmp_path):
     files = line[0].split()[1:]
     scenes = [f"scene{i:04d}_00" for i in range(6)]
     assert files == ["logs/benchmarks/demo_data.tsv",
-                     *[f"logs/benchmarks/{r}/{s}.tsv" for r in ("sens_index", "frames",
-                                                                 "encode_video") for s in scenes],
+                     *[f"logs/benchmarks/scene/{s}.tsv" for s in scenes],
                      "logs/benchmarks/pack_lmdb.tsv", "logs/benchmarks/sqa_convert.tsv",
                      "logs/benchmarks/infer.tsv"], files
 
@@ -523,7 +522,7 @@ def test_snakemake_report_has_every_plot(tmp_path):
     said = description(tmp_path / "results/plots/benchmarks.png")
     rules = dict(re.findall(r"(\w+) (\d+) jobs? ", said))
     assert {"train", "infer", "train_blind", "infer_blind", "pack_lmdb"} <= set(rules), said
-    assert rules["frames"] == "6" and rules["train_blind"] == "1" and "1 jobs" not in said, said
+    assert rules["scene"] == "6" and rules["train_blind"] == "1" and "1 jobs" not in said, said
     snakemake(tmp_path, "--report", "report.html", config=SMALL)
     html = (tmp_path / "report.html").read_text()
     for name in PLOTS:

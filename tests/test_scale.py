@@ -18,10 +18,9 @@ import yaml
 from conftest import REPO, cli_env, job_stats
 from scale_config import N_SCENES, SNAKEMAKE_MAIN, real_data_config, tiny_scans
 
-PER_SCENE_RULES = ("sens_index", "frames", "encode_video")
 SCENES_PER_GROUP = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())[
     "group-components"
-]["scene"]
+]["scenes"]
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +42,8 @@ def test_full_dag(scale):
     text = _dry_run(root, config, "--quiet", "rules", "--", "results/test_acc.json")
     counts = job_stats(text)
     assert counts == {
-        **{rule: N_SCENES for rule in PER_SCENE_RULES},
-        "sqa_convert": 1, "pack_lmdb": 1, "train": 1, "infer": 1,
-        "total": 3 * N_SCENES + 4,
+        "scene": N_SCENES, "sqa_convert": 1, "pack_lmdb": 1, "train": 1, "infer": 1,
+        "total": N_SCENES + 4,
     }
 
 
@@ -55,21 +53,19 @@ def test_lmdb_step_runs_in_batches(scale):
     text = _dry_run(root, config, "--quiet", "rules", "--batch", "pack_lmdb=1/3")
     counts = job_stats(text)
     per_batch = math.ceil(N_SCENES / 3)
-    assert {rule: counts.get(rule) for rule in PER_SCENE_RULES} == dict.fromkeys(
-        PER_SCENE_RULES, per_batch
-    )
+    assert counts.get("scene") == per_batch
     assert "pack_lmdb" not in counts and "train" not in counts
     assert "Considering only batch 1/3 (rule pack_lmdb)" in text
 
 
 def test_slurm_profile_groups_scenes(scale):
-    """Through profiles/slurm the 2121 per-scene jobs become a few dozen SLURM group jobs."""
+    """Through profiles/slurm the 707 scene jobs become a few dozen SLURM group jobs."""
     root, config = scale
     text = _dry_run(
         root, config, "--workflow-profile", str(REPO / "profiles" / "slurm"),
         "--", "results/test_acc.json",
     )
-    assert text.count("Group job scene") == math.ceil(N_SCENES / SCENES_PER_GROUP)
+    assert text.count("Group job scenes") == math.ceil(N_SCENES / SCENES_PER_GROUP)
 
 
 def test_job_selection_runs_once_per_job(tmp_path):
@@ -78,7 +74,7 @@ def test_job_selection_runs_once_per_job(tmp_path):
     round arm a 1 s timer that runs another round: rounds grew with the jobs finished (22,054
     rounds for 301 jobs at 100 scenes, benchmarks/bench_scheduler.py); the profile's one-minute
     timespan would instead keep the process waiting at exit if the Snakefile did not cancel the
-    timers. At 4 scenes (13 jobs): 12 rounds and 0.04 s at exit; with Snakemake's defaults 88
+    timers. At 4 scenes (13 jobs, three per scene before issue 23's one): 12 rounds and 0.04 s at exit; with Snakemake's defaults 88
     rounds; without the Snakefile's hooks 57 s at exit."""
     n_scenes = 4
     config = tiny_scans(tmp_path / "scans", n_scenes)
@@ -89,6 +85,6 @@ def test_job_selection_runs_once_per_job(tmp_path):
                          env=dict(cli_env(), REHEARSE_MAIN_CPU=str(report)))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     main = json.loads(report.read_text())
-    jobs = 3 * n_scenes + 1
+    jobs = n_scenes + 1
     assert jobs // 2 <= main["rounds"] <= jobs + 2, main
     assert main["exit_wait"] < 10, main  # a pending one-minute timer would hold it ~50 s

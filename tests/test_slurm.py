@@ -36,7 +36,7 @@ SMALL_CONFIG = {
 # One SLURM job each, with the 18 per-scene jobs in two groups of 3 scenes (two run at once on
 # the two-CPU test node; the shipped profile groups 10 scenes).
 SCENES_PER_GROUP = 3
-EXPECTED_JOBS = ["demo_data", "sqa_convert", "scene", "scene", "pack_lmdb", "train", "infer",
+EXPECTED_JOBS = ["demo_data", "sqa_convert", "scenes", "scenes", "pack_lmdb", "train", "infer",
                  "train_run", "train_run", "infer_run", "infer_run", "runs_summary"]
 
 
@@ -72,11 +72,10 @@ def test_profile_is_complete():
     for rule in ("train", "infer"):
         assert rules[rule]["gpu"] >= 1
         assert rules[rule]["cpus_per_task"] == profile["set-threads"][rule]
-    for rule in ("demo_data", "sens_index", "frames", "encode_video", "pack_lmdb",
-                 "sqa_convert", "train", "infer"):
+    for rule in ("demo_data", "scene", "pack_lmdb", "sqa_convert", "train", "infer"):
         assert rules[rule]["runtime"] > 0
-    assert {profile["groups"][r] for r in ("sens_index", "frames", "encode_video")} == {"scene"}
-    assert profile["group-components"]["scene"] > 1
+    assert profile["groups"] == {"scene": "scenes"}
+    assert profile["group-components"]["scenes"] > 1
 
 
 def test_profile_names_only_known_rules():
@@ -109,7 +108,7 @@ def test_profile_resources_reach_a_dry_run(tmp_path):
     profile = yaml.safe_load(PROFILE.read_text())
     assert "gpu=1" in train
     assert f"mem_mb={profile['set-resources']['train']['mem_mb']}" in train
-    assert "Group job scene" in text
+    assert "Group job scenes" in text
     blind = text[text.index("rule train_blind:"):]
     blind = blind[: blind.index("Shell command") if "Shell command" in blind else 2000]
     assert "gpu=1" in blind
@@ -197,13 +196,13 @@ def test_demo_workflow_on_slurm(cluster, tmp_path):
     (start0, end0), (start1, end1) = _job_windows(cluster, "train_run")
     assert start1 < end0 and start0 < end1, _job_windows(cluster, "train_run")
     assert {state for _, state, *_ in jobs} == {"COMPLETED"}, jobs
-    # A group runs its steps one after another: one CPU, one step's memory, not their sums.
-    per_step = _test_profile_resources(profile)["encode_video"]["mem_mb"]
+    # A group runs its scenes one after another: one CPU, one scene's memory, not their sums.
+    per_scene = _test_profile_resources(profile)["scene"]["mem_mb"]
     for name, _, cpus, memory in jobs:
-        if name == "scene":
-            assert (cpus, memory) == (1, f"{per_step}M"), jobs
-    # The per-scene steps ran inside the group jobs, not as jobs of their own.
-    assert len(list((work / "logs" / "encode_video").glob("*.log"))) == 6
+        if name == "scenes":
+            assert (cpus, memory) == (1, f"{per_scene}M"), jobs
+    # The scene jobs ran inside the group jobs, not as SLURM jobs of their own.
+    assert len(list((work / "logs" / "scene").glob("*.log"))) == 6
 
 
 @pytest.mark.parametrize("profile_args, keeps_conf", [

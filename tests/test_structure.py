@@ -59,6 +59,7 @@ def test_floors() -> None:
         assert not reachable(graph, low) & {"model", "data", "train", "evaluate", "cli"}, low
     for fmt in ("sens", "frames", "video", "vislmdb", "sqa", "scannet"):
         assert not reachable(graph, fmt) & {"model", "data", "train", "evaluate", "cli"}, fmt
+    assert not reachable(graph, "scene") & {"model", "data", "train", "evaluate", "cli"}
     assert not reachable(graph, "model") & {"data", "train", "evaluate", "cli", "sqa", "video"}
 
 

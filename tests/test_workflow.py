@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -15,8 +16,6 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, cli_env, job_stats
-
-from clipbert.video import ENCODERS
 
 SMALL = {
     "data": {"demo": {"scenes": 6, "frames": 30}},
@@ -73,7 +72,7 @@ def test_end_to_end(run_dir):
     assert blind["blind"] is True and acc["blind"] is False
     assert blind["n_questions"] == acc["n_questions"]
     assert "model: WARNING: starting from RANDOM" in (run_dir / "logs/train_blind.log").read_text()
-    assert len(list((run_dir / "logs/frames").glob("*.log"))) == 6
+    assert len(list((run_dir / "logs/scene").glob("*.log"))) == 6
 
 
 @pytest.mark.slow
@@ -84,20 +83,21 @@ def test_nothing_left_to_do(run_dir):
 
 @pytest.mark.slow
 def test_rerun_one_stage(run_dir):
-    """Forcing one scene's frames reruns that job only; a dry run then shows that exactly its
-    video, the LMDB, training and inference are out of date (the blind baseline is not: it
-    reads no video)."""
+    """Forcing one scene's frames reruns that scene's job only (its index, frames and video,
+    one job since issue 23); a dry run then shows that exactly the LMDB, training and inference
+    are out of date (the blind baseline is not: it reads no video)."""
     scene = "scene0001_00"
     other = run_dir / "work/demo/frames/scene0002_00/frame-0.color.jpg"
-    before = other.stat().st_mtime_ns
-    proc = snakemake(run_dir, f"work/demo/frames/{scene}", "--forcerun", "frames", config=SMALL)
-    assert job_stats(proc.stdout + proc.stderr) == {"frames": 1, "total": 1}
+    mine = run_dir / f"work/demo/videos/{scene}.mp4"
+    before, video = other.stat().st_mtime_ns, mine.read_bytes()
+    proc = snakemake(run_dir, f"work/demo/frames/{scene}", "--forcerun", "scene", config=SMALL)
+    assert job_stats(proc.stdout + proc.stderr) == {"scene": 1, "total": 1}
     assert other.stat().st_mtime_ns == before
+    assert mine.read_bytes() == video  # the same frames, the same encode
     dry = snakemake(run_dir, "-n", "results/test_acc.json", "results/blind/test_acc.json",
                     config=SMALL)
     counts = job_stats(dry.stdout + dry.stderr)
-    assert counts == {"encode_video": 1, "pack_lmdb": 1, "train": 1, "infer": 1,
-                      "total": 4}, counts
+    assert counts == {"pack_lmdb": 1, "train": 1, "infer": 1, "total": 3}, counts
 
 
 def test_config_errors_name_the_key(tmp_path):
@@ -169,7 +169,7 @@ def test_real_data_inputs_are_named_before_any_job(tmp_path):
     real["data"]["scans_dir"] = str(src / "scans")
     proc = snakemake(tmp_path, "-n", "results/test_acc.json", config=real)
     counts = job_stats(proc.stdout + proc.stderr)
-    assert counts["sens_index"] == counts["frames"] == counts["encode_video"] == 6, counts
+    assert counts["scene"] == 6, counts
     assert "demo_data" not in counts
     dry = snakemake(tmp_path, "-n", *DETAILS, "--forceall", "results/test_acc.json",
                     config=real).stdout
@@ -387,31 +387,35 @@ def test_only_a_dead_snakemakes_lock_is_removed(tmp_path, monkeypatch, capsys):
         f"note: removed the lock of a Snakemake that was killed (pid {dead.pid})\n")
 
 
-def test_old_encodes_are_redone(tmp_path):
-    """A work folder encoded before the faithful encode followed OpenCV (its records lack the
-    `preset` and `encoder` params) re-encodes every video on the next run, and the LMDB after
-    them; so does a change of `video.preset`; with nothing changed, nothing runs."""
+def test_old_work_folders_are_redone(tmp_path):
+    """A work folder made before one job per scene (its records name the rules `sens_index`,
+    `frames` and `encode_video`, the last without the `preset` and `encoder` params of the
+    faithful encode) redoes every scene on the next run, and the LMDB after them; so does a
+    change of `video.preset`; with nothing changed, nothing runs."""
     wd = tmp_path
     config = {**SMALL, "data": {"demo": {"scenes": 5, "frames": 20}}}
     snakemake(wd, "work/demo/vis_db", config=config)
     assert "Nothing to be done" in snakemake(wd, "-n", "work/demo/vis_db", config=config).stdout
-    records = [p for p in (wd / ".snakemake/metadata").iterdir()
-               if json.loads(p.read_text())["rule"] == "encode_video"]
-    assert len(records) == 5
-    for p in records:  # what the old rule recorded: size, fps, codec, keep_aspect
+    metadata = wd / ".snakemake/metadata"
+    records = {base64.b64decode(p.name).decode(): p for p in metadata.iterdir()
+               if json.loads(p.read_text())["rule"] == "scene"}
+    assert len(records) == 3 * 5, sorted(records)
+    old = {  # what the three rules recorded for this config: their own params, as Snakemake does
+        "index": ("sens_index", []),
+        "frames": ("frames", [10, False, False]),  # stride, depth, poses
+        "videos": ("encode_video", [[64, 64], 20, "mpeg4", False]),  # size, fps, codec, aspect
+    }
+    for target, p in records.items():
+        rule, params = old[target.split("/")[2]]
         record = json.loads(p.read_text())
-        record["params"] = [v for v in record["params"]
-                            if v not in (repr("faithful"), repr(ENCODERS["faithful"]))]
-        assert len(record["params"]) == 4, record["params"]
+        record.update(rule=rule, params=sorted(repr(v) for v in params))
         p.write_text(json.dumps(record))
     proc = snakemake(wd, "-n", "work/demo/vis_db", config=config)
-    assert job_stats(proc.stdout + proc.stderr) == {"encode_video": 5, "pack_lmdb": 1,
-                                                   "total": 6}
+    assert job_stats(proc.stdout + proc.stderr) == {"scene": 5, "pack_lmdb": 1, "total": 6}
     snakemake(wd, "work/demo/vis_db", config=config)
     improved = {**config, "video": {**config["video"], "preset": "improved"}}
     proc = snakemake(wd, "-n", "work/demo/vis_db", config=improved)
-    assert job_stats(proc.stdout + proc.stderr) == {"encode_video": 5, "pack_lmdb": 1,
-                                                   "total": 6}
+    assert job_stats(proc.stdout + proc.stderr) == {"scene": 5, "pack_lmdb": 1, "total": 6}
 
 
 # ---- evaluation only (infer.model) -------------------------------------------------------------

@@ -55,12 +55,14 @@ def export_frames(
     stride: int = 20,
     depth: bool = False,
     poses: bool = False,
+    reader: SensReader | None = None,
 ) -> dict[str, Any]:
     """Export colour frames 0, stride, 2*stride, ... of a `.sens` file as `frame-{k}.color.jpg`.
 
     Also writes `index.json` (source frame numbers, timestamps, poses, image sizes, intrinsics)
     and returns it. With `depth`, `frame-{k}.depth.png` (16-bit); with `poses`,
     `frame-{k}.pose.txt` and the camera matrices as text. The folder appears whole or not at all.
+    `reader`: `sens_path` already open (its frame heads walked once for the index and the export).
     """
     try:
         ok = not isinstance(stride, bool) and operator.index(stride) >= 1
@@ -69,50 +71,53 @@ def export_frames(
     if not ok:
         raise ClipbertError(f"{sens_path}: stride must be a positive integer, got {stride!r}")
     stride = operator.index(stride)
-    with SensReader(sens_path) as r:
-        h = r.header
-        if h.color_compression != ColorCompression.JPEG:
-            raise ClipbertError(
-                f"{sens_path}: colour compression is "
-                f"{r.header_dict()['color']['compression']}, export needs jpeg"
-            )
-        if r.num_frames == 0:
-            raise ClipbertError(f"{sens_path}: the file has no frames to export")
-        kept = range(0, r.num_frames, stride)
-        index: dict[str, Any] = {
-            "source": Path(sens_path).name,
-            "source_size": r.file_size,
-            "stride": stride,
-            "num_source_frames": r.num_frames,
-            "num_frames": len(kept),
-            **{k: v for k, v in r.header_dict().items() if k != "num_frames"},
-            "depth_files": depth,
-            "pose_files": poses,
-            "frames": [],
-        }
-        with atomic_dir(out_dir) as tmp:
-            for k, i in progress(enumerate(kept), Path(sens_path).name, len(kept), unit="frames"):
-                info = r.frame_info(i)
-                entry: dict[str, Any] = {"k": k, "frame": i, "color": color_name(k)}
-                data = r.color_bytes(i)
-                if data[-2:] != JPEG_EOI:
-                    raise ClipbertError(f"{sens_path}: frame {i}: colour JPEG does not end with "
-                                        "FF D9 (cut short?)")
-                with open(tmp / color_name(k), "wb") as fh:
-                    fh.write(data)
-                if depth:
-                    _save_depth_png(r.depth(i), tmp / depth_name(k))
-                    entry["depth"] = depth_name(k)
-                if poses:
-                    (tmp / pose_name(k)).write_text(_matrix_text(r.pose(i)))
-                    entry["pose_file"] = pose_name(k)
-                for key in ("color_timestamp", "depth_timestamp", "lost", "pose"):
-                    entry[key] = info[key]
-                index["frames"].append(entry)
+    if reader is None:
+        with SensReader(sens_path) as r:
+            return export_frames(sens_path, out_dir, stride, depth, poses, r)
+    r = reader
+    h = r.header
+    if h.color_compression != ColorCompression.JPEG:
+        raise ClipbertError(
+            f"{sens_path}: colour compression is "
+            f"{r.header_dict()['color']['compression']}, export needs jpeg"
+        )
+    if r.num_frames == 0:
+        raise ClipbertError(f"{sens_path}: the file has no frames to export")
+    kept = range(0, r.num_frames, stride)
+    index: dict[str, Any] = {
+        "source": Path(sens_path).name,
+        "source_size": r.file_size,
+        "stride": stride,
+        "num_source_frames": r.num_frames,
+        "num_frames": len(kept),
+        **{k: v for k, v in r.header_dict().items() if k != "num_frames"},
+        "depth_files": depth,
+        "pose_files": poses,
+        "frames": [],
+    }
+    with atomic_dir(out_dir) as tmp:
+        for k, i in progress(enumerate(kept), Path(sens_path).name, len(kept), unit="frames"):
+            info = r.frame_info(i)
+            entry: dict[str, Any] = {"k": k, "frame": i, "color": color_name(k)}
+            data = r.color_bytes(i)
+            if data[-2:] != JPEG_EOI:
+                raise ClipbertError(f"{sens_path}: frame {i}: colour JPEG does not end with "
+                                    "FF D9 (cut short?)")
+            with open(tmp / color_name(k), "wb") as fh:
+                fh.write(data)
+            if depth:
+                _save_depth_png(r.depth(i), tmp / depth_name(k))
+                entry["depth"] = depth_name(k)
             if poses:
-                for name in ("intrinsic_color", "extrinsic_color", "intrinsic_depth",
-                             "extrinsic_depth"):
-                    (tmp / f"{name}.txt").write_text(_matrix_text(getattr(h, name)))
-            # Without indent, json uses its C encoder: ~10x faster on 1650-frame indexes.
-            (tmp / INDEX_NAME).write_text(json.dumps(index) + "\n")
+                (tmp / pose_name(k)).write_text(_matrix_text(r.pose(i)))
+                entry["pose_file"] = pose_name(k)
+            for key in ("color_timestamp", "depth_timestamp", "lost", "pose"):
+                entry[key] = info[key]
+            index["frames"].append(entry)
+        if poses:
+            for name in ("intrinsic_color", "extrinsic_color", "intrinsic_depth",
+                         "extrinsic_depth"):
+                (tmp / f"{name}.txt").write_text(_matrix_text(getattr(h, name)))
+        # Without indent, json uses its C encoder: ~10x faster on 1650-frame indexes.
+        (tmp / INDEX_NAME).write_text(json.dumps(index) + "\n")
     return index

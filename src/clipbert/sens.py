@@ -724,23 +724,28 @@ def sens_info(path: str | os.PathLike) -> dict[str, Any]:
         return info
 
 
-def build_index(path: str | os.PathLike) -> dict[str, Any]:
-    """Per-scene index: header plus every frame's offsets, sizes, timestamps, pose, lost flag."""
-    with SensReader(path) as r:
-        return {
-            "file": Path(path).name,
-            "file_size": r.file_size,
-            **r.header_dict(),
-            "imu_section": r.imu_offset is not None,
-            "imu_count": r.imu_count,
-            "imu_offset": r.imu_offset,
-            "lost_frames": len(r.lost_frames),
-            "frames": [r.frame_info(i) for i in range(r.num_frames)],
-        }
+def build_index(path: str | os.PathLike, reader: SensReader | None = None) -> dict[str, Any]:
+    """Per-scene index: header plus every frame's offsets, sizes, timestamps, pose, lost flag.
+    `reader`: `path` already open (the scene job walks the frame heads once for index and export)."""
+    if reader is None:
+        with SensReader(path) as r:
+            return build_index(path, r)
+    r = reader
+    return {
+        "file": Path(path).name,
+        "file_size": r.file_size,
+        **r.header_dict(),
+        "imu_section": r.imu_offset is not None,
+        "imu_count": r.imu_count,
+        "imu_offset": r.imu_offset,
+        "lost_frames": len(r.lost_frames),
+        "frames": [r.frame_info(i) for i in range(r.num_frames)],
+    }
 
 
-def write_index(path: str | os.PathLike, out_json: str | os.PathLike) -> None:
+def write_index(path: str | os.PathLike, out_json: str | os.PathLike,
+                reader: SensReader | None = None) -> None:
     """Write `build_index(path)` to `out_json` atomically (compact: one scan has ~1650 frames)."""
-    text = json.dumps(build_index(path)) + "\n"
+    text = json.dumps(build_index(path, reader)) + "\n"
     with atomic_open(out_json) as fh:
         fh.write(text)
