@@ -74,8 +74,8 @@ def test_job_selection_runs_once_per_job(tmp_path):
     round arm a 1 s timer that runs another round: rounds grew with the jobs finished (22,054
     rounds for 301 jobs at 100 scenes, benchmarks/bench_scheduler.py); the profile's one-minute
     timespan would instead keep the process waiting at exit if the Snakefile did not cancel the
-    timers. At 4 scenes (13 jobs, three per scene before issue 23's one): 12 rounds and 0.04 s at exit; with Snakemake's defaults 88
-    rounds; without the Snakefile's hooks 57 s at exit."""
+    timers. At 4 scenes and three jobs per scene (13 jobs): 12 rounds and 0.04 s at exit; with
+    Snakemake's defaults 88 rounds; without the Snakefile's hooks 57 s at exit."""
     n_scenes = 4
     config = tiny_scans(tmp_path / "scans", n_scenes)
     report = tmp_path / "main.json"

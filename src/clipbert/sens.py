@@ -726,7 +726,7 @@ def sens_info(path: str | os.PathLike) -> dict[str, Any]:
 
 def build_index(path: str | os.PathLike, reader: SensReader | None = None) -> dict[str, Any]:
     """Per-scene index: header plus every frame's offsets, sizes, timestamps, pose, lost flag.
-    `reader`: `path` already open (the scene job walks the frame heads once for index and export)."""
+    `reader`: `path` already open (the scene job walks the heads once for index and export)."""
     if reader is None:
         with SensReader(path) as r:
             return build_index(path, r)
