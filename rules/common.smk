@@ -216,9 +216,12 @@ def tracked_settings(blind: bool) -> str:
 
 
 def untracked(value):
-    """`value` as a param that the `params` rerun trigger leaves out (a function of the job's
-    threads): for the overrides as given, whose speed knobs change no result and whose other
-    settings `tracked_settings` records."""
+    """`value`, or `value(wildcards)` when it is a function, as a param that the `params` rerun
+    trigger leaves out (a function of the job's threads): for the overrides as given, whose speed
+    knobs change no result and whose other settings `tracked_settings` (or `run_settings`)
+    records, and for paths that are not results."""
+    if callable(value):
+        return lambda wildcards, threads: value(wildcards)
     return lambda wildcards, threads: value
 
 
@@ -305,9 +308,9 @@ def run_settings(wildcards) -> dict:
     return run_variant(wildcards).result_settings(run_seed(wildcards) or 0)
 
 
-def run_overrides(wildcards, output) -> dict:
+def run_overrides(wildcards) -> dict:
     """The overrides the job applies to its preset: the main config's, the variant's and the
-    seed. A function of the output, so that Snakemake leaves it out of the rerun trigger
+    seed. Given `untracked`, so that Snakemake leaves it out of the rerun trigger
     (`run_settings` is that): a changed speed knob reruns nothing."""
     variant, seed = run_variant(wildcards), run_seed(wildcards)
     return variant.overrides if seed is None else {**variant.overrides, "seed": seed}
@@ -325,8 +328,8 @@ def run_trained_here(wildcards) -> bool:
     return run_variant(wildcards).trained
 
 
-def run_state_dir(wildcards, output) -> str:
-    """A run's resumable training state, its own (not an output, not a rerun trigger)."""
+def run_state_dir(wildcards) -> str:
+    """A run's resumable training state, its own (not an output; given `untracked`)."""
     return f"{WORK}/runs/{wildcards.variant}/seed{wildcards.seed}/train_state"
 
 

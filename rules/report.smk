@@ -98,7 +98,8 @@ rule plot_frames:
     params:
         figure="frames",
         preset=config["train"]["preset"],
-        overrides=config["train"]["overrides"],
+        settings=tracked_settings(blind=False),
+        overrides=untracked(config["train"]["overrides"]),
         n_clips=config["infer"]["n_clips"],
         scenes=4,
     script:

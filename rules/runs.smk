@@ -29,8 +29,8 @@ rule train_run:
     params:
         settings=run_settings,
         preset=run_preset,
-        overrides=run_overrides,
-        state_dir=run_state_dir,
+        overrides=untracked(run_overrides),
+        state_dir=untracked(run_state_dir),
     script:
         "../workflow_scripts/train.py"
 
@@ -59,7 +59,7 @@ rule infer_run:
         settings=run_settings,
         n_clips=run_n_clips,
         preset=run_preset,
-        overrides=run_overrides,
+        overrides=untracked(run_overrides),
         variant=run_model_variant,
         trained_here=run_trained_here,
     script:

@@ -18,6 +18,7 @@ def _value(files: object) -> str | list[str] | None:
 
 with workflow_step(snakemake):
     options = dict(snakemake.params.items())
+    options.pop("settings", None)  # plot_frames: its rerun trigger (tracked_settings), no option
     inputs = {name: _value(files) for name, files in snakemake.input.items()}
     out = snakemake.output[0]
     print(f"{out}: {report.draw(options.pop('figure'), out, **inputs, **options)}")
