@@ -110,6 +110,7 @@ def slurm_submission(root: Path, n: int) -> dict:
     import slurm_cluster
     import yaml
 
+    root.mkdir()
     config = tiny_scans(root / "scans", n)
     with slurm_cluster.local_cluster() as cluster:
         profile = slurm_cluster.fitted_profile(
