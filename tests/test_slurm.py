@@ -36,8 +36,8 @@ SMALL_CONFIG = {
 # One SLURM job each, with the 18 per-scene jobs in two groups of 3 scenes (two run at once on
 # the two-CPU test node; the shipped profile groups 10 scenes).
 SCENES_PER_GROUP = 3
-EXPECTED_JOBS = ["demo_data", "sqa_convert", "scenes", "scenes", "pack_lmdb", "train", "infer",
-                 "train_run", "train_run", "infer_run", "infer_run", "runs_summary"]
+EXPECTED_JOBS = ["demo_data", "sqa_convert", "scenes_scene", "scenes_scene", "pack_lmdb", "train",
+                 "infer", "train_run", "train_run", "infer_run", "infer_run", "runs_summary"]
 
 
 def _unavailable() -> str | None:
@@ -75,6 +75,8 @@ def test_profile_is_complete():
     for rule in ("demo_data", "scene", "pack_lmdb", "sqa_convert", "train", "infer"):
         assert rules[rule]["runtime"] > 0
     assert profile["groups"] == {"scene": "scenes"}
+    # without a slot each, a group job would ask for the CPUs and memory of all its scenes
+    assert rules["scene"]["scene_slots"] == 1 and "scene_slots=1" in profile["resources"]
     assert profile["group-components"]["scenes"] > 1
 
 
@@ -199,7 +201,7 @@ def test_demo_workflow_on_slurm(cluster, tmp_path):
     # A group runs its scenes one after another: one CPU, one scene's memory, not their sums.
     per_scene = _test_profile_resources(profile)["scene"]["mem_mb"]
     for name, _, cpus, memory in jobs:
-        if name == "scenes":
+        if name == "scenes_scene":  # the executor's name: the group, then its rules
             assert (cpus, memory) == (1, f"{per_scene}M"), jobs
     # The scene jobs ran inside the group jobs, not as SLURM jobs of their own.
     assert len(list((work / "logs" / "scene").glob("*.log"))) == 6
