@@ -52,6 +52,7 @@ SPREAD = 0.30  # the goal: per-job CPU within +-30 % across sizes
 
 # The last revision with three jobs per scene (sens_index, frames, encode_video).
 THREE_JOBS_REV = "cfe5207"
+THREE_JOBS = 3
 
 
 def jobs_for(n_scenes: int, per_scene: int = len(SCENE_RULES)) -> int:
@@ -162,15 +163,16 @@ def main() -> None:
                 print_row(d)
             if n > a.run_max:
                 continue
-            dry_old = plan(root / f"s{n}", config, snakefile=old) if n <= a.before_max else None
-            runs = ([("run, before", BEFORE, old, dry_old), ("run, 3 jobs/scene", (), old,
-                                                            dry_old)]
-                    if n <= a.before_max else []) + [("run, after", (), REPO / "Snakefile", dry)]
-            for mode, extra, snakefile, base in runs:
+            # (mode, extra arguments, Snakefile, its dry run, jobs per scene)
+            runs = [("run, after", (), REPO / "Snakefile", dry, len(SCENE_RULES))]
+            if n <= a.before_max:
+                dry_old = plan(root / f"s{n}", config, snakefile=old)
+                runs[:0] = [("run, before", BEFORE, old, dry_old, THREE_JOBS),
+                            ("run, 3 jobs/scene", (), old, dry_old, THREE_JOBS)]
+            for mode, extra, snakefile, base, per_scene in runs:
                 r = real_run(root / f"s{n}" / mode.replace(", ", "_").replace("/", "_"), config,
                              a.cores, *extra, stop_after=a.stop_after, snakefile=snakefile)
-                rows.append(row(n, "default", mode, r, base["cpu"],
-                                3 if snakefile == old else len(SCENE_RULES)))
+                rows.append(row(n, "default", mode, r, base["cpu"], per_scene))
                 print_row(rows[-1])
         if a.slurm_scenes:
             rows.append(slurm_submission(root / "slurm", a.slurm_scenes))

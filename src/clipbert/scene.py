@@ -1,11 +1,11 @@
 """One scene's data stages in one call: the `.sens` index, the kept frames, the mp4.
 
 The workflow runs them as one job per scene (rule `scene`). Snakemake's main process spends a
-roughly fixed CPU time on every job (~0.03 s, benchmarks/bench_scheduler.py), serial, so at 707
-scenes three jobs per scene cost it ~65 s and one ~21 s; one job also starts one Python instead
-of three, and walks the scan's frame heads once for both the index and the export. Each stage is
-still a function and a command of its own (`clipbert sens index`, `clipbert sens export`,
-`clipbert video encode`) for running one by hand.
+roughly fixed CPU time on every job (~0.01 s measured, benchmarks/bench_scheduler.py), serial, so
+one job per scene is a third of three; one job also starts one Python instead of three (most of
+the wall time of small scenes), and walks the scan's frame heads once for index and export.
+Each stage is still a function and a command of its own (`clipbert sens index`, `clipbert sens
+export`, `clipbert video encode`) for running one by hand.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def build_scene(
     preset: str = "faithful",
 ) -> dict[str, Any]:
     """Write the scene's index, frames folder and video (each atomically, in that order) and
-    return the video's description with the number of kept frames."""
+    return the video's description (`n_frames`: the kept frames) with the scan's frame count."""
     with sens.SensReader(sens_path) as r:
         sens.write_index(sens_path, index_json, reader=r)
         index = frames.export_frames(sens_path, frames_dir, stride, depth, poses, reader=r)
