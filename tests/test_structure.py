@@ -61,6 +61,8 @@ def test_floors() -> None:
         assert not reachable(graph, fmt) & {"model", "data", "train", "evaluate", "cli"}, fmt
     assert not reachable(graph, "scene") & {"model", "data", "train", "evaluate", "cli"}
     assert not reachable(graph, "model") & {"data", "train", "evaluate", "cli", "sqa", "video"}
+    # the update rules and schedules know the settings, never the loop or the data
+    assert not reachable(graph, "optim") & {"model", "data", "train", "evaluate", "cli"}
 
 
 def test_configuration_imports_without_torch() -> None:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import cli_env
 
-from clipbert import config, data, demo, distributed, frames, sqa, train, video, vislmdb
+from clipbert import config, data, demo, distributed, frames, optim, sqa, train, video, vislmdb
 from clipbert.errors import ClipbertError
 from clipbert.qa import TrainFiles
 
@@ -131,8 +131,10 @@ def test_distributed_backend_is_checked(monkeypatch) -> None:
     assert device.type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def test_lr_schedule_warms_up_then_decays_to_zero() -> None:
-    f = train.lr_lambda(100, 0.1)
+def test_epochs_schedule_warms_up_then_decays_to_zero() -> None:
+    def f(s: int) -> float:
+        return optim.epochs_factor(s, 100, 0.1)
+
     assert [f(s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
     assert [f(s) for s in (10, 55, 99, 100)] == pytest.approx([1.0, 0.5, 1 / 90, 0.0])
 
@@ -228,6 +230,42 @@ def test_faithful_keeps_the_final_weights(ds, tmp_path: Path, capsys) -> None:
     assert [r["step"] for r in rows] == list(range(1, 9))
     assert not torch.equal(state_dict(tmp_path / "model.pt")["transformer.classifier.2.weight"],
                            model["state_dict"]["transformer.classifier.2.weight"])
+
+
+def test_faithful_logs_upstream_rates_and_step_count_and_resumes_exactly(
+        ds, tmp_path: Path, monkeypatch, capsys) -> None:
+    """64 questions at batch 7 for 1.5 epochs: upstream's ceil(1.5 x 64 / 7) = 14 updates (not
+    1.5 x 10), each logged at the rate upstream's formula gives it, by upstream's AdamW; a run that
+    dies after a checkpoint resumes to the same weights, bit for bit."""
+    settings = {**tiny_model(), "batch_size": 7, "epochs": 1.5, "val_every": 1.0,
+                "checkpoint_every": 3}
+    result, rows = run_train(ds, tmp_path / "ref", preset="faithful", **settings)
+    cfg = config.make_config("faithful", {**SMALL, **settings})
+    assert result["steps"] == 14 and [r["step"] for r in rows] == list(range(1, 15))
+    for r in rows:  # W = int(1.4) = 1: no warm-up, the last update at 1e-8
+        assert r["lr"] == pytest.approx(optim.upstream_rate(cfg.lr, r["step"], 14, 0.1),
+                                        rel=1e-12)
+        assert r["cnn_lr"] == pytest.approx(optim.upstream_rate(cfg.cnn_lr, r["step"], 14, 0.1),
+                                            rel=1e-12)
+    assert rows[-1]["lr"] == 1e-8 and rows[0]["lr"] == cfg.lr
+    real_step, calls = train.train_step, []
+
+    def dies(run: train.Run, *args):
+        assert type(run.optimizer) is optim.UpstreamAdamW
+        calls.append(1)
+        if len(calls) == 8:
+            raise RuntimeError("killed")
+        return real_step(run, *args)
+
+    monkeypatch.setattr(train, "train_step", dies)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_train(ds, tmp_path / "killed", preset="faithful", **settings)
+    monkeypatch.setattr(train, "train_step", real_step)
+    capsys.readouterr()
+    run_train(ds, tmp_path / "killed", preset="faithful", **settings)
+    assert "at step 6/14" in capsys.readouterr().out
+    a, b = (state_dict(tmp_path / d / "model.pt") for d in ("ref", "killed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def tiny_model() -> dict:

@@ -45,11 +45,11 @@ def annotations_name(split: str) -> str:
 def answer_type(question: str) -> str:
     """The question's first word, lower-cased, if it is a tracked type, else `others`.
 
-    Splitting on whitespace (not letters) is what reproduces the published per-type counts:
-    "What's" is `others`, not `what`.
+    The word is upstream's: the text before the first single space (`question.split(' ')[0]`),
+    so a question with a leading space is `others`, as upstream counted it. Splitting on spaces
+    (not letters) is what reproduces the published per-type counts: "What's" is `others`.
     """
-    words = question.split()
-    first = words[0].lower() if words else ""
+    first = question.split(" ")[0].lower()
     return first if first in ANSWER_TYPES[:-1] else "others"
 
 

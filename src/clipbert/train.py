@@ -1,4 +1,5 @@
-"""The training loop: AdamW with warm-up and decay, the multi-clip loss, resumable state, DDP.
+"""The training loop: AdamW with warm-up and decay (`optim.py`), the multi-clip loss, resumable
+state, DDP.
 
 Read `train` first: one flat loop over global steps. `build_run` makes everything it uses (data,
 model, optimizer, schedule) and is shared with `benchmarks/bench_train.py`; `TrainState` is what
@@ -39,7 +40,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from clipbert import data, evaluate, runtime, vislmdb
+from clipbert import data, evaluate, optim, runtime, vislmdb
 from clipbert.checkpoints import load_pretrained, unused_weights
 from clipbert.config import TrainConfig, result_settings
 from clipbert.distributed import Dist, setup_distributed, wrap_ddp
@@ -50,18 +51,6 @@ from clipbert.modelfile import save_model_file, vocab_tokens
 from clipbert.qa import ANS2LABEL, TrainFiles, read_rows
 from clipbert.sqa import available_videos, check_videos
 from clipbert.tokenizer import load_tokenizer, truncation_report
-
-
-def lr_lambda(total_steps: int, warmup_ratio: float):
-    """Linear warm-up over the first `warmup_ratio` of steps, then linear decay to zero."""
-    warmup = max(1, int(total_steps * warmup_ratio))
-
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    return f
 
 
 def seed_everything(seed: int) -> None:
@@ -125,7 +114,7 @@ class Run:
     step_model: nn.Module  # what a training step calls (the DDP wrapper under torchrun)
     group: Any  # process group of host-side collectives (None in one process)
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     tokenizer: Any
     ans2label: dict[str, int]
     train_rows: list[dict]
@@ -234,12 +223,14 @@ def build_run(cfg: TrainConfig, data_dir: str | os.PathLike | TrainFiles, lmdb_d
     if steps_per_epoch == 0:
         raise ClipbertError(f"{files.train}: {len(inputs.train_rows)} questions "
                             f"are too few for {d.world} processes")
-    total = math.ceil(cfg.epochs * steps_per_epoch)
-    optimizer = torch.optim.AdamW(model.param_groups(cfg), betas=cfg.betas, eps=cfg.adam_eps)
+    total = optim.total_steps(cfg.schedule, cfg.epochs, len(inputs.train_rows),
+                              cfg.batch_size * d.world, steps_per_epoch)
+    optimizer = optim.make_optimizer(cfg.optimizer, model.param_groups(cfg), cfg.betas,
+                                     cfg.adam_eps)
     return Run(
         cfg=cfg, d=d, device=device, model=model, step_model=step_model, group=group,
         optimizer=optimizer,
-        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, cfg.warmup_ratio)),
+        scheduler=optim.make_scheduler(cfg.schedule, optimizer, total, cfg.warmup_ratio),
         tokenizer=inputs.tokenizer, ans2label=inputs.ans2label, train_rows=inputs.train_rows,
         val_rows=inputs.val_rows,
         train_set=data.dataset_for(cfg, inputs.train_rows, inputs.lmdb_dir, inputs.ans2label,
@@ -481,7 +472,8 @@ def announce(run: Run) -> None:
     print(f"training {len(run.train_rows)} questions, {run.total} steps of global batch "
           f"{cfg.batch_size * d.world} ({d.world} process(es), {run.device}); "
           f"{torch.get_num_threads()} CPU thread(s); validation every {run.val_interval} steps, "
-          f"{'best on val' if run.select_best else 'final'} weights kept", flush=True)
+          f"{'best on val' if run.select_best else 'final'} weights kept; {cfg.optimizer} "
+          f"AdamW, {cfg.schedule} schedule", flush=True)
     if cfg.select_best and not run.select_best:
         print("warning: val.jsonl is missing or empty: keeping the final weights, not the best "
               "on val", flush=True)
