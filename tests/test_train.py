@@ -236,9 +236,10 @@ def test_faithful_logs_upstream_rates_and_step_count_and_resumes_exactly(
         ds, tmp_path: Path, monkeypatch, capsys) -> None:
     """64 questions at batch 7 for 1.5 epochs: upstream's ceil(1.5 x 64 / 7) = 14 updates (not
     1.5 x 10), each logged at the rate upstream's formula gives it, by upstream's AdamW; a run that
-    dies after a checkpoint resumes to the same weights, bit for bit."""
+    dies after a checkpoint resumes to the same weights, bit for bit, and keeps the same models
+    of every `keep_every`-th update."""
     settings = {**tiny_model(), "batch_size": 7, "epochs": 1.5, "val_every": 1.0,
-                "checkpoint_every": 3}
+                "checkpoint_every": 3, "keep_every": 5}
     result, rows = run_train(ds, tmp_path / "ref", preset="faithful", **settings)
     cfg = config.make_config("faithful", {**SMALL, **settings})
     assert result["steps"] == 14 and [r["step"] for r in rows] == list(range(1, 15))
@@ -266,6 +267,20 @@ def test_faithful_logs_upstream_rates_and_step_count_and_resumes_exactly(
     assert "at step 6/14" in capsys.readouterr().out
     a, b = (state_dict(tmp_path / d / "model.pt") for d in ("ref", "killed"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # every 5th update's model is kept, the one written before the kill and the one after it
+    # the same as the uninterrupted run's, and unlike each other
+    for run in ("ref", "killed"):
+        kept = tmp_path / run / "state" / train.KEPT
+        assert sorted(p.name for p in kept.iterdir()) == ["step000005.pt", "step000010.pt"]
+    for step in (5, 10):
+        a, b = (torch.load(train.kept_path(tmp_path / run / "state", step), weights_only=True)
+                for run in ("ref", "killed"))
+        assert a["step"] == b["step"] == step and a["chosen"] == f"update {step}"
+        assert a["val_accuracy"] is None
+        assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    five, ten = (state_dict(train.kept_path(tmp_path / "ref" / "state", s)) for s in (5, 10))
+    assert not torch.equal(five["transformer.classifier.2.weight"],
+                           ten["transformer.classifier.2.weight"])
 
 
 def tiny_model() -> dict:
@@ -492,10 +507,14 @@ def test_state_of_another_run_is_set_aside(ds, tmp_path: Path, capsys) -> None:
     row["answer"] = next(a for a in json.loads((root / "sqa" / "train_ans2label.json")
                                                .read_text()) if a != row["answer"])
     (root / "sqa" / "train.jsonl").write_text(json.dumps(row) + "\n" + "".join(lines[1:]))
+    planted = train.kept_path(out / "state", 3)  # the other run's kept model goes with it
+    planted.parent.mkdir()
+    planted.write_bytes(b"another run's model")
     _, rows = run_train(inputs, out, epochs=1)
     log = capsys.readouterr().out
     assert "not resuming" in log and "(changed: train.jsonl); training starts over" in log
     assert [r["step"] for r in rows] == list(range(1, 9))
+    assert not planted.parent.exists()
 
     # The same frames, encoded by another codec: other bytes, so another run.
     scene = json.loads(lines[1])["video_id"]

@@ -100,6 +100,9 @@ class TrainConfig:
     val_every: float = 0.1
     select_best: bool = False
     checkpoint_every: int = 500
+    # Keep the model of every k-th update in the state folder's `kept/` (0: none); upstream
+    # saved every 1,700 and scored each save, so k = 1700 gives the spread a choice among them.
+    keep_every: int = 0
     log_every: int = 20
     num_workers: int = 4
     # Speed only (same arithmetic up to rounding): NHWC convolutions on CUDA, torch.compile.
@@ -125,7 +128,7 @@ class TrainConfig:
 WEIGHT_KINDS = ("clipbert", "detectron2", "resnet", "bert")
 
 # Settings that change how fast a run goes or how much it logs, never what it computes.
-SPEED_KNOBS = ("log_every", "checkpoint_every", "num_workers", "eval_batch_size",
+SPEED_KNOBS = ("log_every", "checkpoint_every", "keep_every", "num_workers", "eval_batch_size",
                "channels_last", "compile")
 
 # Settings whose value is one of a few names.

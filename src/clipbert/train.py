@@ -100,6 +100,9 @@ def epoch_batches(n: int, epoch: int, cfg: TrainConfig, d: Dist) -> list[list[in
     return [b[d.rank :: d.world] for b in batches]
 
 
+KEPT = "kept"  # the state folder's subfolder of `keep_every`'s models
+
+
 # ---- a run: everything the loop uses ---------------------------------------------------------
 
 
@@ -314,6 +317,7 @@ def resume(run: Run, state_dir: Path) -> TrainState:
         if main:  # a leftover of another run is no candidate for the best weights either
             last.unlink(missing_ok=True)
             (state_dir / "best.pt").unlink(missing_ok=True)
+            shutil.rmtree(state_dir / KEPT, ignore_errors=True)
         return TrainState()
     if saved is None:
         saved = _load_state(last)
@@ -485,6 +489,24 @@ def model_extra(run: Run, st: TrainState, chosen: str) -> dict:
             "world_size": run.d.world, "global_batch": run.cfg.batch_size * run.d.world}
 
 
+def kept_path(state_dir: Path, step: int) -> Path:
+    """Where `keep_every` keeps the model of update `step`."""
+    return state_dir / KEPT / f"step{step:06d}.pt"
+
+
+def keep_model(run: Run, st: TrainState, state_dir: Path) -> None:
+    """The model after every `keep_every`-th update, a model file `clipbert infer` (or a `runs`
+    variant's `infer.model`) scores: how much the choice among upstream's saves matters."""
+    k = run.cfg.keep_every
+    if k <= 0 or st.step % k or not run.d.main:
+        return
+    validated = due(run, st.step)[1] and bool(run.val_rows)
+    extra = {**model_extra(run, st, f"update {st.step}"),
+             "val_accuracy": st.last_acc if validated else None}
+    save_model_file(kept_path(state_dir, st.step), run.model, run.cfg, run.ans2label,
+                    vocab_tokens(run.tokenizer), extra)
+
+
 # ---- the loop ---------------------------------------------------------------------------------
 
 
@@ -546,6 +568,7 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike | TrainFiles, lmdb_dir, 
                     fh.write(json.dumps(row) + "\n")
             if save:
                 save_state(run, st, last)
+            keep_model(run, st, state_dir)
             # Validation and checkpoints are not training time.
             t0 = time.perf_counter() if row is not None else t0 + time.perf_counter() - t_work
             if st.step >= run.total:
