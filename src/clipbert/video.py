@@ -33,7 +33,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from clipbert.errors import ClipbertError
+from clipbert.errors import ClipbertError, machine_error
 from clipbert.frames import INDEX_NAME
 from clipbert.fsutil import atomic_path
 from clipbert.progress import progress
@@ -303,15 +303,29 @@ def encode_video(
 
 
 def _open(src: bytes | str | os.PathLike, name: str) -> av.container.InputContainer:
+    """The container of a video; an image (FFmpeg reads a JPEG or PNG, whatever its file name,
+    as a one-frame "video" at a made-up 25 fps), a file of no known format and one without a
+    video stream are refused."""
     try:
         data = io.BytesIO(src) if isinstance(src, bytes | bytearray | memoryview) else str(src)
         container = av.open(data, mode="r")
-    except (av.FFmpegError, OSError) as e:
+    except av.FFmpegError as e:
         raise ClipbertError(f"{name}: cannot open video ({e})") from None
+    except OSError as e:
+        raise machine_error(e, name) or ClipbertError(f"{name}: cannot open ({e})") from None
+    fmt = container.format
+    if fmt.name.endswith("_pipe") or fmt.name in _IMAGE_FORMATS:
+        container.close()
+        raise ClipbertError(f"{name}: not a video but an image ({fmt.long_name}); put the "
+                            "scene's mp4 here")
     if not container.streams.video:
         container.close()
         raise ClipbertError(f"{name}: no video stream")
     return container
+
+
+# FFmpeg's demuxers of still images besides the `*_pipe` ones (jpeg_pipe, png_pipe, ...).
+_IMAGE_FORMATS = frozenset({"image2", "image2pipe"})
 
 
 @dataclass(frozen=True)
@@ -354,6 +368,9 @@ def _demux(
         raise ClipbertError(f"{name}: cannot read video ({e})") from None
     if not packets:
         raise ClipbertError(f"{name}: the video stream has no frames")
+    if stream.frames > len(packets):
+        raise ClipbertError(f"{name}: truncated: its header lists {stream.frames} frames, the "
+                            f"file holds {len(packets)}")
     if any(p.pts is None for p in packets):
         raise ClipbertError(
             f"{name}: a frame without a presentation timestamp (a raw stream? mux it into mp4)"
@@ -396,6 +413,23 @@ def probe_video(path_or_bytes: bytes | str | os.PathLike, name: str | None = Non
             "codec": stream.codec_context.name,
             "n_frames": t.n_frames,
         }
+
+
+def check_video(path: str | os.PathLike, min_frames: int = 1) -> int:
+    """Refuse what is not a usable video, cheaply: an image, no video stream, no frames, fewer
+    than `min_frames` (one clip's frames). Reads the header only where the container counts its
+    frames there (mp4, mov), else demuxes; returns the frame count. For a run's start, where
+    every released video is checked (707 in about a second, see benchmarks/bench_probe.py)."""
+    name = str(path)
+    with _open(path, name) as container:
+        stream = container.streams.video[0]
+        n = stream.frames if container.format.name.startswith("mov,") else 0
+        if n <= 0:
+            n = _demux(container, name)[1].n_frames
+    if n < min_frames:
+        raise ClipbertError(f"{name}: {n} frame{'s' if n != 1 else ''}, fewer than one clip "
+                            f"({min_frames} frames); put the scene's whole video here")
+    return n
 
 
 def linspace_f32(end: float, steps: int) -> np.ndarray:
