@@ -145,6 +145,8 @@ def _machine_failure(e: BaseException, target: Path, tmp: Path | None) -> Machin
     while the temporary `tmp` is still there)."""
     if isinstance(e, MachineError):
         return None
+    if isinstance(e, OSError) and f".{target.name}.tmp-" in str(e.filename):
+        e.filename = None  # the temporary goes now: name what was being written
     found = machine_error(e, target)
     if found is not None or not isinstance(e, RuntimeError):
         return found
