@@ -310,3 +310,27 @@ def test_a_failed_write_leaves_no_temporary(tmp_path: Path) -> None:
             (tmp / "x" if atomic is atomic_dir else tmp).write_text("half")
             raise ValueError
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_full_disk_in_the_workflow_then_a_plain_rerun(
+    tmp_path: Path, tmpfs: Callable[[int], Path]
+) -> None:
+    """The demo's work/ on a full disk: the job says `no space left on device` with the path,
+    not "a bug", and Snakemake stops; once space is freed a plain rerun makes the video LMDB and
+    leaves no temporary anywhere."""
+    from test_workflow import SMALL, snakemake
+
+    fs = tmpfs(64 << 20)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run/work").symlink_to(fs)
+    filler = fill(fs)
+    proc = snakemake(tmp_path / "run", "work/demo/vis_db", config=SMALL, check=False)
+    assert proc.returncode == 1
+    assert ("error: work/demo/source/scans/scene0000_00/scene0000_00.sens: no space left on "
+            "device\n" in proc.stderr), proc.stderr
+    assert "a bug" not in proc.stderr and "Traceback" not in proc.stderr
+    filler.unlink()
+    snakemake(tmp_path / "run", "work/demo/vis_db", config=SMALL)
+    assert len(vislmdb.VideoLMDB(fs / "demo/vis_db")) == 6
+    assert temporaries(tmp_path) == [] and temporaries(fs) == []

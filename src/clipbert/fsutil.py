@@ -143,10 +143,13 @@ def _machine_failure(e: BaseException, target: Path, tmp: Path | None) -> Machin
     """What failed while writing `target`, when it was the machine: an OSError of a machine
     errno, or torch's zip writer failing (named as no space left when the file system is full
     while the temporary `tmp` is still there)."""
-    if isinstance(e, MachineError):
-        return None
+    if isinstance(e, MachineError):  # from a write inside this one: name its final path
+        text = str(e)
+        return MachineError(text.replace(str(tmp), str(target))) if tmp and str(tmp) in text \
+            else None
     if isinstance(e, OSError) and f".{target.name}.tmp-" in str(e.filename):
-        e.filename = None  # the temporary goes now: name what was being written
+        # The temporary goes now: name the file as it would have been in place.
+        e.filename = str(e.filename).replace(str(tmp), str(target)) if tmp else None
     found = machine_error(e, target)
     if found is not None or not isinstance(e, RuntimeError):
         return found

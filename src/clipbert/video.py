@@ -149,7 +149,8 @@ def faithful_frame(
     try:
         data = Path(path).read_bytes()
     except OSError as e:
-        raise ClipbertError(f"{path}: cannot read ({e.strerror})") from None
+        raise machine_error(e, path) or ClipbertError(
+            f"{path}: cannot read ({e.strerror})") from None
     with _open_jpeg(path, data, expect) as im:
         src = im.size
     if not data.rstrip(b"\0").endswith(b"\xff\xd9"):

@@ -128,7 +128,7 @@ def lmdb_bytes(sizes: list[int]) -> int:
 def check_free_space(target: str | os.PathLike, need: int) -> None:
     """Stop before writing `need` bytes at `target` when its file system has less free: a full
     file system under LMDB's memory map kills the job with SIGBUS and no message at all."""
-    where = Path(target).absolute().parent
+    where = Path(target).parent
     while not where.exists():
         where = where.parent
     try:
