@@ -417,20 +417,35 @@ def probe_video(path_or_bytes: bytes | str | os.PathLike, name: str | None = Non
 
 
 def check_video(path: str | os.PathLike, min_frames: int = 1) -> int:
-    """Refuse what is not a usable video, cheaply: an image, no video stream, no frames, fewer
-    than `min_frames` (one clip's frames). Reads the header only where the container counts its
-    frames there (mp4, mov), else demuxes; returns the frame count. For a run's start, where
-    every released video is checked (707 in about a second, see benchmarks/bench_probe.py)."""
+    """Refuse what is not a usable video, cheaply: an image, no video stream, no frames, a copy
+    cut short, fewer than `min_frames` (one clip's frames). Reads the header and the last frame
+    where the container counts its frames (mp4, mov), else demuxes; returns the frame count.
+    For a run's start, where every released video is checked: 707 of 300 frames in 0.8 s
+    (benchmarks/bench_probe.py), a full demux 7.7 s."""
     name = str(path)
     with _open(path, name) as container:
         stream = container.streams.video[0]
         n = stream.frames if container.format.name.startswith("mov,") else 0
-        if n <= 0:
+        if n > 0 and not _last_frame_there(container, stream):
+            n = 0
+    if n <= 0:  # no count in the header, or not all there: demuxed, naming what is wrong
+        with _open(path, name) as container:
             n = _demux(container, name)[1].n_frames
     if n < min_frames:
         raise ClipbertError(f"{name}: {n} frame{'s' if n != 1 else ''}, fewer than one clip "
                             f"({min_frames} frames); put the scene's whole video here")
     return n
+
+
+def _last_frame_there(container: av.container.InputContainer, stream: av.VideoStream) -> bool:
+    """Whether the last frame the header lists is in the file: one seek to it and one packet,
+    so that a copy cut short is found without reading the whole file."""
+    try:
+        container.seek((stream.start_time or 0) + (stream.duration or 0), stream=stream,
+                       backward=True, any_frame=True)
+        return any(p.size for p in container.demux(stream))
+    except av.FFmpegError:
+        return False
 
 
 def linspace_f32(end: float, steps: int) -> np.ndarray:
