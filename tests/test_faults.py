@@ -335,3 +335,24 @@ def test_a_full_disk_in_the_workflow_then_a_plain_rerun(
     snakemake(tmp_path / "run", "work/demo/vis_db", config=SMALL)
     assert len(vislmdb.VideoLMDB(fs / "demo/vis_db")) == 6
     assert temporaries(tmp_path) == [] and temporaries(fs) == []
+
+
+def test_the_command_line_names_a_failure_of_the_machine(monkeypatch, capsys) -> None:
+    """An OSError of the machine that reaches `clipbert`'s top, from any stage, is one line
+    naming the file, exit 1; any other OSError is still a bug, with its traceback."""
+    from clipbert import cli
+
+    def failing(path: str) -> list:
+        raise OSError(errno.EIO, os.strerror(errno.EIO), f"{path}/data.mdb")
+
+    monkeypatch.setattr(vislmdb, "list_lmdb", failing)
+    assert cli.main(["lmdb", "ls", "db"]) == 1
+    assert capsys.readouterr().err == ("error: db/data.mdb: input/output error (a failing disk "
+                                       "or network file system)\n")
+
+    def other(path: str) -> list:
+        raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), path)
+
+    monkeypatch.setattr(vislmdb, "list_lmdb", other)
+    with pytest.raises(OSError, match="File name too long"):
+        cli.main(["lmdb", "ls", "db"])
