@@ -185,8 +185,9 @@ check_scene_inputs()
 def check_released_videos() -> None:
     """Released videos: each is a video of at least one clip's frames (not an image renamed
     .mp4, not empty, not cut short before its header), read from its header before any job
-    (707 in ~1 s: benchmarks/bench_probe.py), so that a bad one never costs the last LMDB."""
-    if not VIDEOS:
+    (707 in ~1 s: benchmarks/bench_probe.py), so that a bad one never costs the last LMDB.
+    Once per run: not again in each cluster job, which reads the Snakefile too."""
+    if not VIDEOS or not workflow.is_main_process:
         return
     from clipbert import video  # PyAV: only runs on released videos pay for it here
 
