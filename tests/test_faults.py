@@ -356,3 +356,23 @@ def test_the_command_line_names_a_failure_of_the_machine(monkeypatch, capsys) ->
     monkeypatch.setattr(vislmdb, "list_lmdb", other)
     with pytest.raises(OSError, match="File name too long"):
         cli.main(["lmdb", "ls", "db"])
+
+
+def test_an_lmdb_write_error_is_one_line(tmp_path: Path, mp4s: list[Path], monkeypatch) -> None:
+    """LMDB reports a failed write with the errno's words only: a failure of the machine is
+    named as such, any other names the LMDB; neither leaves a temporary."""
+    import lmdb
+
+    for text, want, words in (
+        ("mdb_txn_commit: Input/output error", MachineError, "input/output error"),
+        ("mdb_put: MDB_CORRUPTED: Located page was wrong type", ClipbertError,
+         "cannot write the LMDB"),
+    ):
+        def failing(env: object, items: object, text: str = text) -> None:
+            raise lmdb.Error(text)
+
+        monkeypatch.setattr(vislmdb, "_put_batch", failing)
+        with pytest.raises(ClipbertError) as e:
+            vislmdb.pack_lmdb(tmp_path / "db", mp4s)
+        assert type(e.value) is want and str(e.value).startswith(f"{tmp_path / 'db'}: {words}")
+        assert text in str(e.value) and list(tmp_path.iterdir()) == []
