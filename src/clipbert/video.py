@@ -361,17 +361,19 @@ def _demux(
     """
     stream = container.streams.video[0]
     packets = []
+    samples = 0  # what the container holds, empty samples too (the end's flush packet not)
     try:
         for p in container.demux(stream):
+            samples += bool(p.size or p.pts is not None)
             if p.size:
                 packets.append(p)
     except av.FFmpegError as e:
         raise ClipbertError(f"{name}: cannot read video ({e})") from None
     if not packets:
         raise ClipbertError(f"{name}: the video stream has no frames")
-    if stream.frames > len(packets):
+    if stream.frames > samples:
         raise ClipbertError(f"{name}: truncated: its header lists {stream.frames} frames, the "
-                            f"file holds {len(packets)}")
+                            f"file holds {samples}")
     if any(p.pts is None for p in packets):
         raise ClipbertError(
             f"{name}: a frame without a presentation timestamp (a raw stream? mux it into mp4)"
