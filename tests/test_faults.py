@@ -376,3 +376,16 @@ def test_an_lmdb_write_error_is_one_line(tmp_path: Path, mp4s: list[Path], monke
             vislmdb.pack_lmdb(tmp_path / "db", mp4s)
         assert type(e.value) is want and str(e.value).startswith(f"{tmp_path / 'db'}: {words}")
         assert text in str(e.value) and list(tmp_path.iterdir()) == []
+
+
+def test_a_job_killed_by_sigbus_says_so_in_its_log(tmp_path: Path) -> None:
+    """LMDB's memory map on a full disk kills a job with SIGBUS: its log says so and where,
+    instead of staying empty."""
+    log = tmp_path / "logs/x.log"
+    script = ("import os, signal, sys, types\nfrom clipbert.smk import workflow_step\n"
+              "with workflow_step(types.SimpleNamespace(log=[sys.argv[1]])):\n"
+              "    os.kill(os.getpid(), signal.SIGBUS)\n")
+    proc = subprocess.run([sys.executable, "-c", script, log], capture_output=True, text=True,
+                          env=cli_env())
+    assert proc.returncode == -signal.SIGBUS
+    assert "Fatal Python error: Bus error" in log.read_text(), log.read_text()

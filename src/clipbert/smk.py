@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import faulthandler
 import json
 import os
 import sys
@@ -231,10 +232,12 @@ def _output_to(log: Path | None) -> Iterator[IO[str]]:
         with open(os.dup(2), "w", buffering=1) as real:
             os.dup2(fh.fileno(), 1)
             os.dup2(fh.fileno(), 2)
+            faulthandler.enable(fh)  # a job killed by SIGBUS or SIGSEGV says where, in its log
             try:
                 with contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
                     yield real
             finally:
+                faulthandler.disable()
                 with contextlib.suppress(OSError):  # a full disk: the error line is said already
                     fh.flush()
                 os.dup2(saved[0], 1)
