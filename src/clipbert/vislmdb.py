@@ -17,7 +17,7 @@ from pathlib import Path
 import lmdb
 
 from clipbert.errors import MACHINE_ERRNOS, ClipbertError, MachineError, machine_error
-from clipbert.fsutil import atomic_dir
+from clipbert.fsutil import atomic_dir, remove_stale_temporaries
 from clipbert.progress import progress
 from clipbert.video import probe_video
 
@@ -98,6 +98,7 @@ def pack_lmdb(
         seen[key] = p
         total += p.stat().st_size
     size = map_size or max(_MIN_MAP, 2 * total + _MIN_MAP)
+    remove_stale_temporaries(lmdb_dir)  # a killed pack's leftovers count against the space
     check_free_space(lmdb_dir, lmdb_bytes([p.stat().st_size for p in seen.values()]))
     with atomic_dir(lmdb_dir) as tmp:
         try:
