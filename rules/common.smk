@@ -182,6 +182,29 @@ def check_scene_inputs() -> None:
 check_scene_inputs()
 
 
+def check_released_videos() -> None:
+    """Released videos: each is a video of at least one clip's frames (not an image renamed
+    .mp4, not empty, not cut short before its header), read from its header before any job
+    (707 in ~1 s: benchmarks/bench_probe.py), so that a bad one never costs the last LMDB.
+    Once per run: not again in each cluster job, which reads the Snakefile too."""
+    if not VIDEOS or not workflow.is_main_process:
+        return
+    from clipbert import video  # PyAV: only runs on released videos pay for it here
+
+    bad = []
+    for scene in SCENES:
+        try:
+            video.check_video(video_path(scene), TRAIN.num_frm)
+        except ClipbertError as e:
+            bad.append(str(e))
+    if bad:
+        more = f" (and {len(bad) - 1} more bad videos)" if len(bad) > 1 else ""
+        fail(f"config: data.videos_dir: {bad[0]}{more}")
+
+
+check_released_videos()
+
+
 # ---- training and inference jobs ----------------------------------------------------------------
 
 # With a GPU on this machine the default profile's `gpu` resource keeps GPU jobs from

@@ -11,11 +11,13 @@ import signal
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import REPO, cli_env, job_stats
+from PIL import Image
 
 SMALL = {
     "data": {"demo": {"scenes": 6, "frames": 30}},
@@ -467,8 +469,10 @@ def test_eval_only_checkpoint_errors_name_the_key(tmp_path):
 def test_released_videos_and_checkpoint_need_nothing_else(tmp_path):
     """The SQA3D release (sqa_task/ with the test split's files only, <scene>.mp4 videos), a
     checkpoint and a vocabulary: no scans, no scene lists, no train or val files; only the test
-    split's videos are packed, and a missing one is named before any job."""
+    split's videos are packed, and a missing one, or an image named .mp4, is named before any
+    job (issue 28)."""
     from test_evaluate import standin_checkpoint
+    from test_video import write_coded
 
     from clipbert import demo, sqa
 
@@ -478,8 +482,9 @@ def test_released_videos_and_checkpoint_need_nothing_else(tmp_path):
         src / "sqa_task/balanced/v1_balanced_questions_test_scannetv2.json"))
     videos = tmp_path / "video"
     videos.mkdir()
+    write_coded(tmp_path / "any.mp4", 3, Fraction(20))
     for s in demo.scene_ids(6):
-        (videos / f"{s}.mp4").write_bytes(b"read only when the job runs")
+        (videos / f"{s}.mp4").write_bytes((tmp_path / "any.mp4").read_bytes())
     for split in ("train", "val"):  # evaluating needs the test split's files alone
         for name in (sqa.questions_name(split), sqa.annotations_name(split)):
             (src / "sqa_task/balanced" / name).unlink()
@@ -502,6 +507,11 @@ def test_released_videos_and_checkpoint_need_nothing_else(tmp_path):
     assert proc.returncode != 0
     assert (f"error: config: data.videos_dir: 1 of {len(test_scenes)} scenes the questions use "
             f"have no video in {videos}: {videos}/{test_scenes[0]}.mp4" in proc.stderr), proc.stderr
+    Image.new("RGB", (8, 8)).save(videos / f"{test_scenes[0]}.mp4", format="JPEG")
+    proc = snakemake(tmp_path, "-n", config=cfg, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert (f"error: config: data.videos_dir: {videos}/{test_scenes[0]}.mp4: not a video but an "
+            "image (piped jpeg sequence)" in proc.stderr), proc.stderr
 
 
 def test_a_bad_checkpoint_stops_the_run_before_any_job(tmp_path):

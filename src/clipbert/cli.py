@@ -892,7 +892,7 @@ def _silence_stdout() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from clipbert.errors import ClipbertError
+    from clipbert.errors import ClipbertError, machine_error
     from clipbert.signals import Terminated, sigterm_unwinds
 
     try:
@@ -914,4 +914,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         _silence_stdout()
         return 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader went away
+    except OSError as e:
+        machine = machine_error(e)
+        if machine is None:
+            raise
+        print(f"error: {machine}", file=sys.stderr)
+        return 1
     return status

@@ -6,13 +6,14 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from clipbert.errors import ClipbertError
+from clipbert.errors import ClipbertError, MachineError, machine_error
 from clipbert.signals import held
 
 
@@ -20,21 +21,26 @@ from clipbert.signals import held
 def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a fresh sibling folder; on success it replaces `target`, on error (SIGINT and
     SIGTERM included) it is removed. The swap itself is held against signals, so `target` is
-    always either the old folder or the new one, whole."""
+    always either the old folder or the new one, whole. Temporaries of `target` that a killed
+    writer left are removed first; a full disk or a read-only folder is a MachineError."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp: Path | None = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         with held():
-            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+            remove_stale_temporaries(target)
+            tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(target), dir=target.parent))
         yield tmp
         with held():
             os.chmod(tmp, 0o777 & ~_umask())
             _swap_in(tmp, target)
-    except BaseException:
+    except BaseException as e:
+        failure = _machine_failure(e, target, tmp)
         if tmp is not None:
             with held():
                 shutil.rmtree(tmp, ignore_errors=True)
+        if failure is not None:
+            raise failure from None
         raise
 
 
@@ -60,24 +66,107 @@ def _swap_in(tmp: Path, target: Path) -> None:
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path to write a file at; renamed onto `target` on success,
-    removed on error (SIGINT and SIGTERM included)."""
+    removed on error (SIGINT and SIGTERM included). Temporaries of `target` that a killed writer
+    left are removed first; a full disk or a read-only folder is a MachineError."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp: Path | None = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         with held():
-            fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+            remove_stale_temporaries(target)
+            fd, name = tempfile.mkstemp(prefix=_tmp_prefix(target), dir=target.parent)
             os.close(fd)
             tmp = Path(name)
         yield tmp
         with held():
             os.chmod(tmp, 0o666 & ~_umask())
             os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
+        failure = _machine_failure(e, target, tmp)
         if tmp is not None:
             with held():
                 tmp.unlink(missing_ok=True)
+        if failure is not None:
+            raise failure from None
         raise
+
+
+# Temporaries are `.<name>.tmp-<pid>-<random>`: the pid tells a killed writer's leftovers (its
+# process is gone) from a live writer's. Earlier versions wrote `.<name>.tmp-<random>`.
+_TMP_PID = re.compile(r"(\d+)-")
+
+
+def _tmp_prefix(target: Path) -> str:
+    return f".{target.name}.tmp-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries beside `target` that a writer killed outright (SIGKILL, SIGBUS,
+    a lost machine) left, so that a rerun leaves none; a live writer's stay. Returns them.
+
+    Only one job writes a given target at a time (Snakemake's outputs are exclusive), so a
+    temporary of the old form, without a pid, is a leftover too."""
+    target = Path(target)
+    prefix = f".{target.name}.tmp-"
+    removed = []
+    try:
+        siblings = [p for p in target.parent.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return removed
+    for p in siblings:
+        m = _TMP_PID.match(p.name[len(prefix):])
+        if m and (int(m.group(1)) == os.getpid() or _alive(int(m.group(1)))):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+# torch.save's zip writer reports a failed write (ENOSPC, EDQUOT, EIO) without its errno.
+_TORCH_WRITE_FAILED = ("inline_container.cc", "file write failed")
+
+
+def _machine_failure(e: BaseException, target: Path, tmp: Path | None) -> MachineError | None:
+    """What failed while writing `target`, when it was the machine: an OSError of a machine
+    errno, or torch's zip writer failing (named as no space left when the file system is full
+    while the temporary `tmp` is still there)."""
+    if isinstance(e, MachineError):  # from a write inside this one: name its final path
+        text = str(e)
+        return MachineError(text.replace(str(tmp), str(target))) if tmp and str(tmp) in text \
+            else None
+    if isinstance(e, OSError) and f".{target.name}.tmp-" in str(e.filename):
+        # The temporary goes now: name the file as it would have been in place.
+        e.filename = str(e.filename).replace(str(tmp), str(target)) if tmp else None
+    found = machine_error(e, target)
+    if found is not None or not isinstance(e, RuntimeError):
+        return found
+    first = (str(e).splitlines() or [""])[0]
+    if not any(s in first for s in _TORCH_WRITE_FAILED):
+        return None
+    try:
+        usage = shutil.disk_usage(target.parent)
+    except OSError:
+        usage = None
+    if usage is not None and usage.free < _FULL_BELOW:
+        return MachineError(f"{target}: no space left on device (torch.save: {first.strip()})")
+    return MachineError(f"{target}: cannot write (disk quota or I/O error?): torch.save: "
+                        f"{first.strip()}")
+
+
+_FULL_BELOW = 16 << 20  # free bytes under which a failed write is put down to a full disk
 
 
 def _umask() -> int:

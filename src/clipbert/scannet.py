@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from clipbert.errors import ClipbertError
+from clipbert.errors import ClipbertError, machine_error
 from clipbert.sqa import question_scenes
 
 
@@ -20,7 +20,8 @@ def read_list(path: str | os.PathLike) -> list[str]:
     try:
         text = Path(path).read_text()
     except OSError as e:
-        raise ClipbertError(f"{path}: cannot read scene list ({e.strerror})") from None
+        raise machine_error(e, path) or ClipbertError(
+            f"{path}: cannot read scene list ({e.strerror})") from None
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 

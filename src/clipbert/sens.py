@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from clipbert.errors import ClipbertError
+from clipbert.errors import ClipbertError, machine_error
 from clipbert.fsutil import atomic_open, atomic_path
 from clipbert.progress import Progress
 
@@ -299,7 +299,8 @@ class SensReader:
         try:
             self._fh = open(self.path, "rb", buffering=0)
         except OSError as e:
-            raise ClipbertError(f"{path}: cannot open ({e.strerror})") from None
+            raise machine_error(e, path) or ClipbertError(
+                f"{path}: cannot open ({e.strerror})") from None
         try:
             self._fd = self._fh.fileno()
             self.file_size = os.fstat(self._fd).st_size

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import faulthandler
 import json
 import os
 import sys
@@ -22,7 +23,7 @@ from typing import IO, Any, NoReturn
 import yaml
 from jsonschema import Draft202012Validator, validators
 
-from clipbert.errors import ClipbertError
+from clipbert.errors import ClipbertError, machine_error
 from clipbert.signals import Terminated, sigterm_unwinds
 
 # A rate limit at or above this many jobs per timespan never binds in this workflow (1,513 scenes
@@ -165,34 +166,50 @@ def workflow_step(snakemake: Any) -> Iterator[None]:
     Output (of Python, C libraries and child processes) goes to the rule's log; SIGTERM unwinds
     like Ctrl-C, so temporaries are removed. A ClipbertError (bad input) becomes the one line
     `error: ...` in the log and on the job's stderr, exit 1; SIGTERM and SIGINT one line too, exit
-    143 and 130. Any other exception is a bug: its traceback goes to the log and the job's stderr
+    143 and 130. A failure of the machine (an OSError of a full disk, a read-only folder, denied
+    permission, an I/O error) is one line naming it and its path, exit 1. Any other exception is a
+    bug: its traceback goes to the log and the job's stderr
     gets one line pointing there, exit 1.
     """
     log = Path(snakemake.log[0]) if len(snakemake.log) else None
-    with sigterm_unwinds(), _output_to(log) as real_stderr:
-        try:
-            yield
-        except ClipbertError as e:
-            _both(f"error: {e}", real_stderr)
-            raise SystemExit(1) from None
-        except Terminated as e:
-            _both(f"error: {e}", real_stderr)
-            raise SystemExit(e.exit_status) from None
-        except KeyboardInterrupt:
-            _both("error: interrupted (SIGINT)", real_stderr)
-            raise SystemExit(130) from None
-        except Exception as e:
-            traceback.print_exc()
-            what = (str(e).splitlines() or [""])[0]
-            where = log if log is not None else "the script"
-            print(f"error: {where}: {type(e).__name__}: {what} (not bad input but a bug: the "
-                  "traceback is in the log)", file=real_stderr, flush=True)
-            raise SystemExit(1) from None
+    try:
+        with sigterm_unwinds(), _output_to(log) as real_stderr:
+            try:
+                yield
+            except ClipbertError as e:
+                _both(f"error: {e}", real_stderr)
+                raise SystemExit(1) from None
+            except Terminated as e:
+                _both(f"error: {e}", real_stderr)
+                raise SystemExit(e.exit_status) from None
+            except KeyboardInterrupt:
+                _both("error: interrupted (SIGINT)", real_stderr)
+                raise SystemExit(130) from None
+            except Exception as e:
+                machine = machine_error(e)
+                if machine is not None:
+                    _both(f"error: {machine}", real_stderr)
+                    raise SystemExit(1) from None
+                traceback.print_exc()
+                what = (str(e).splitlines() or [""])[0]
+                where = log if log is not None else "the script"
+                print(f"error: {where}: {type(e).__name__}: {what} (not bad input but a bug: "
+                      "the traceback is in the log)", file=real_stderr, flush=True)
+                raise SystemExit(1) from None
+    except OSError as e:  # the log itself could not be written
+        machine = machine_error(e, log)
+        if machine is None:
+            raise
+        print(f"error: {machine}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
 
 
 def _both(line: str, real_stderr: IO[str]) -> None:
     """One line to the log (our stderr) and to the job's own stderr (what Snakemake shows)."""
-    print(line, file=sys.stderr, flush=True)
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:  # a full disk: the log takes no more, the job's stderr still shows it
+        pass
     if real_stderr is not sys.stderr:
         print(line, file=real_stderr, flush=True)
 
@@ -209,19 +226,25 @@ def _output_to(log: Path | None) -> Iterator[IO[str]]:
     log.write_text("")
     sys.stdout.flush()
     sys.stderr.flush()
+    fh = open(log, "a", buffering=1)
     saved = os.dup(1), os.dup(2)
     try:
-        with open(os.dup(2), "w", buffering=1) as real, open(log, "a", buffering=1) as fh:
+        with open(os.dup(2), "w", buffering=1) as real:
             os.dup2(fh.fileno(), 1)
             os.dup2(fh.fileno(), 2)
+            faulthandler.enable(fh)  # a job killed by SIGBUS or SIGSEGV says where, in its log
             try:
                 with contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
                     yield real
             finally:
-                fh.flush()
+                faulthandler.disable()
+                with contextlib.suppress(OSError):  # a full disk: the error line is said already
+                    fh.flush()
                 os.dup2(saved[0], 1)
                 os.dup2(saved[1], 2)
     finally:
+        with contextlib.suppress(OSError):
+            fh.close()
         for fd in saved:
             os.close(fd)
 

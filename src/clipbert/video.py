@@ -33,7 +33,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from clipbert.errors import ClipbertError
+from clipbert.errors import ClipbertError, machine_error
 from clipbert.frames import INDEX_NAME
 from clipbert.fsutil import atomic_path
 from clipbert.progress import progress
@@ -149,7 +149,8 @@ def faithful_frame(
     try:
         data = Path(path).read_bytes()
     except OSError as e:
-        raise ClipbertError(f"{path}: cannot read ({e.strerror})") from None
+        raise machine_error(e, path) or ClipbertError(
+            f"{path}: cannot read ({e.strerror})") from None
     with _open_jpeg(path, data, expect) as im:
         src = im.size
     if not data.rstrip(b"\0").endswith(b"\xff\xd9"):
@@ -303,15 +304,29 @@ def encode_video(
 
 
 def _open(src: bytes | str | os.PathLike, name: str) -> av.container.InputContainer:
+    """The container of a video; an image (FFmpeg reads a JPEG or PNG, whatever its file name,
+    as a one-frame "video" at a made-up 25 fps), a file of no known format and one without a
+    video stream are refused."""
     try:
         data = io.BytesIO(src) if isinstance(src, bytes | bytearray | memoryview) else str(src)
         container = av.open(data, mode="r")
-    except (av.FFmpegError, OSError) as e:
+    except av.FFmpegError as e:
         raise ClipbertError(f"{name}: cannot open video ({e})") from None
+    except OSError as e:
+        raise machine_error(e, name) or ClipbertError(f"{name}: cannot open ({e})") from None
+    fmt = container.format
+    if fmt.name.endswith("_pipe") or fmt.name in _IMAGE_FORMATS:
+        container.close()
+        raise ClipbertError(f"{name}: not a video but an image ({fmt.long_name}); put the "
+                            "scene's mp4 here")
     if not container.streams.video:
         container.close()
         raise ClipbertError(f"{name}: no video stream")
     return container
+
+
+# FFmpeg's demuxers of still images besides the `*_pipe` ones (jpeg_pipe, png_pipe, ...).
+_IMAGE_FORMATS = frozenset({"image2", "image2pipe"})
 
 
 @dataclass(frozen=True)
@@ -346,14 +361,19 @@ def _demux(
     """
     stream = container.streams.video[0]
     packets = []
+    samples = 0  # what the container holds, empty samples too (the end's flush packet not)
     try:
         for p in container.demux(stream):
+            samples += bool(p.size or p.pts is not None)
             if p.size:
                 packets.append(p)
     except av.FFmpegError as e:
         raise ClipbertError(f"{name}: cannot read video ({e})") from None
     if not packets:
         raise ClipbertError(f"{name}: the video stream has no frames")
+    if stream.frames > samples:
+        raise ClipbertError(f"{name}: truncated: its header lists {stream.frames} frames, the "
+                            f"file holds {samples}")
     if any(p.pts is None for p in packets):
         raise ClipbertError(
             f"{name}: a frame without a presentation timestamp (a raw stream? mux it into mp4)"
@@ -396,6 +416,38 @@ def probe_video(path_or_bytes: bytes | str | os.PathLike, name: str | None = Non
             "codec": stream.codec_context.name,
             "n_frames": t.n_frames,
         }
+
+
+def check_video(path: str | os.PathLike, min_frames: int = 1) -> int:
+    """Refuse what is not a usable video, cheaply: an image, no video stream, no frames, a copy
+    cut short, fewer than `min_frames` (one clip's frames). Reads the header and the last frame
+    where the container counts its frames (mp4, mov), else demuxes; returns the frame count.
+    For a run's start, where every released video is checked: 707 of 300 frames in 0.8 s
+    (benchmarks/bench_probe.py), a full demux 7.7 s."""
+    name = str(path)
+    with _open(path, name) as container:
+        stream = container.streams.video[0]
+        n = stream.frames if container.format.name.startswith("mov,") else 0
+        if n > 0 and not _last_frame_there(container, stream):
+            n = 0
+    if n <= 0:  # no count in the header, or not all there: demuxed, naming what is wrong
+        with _open(path, name) as container:
+            n = _demux(container, name)[1].n_frames
+    if n < min_frames:
+        raise ClipbertError(f"{name}: {n} frame{'s' if n != 1 else ''}, fewer than one clip "
+                            f"({min_frames} frames); put the scene's whole video here")
+    return n
+
+
+def _last_frame_there(container: av.container.InputContainer, stream: av.VideoStream) -> bool:
+    """Whether the last frame the header lists is in the file: one seek to it and one packet,
+    so that a copy cut short is found without reading the whole file."""
+    try:
+        container.seek((stream.start_time or 0) + (stream.duration or 0), stream=stream,
+                       backward=True, any_frame=True)
+        return any(p.size for p in container.demux(stream))
+    except av.FFmpegError:
+        return False
 
 
 def linspace_f32(end: float, steps: int) -> np.ndarray:

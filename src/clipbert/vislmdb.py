@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
 import lmdb
 
-from clipbert.errors import ClipbertError
-from clipbert.fsutil import atomic_dir
+from clipbert.errors import MACHINE_ERRNOS, ClipbertError, MachineError, machine_error
+from clipbert.fsutil import atomic_dir, remove_stale_temporaries
 from clipbert.progress import progress
 from clipbert.video import probe_video
 
@@ -97,16 +98,61 @@ def pack_lmdb(
         seen[key] = p
         total += p.stat().st_size
     size = map_size or max(_MIN_MAP, 2 * total + _MIN_MAP)
+    remove_stale_temporaries(lmdb_dir)  # a killed pack's leftovers count against the space
+    check_free_space(lmdb_dir, lmdb_bytes([p.stat().st_size for p in seen.values()]))
     with atomic_dir(lmdb_dir) as tmp:
-        env = lmdb.open(str(tmp), map_size=size, subdir=True, sync=False, metasync=False)
         try:
-            items = list(seen.items())
-            for start in range(0, len(items), _COMMIT_EVERY):
-                _put_batch(env, items[start:start + _COMMIT_EVERY])
-            env.sync(True)
-        finally:
-            env.close()
+            env = lmdb.open(str(tmp), map_size=size, subdir=True, sync=False, metasync=False)
+            try:
+                items = list(seen.items())
+                for start in range(0, len(items), _COMMIT_EVERY):
+                    _put_batch(env, items[start:start + _COMMIT_EVERY])
+                env.sync(True)
+            finally:
+                env.close()
+        except lmdb.Error as e:
+            raise _lmdb_failure(e, Path(lmdb_dir)) from None
     return len(seen)
+
+
+_PAGE = 4096
+
+
+def lmdb_bytes(sizes: list[int]) -> int:
+    """An upper bound of the bytes an LMDB of values of `sizes` takes on disk: each value in
+    overflow pages of its own (a page header, rounded up to whole pages), a leaf page per 20
+    keys and their branch pages, the two meta pages and a free-list slack of 64 KiB."""
+    values = sum(-(-(n + 64) // _PAGE) * _PAGE for n in sizes)
+    return values + (len(sizes) // 20 + 2) * 2 * _PAGE + 2 * _PAGE + (64 << 10)
+
+
+def check_free_space(target: str | os.PathLike, need: int) -> None:
+    """Stop before writing `need` bytes at `target` when its file system has less free: a full
+    file system under LMDB's memory map kills the job with SIGBUS and no message at all."""
+    where = Path(target).parent
+    while not where.exists():
+        where = where.parent
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError as e:
+        raise machine_error(e, where) or ClipbertError(f"{where}: cannot stat ({e})") from None
+    if free < need:
+        raise MachineError(f"{target}: no space left on device: packing needs {_mib(need)} and "
+                           f"{where} has {_mib(free)} free; free some space and run again")
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def _lmdb_failure(e: lmdb.Error, target: Path) -> ClipbertError:
+    """An LMDB error as one line: a failure of the machine (LMDB gives the errno's words only)
+    named as such, anything else naming the LMDB."""
+    text = str(e)
+    for code in MACHINE_ERRNOS:
+        if os.strerror(code) in text:
+            return MachineError(f"{target}: {MACHINE_ERRNOS[code]} ({text})")
+    return ClipbertError(f"{target}: cannot write the LMDB ({text})")
 
 
 def _put_batch(env: lmdb.Environment, items: list[tuple[str, Path]]) -> None:
