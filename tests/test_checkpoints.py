@@ -475,3 +475,29 @@ def test_upstream_fine_tuned_file_for_inference(tmp_path, layout):
         load_for_inference(tmp_path / "clipbert.pt", answers=tmp_path / "answers.json",
                            vocab=tmp_path / "vocab.txt", preset="faithful",
                            overrides={**overrides, "model.num_layers": 11})
+
+
+@pytest.mark.parametrize("folder", ["résultats", "plain"])
+def test_model_file_bytes_do_not_depend_on_its_path(tmp_path, folder):
+    """torch.save names the zip's inner folder after the file it is given (`archive/` for a
+    non-ASCII path): the model file and a converted checkpoint are saved through a file object,
+    so their bytes are the same wherever they are written, and they still load memory-mapped."""
+    import zipfile
+
+    from clipbert.config import make_config
+    from clipbert.modelfile import read_model_file, save_model_file
+
+    model = fresh_model()
+    cfg = make_config("faithful", {f"model.{k}": list(v) if isinstance(v, tuple) else v
+                                   for k, v in CFG.items()})
+    paths = [tmp_path / "ref" / "model.pt", tmp_path / folder / "other_name.pt"]
+    for path in paths:
+        save_model_file(path, model, cfg, {str(i): i for i in range(7)},
+                        [f"t{i}" for i in range(30)], {"step": 3})
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    assert {n.split("/")[0] for n in zipfile.ZipFile(paths[1]).namelist()} == {"archive"}
+    assert read_model_file(paths[1])["step"] == 3
+    converted = [tmp_path / "ref" / "up.pt", tmp_path / folder / "up.pt"]
+    for path in converted:
+        convert(paths[0], path, "upstream")
+    assert converted[0].read_bytes() == converted[1].read_bytes()

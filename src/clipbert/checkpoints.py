@@ -148,6 +148,19 @@ def is_ignored(layout: str, key: str) -> bool:
     return bool(_IGNORED[layout].fullmatch(key))
 
 
+# ---- writing --------------------------------------------------------------------------------
+
+
+def save_tensors(obj: object, path: str | os.PathLike) -> None:
+    """torch.save `obj` to `path` atomically, through a file object. Given a path, torch names
+    the folder inside its zip after the file (`model/`, or `archive/` for a name with a
+    non-ASCII character, as in a folder named with `é`), so the bytes depended on where the file
+    was written; given a file object it always writes `archive/`, and a rerun anywhere gives the
+    same bytes."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+
+
 # ---- reading --------------------------------------------------------------------------------
 
 
@@ -464,7 +477,6 @@ def convert(in_path: str | os.PathLike, out_path: str | os.PathLike, to: str) ->
         out[name] = tensor
     if not out:
         raise ClipbertError(f"{in_path}: no tensor of this {layout} checkpoint maps to {to}")
-    with atomic_path(out_path) as tmp:
-        torch.save(out, tmp)
+    save_tensors(out, out_path)
     return {"from": layout, "to": to, "written": len(out), "ignored": len(ignored),
             "dropped": dropped}

@@ -31,12 +31,12 @@ from clipbert.checkpoints import (
     load_tensors,
     native_to_upstream,
     other_entries,
+    save_tensors,
     split_state,
     to_native,
 )
 from clipbert.config import PRESETS, TrainConfig, make_config
 from clipbert.errors import ClipbertError
-from clipbert.fsutil import atomic_path
 from clipbert.model import build_model
 from clipbert.sqa import load_answer_dict
 from clipbert.tokenizer import load_tokenizer
@@ -72,8 +72,7 @@ def save_model_file(path: str | os.PathLike, model: nn.Module, cfg: TrainConfig,
              for k, v in model.state_dict().items()}
     obj = {"format": FORMAT, "train_config": cfg.to_dict(), "state_dict": state,
            "ans2label": ans2label, "vocab": tokens, **extra}
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    save_tensors(obj, path)
 
 
 def _torch_load(path: str | os.PathLike) -> object:

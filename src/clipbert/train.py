@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipbert import data, evaluate, runtime, vislmdb
-from clipbert.checkpoints import load_pretrained, unused_weights
+from clipbert.checkpoints import load_pretrained, save_tensors, unused_weights
 from clipbert.config import TrainConfig, result_settings
 from clipbert.distributed import Dist, setup_distributed, wrap_ddp
 from clipbert.errors import ClipbertError
@@ -279,8 +279,7 @@ def save_state(run: Run, st: TrainState, path: Path) -> None:
            "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
            "scheduler": run.scheduler.state_dict(), "ranks": ranks, "step": st.step,
            "best_acc": st.best_acc, "last_acc": st.last_acc, "labelled": st.labelled}
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    save_tensors(obj, path)
 
 
 def changes(saved: dict, run: Run) -> list[str]:
