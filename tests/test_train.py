@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -384,6 +385,44 @@ def test_workflow_script_starts_torchrun_for_several_gpus(tmp_path: Path, monkey
         assert args[2:8] == ["--train", "sqa/train.jsonl", "--answers", "sqa/ans.json",
                              "--val", "sqa/val.jsonl"]
         assert args[-2:] == ["--init", "resnet=r50.pt"]
+
+
+@pytest.mark.parametrize("overrides", [{"log_every": 1}, {"log_every": 5, "select_best": False}])
+def test_a_diverged_run_stops_naming_the_step_and_writes_no_model(ds, tmp_path: Path,
+                                                                    overrides) -> None:
+    """A loss or gradient norm that is not finite stops training with one line naming the step,
+    the loss and the rate, before any log row, state or model of the diverged steps is written;
+    with rows logged every 5 steps the first bad step is still the one named."""
+    with pytest.raises(ClipbertError) as info:
+        run_train(ds, tmp_path, epochs=1, lr=1e30, val_every=1.0, checkpoint_every=100,
+                  **overrides)
+    msg = str(info.value)
+    assert "\n" not in msg, msg
+    found = re.fullmatch(r"train: (loss is (nan|inf)|gradient norm is (nan|inf) \(loss \S+\)) "
+                         r"at step (\d+) \(lr (\S+)\): the run diverged; lower train\.lr or "
+                         r"lengthen the warm-up", msg)
+    assert found, msg
+    step = int(found[4])
+    assert 1 <= step <= 3 and float(found[5]) > 1e28, msg
+    assert not (tmp_path / "model.pt").exists() and not (tmp_path / "metrics.jsonl").exists()
+    rows_file = tmp_path / "state" / "metrics.jsonl"
+    rows = [json.loads(line) for line in rows_file.open()] if rows_file.exists() else []
+    assert [r["step"] for r in rows] == (list(range(1, step)) if overrides["log_every"] == 1
+                                         else [])
+    assert not (tmp_path / "state" / "best.pt").exists()
+    assert not (tmp_path / "state" / "last.pt").exists()
+
+
+def test_watch_names_a_gradient_norm_that_is_not_finite() -> None:
+    """A finite loss with an infinite gradient norm is named as such, with its loss."""
+    watch = train.DivergenceWatch()
+    for step, norm in ((1, 2.0), (2, float("inf")), (3, float("nan"))):
+        watch.at(step, 1e-3)
+        watch.add(torch.tensor(3.25), torch.tensor(norm))
+    with pytest.raises(ClipbertError, match=r"^train: gradient norm is inf \(loss 3\.25\) at "
+                                            r"step 2 \(lr 0\.001\): the run diverged"):
+        watch.check()
+    watch.check()  # checked steps are not named again
 
 
 def test_missing_inputs_are_one_line_errors(ds, tmp_path: Path) -> None:

@@ -241,6 +241,7 @@ def load_for_inference(
         raise ClipbertError(f"{path}: the answer head ({_file_name(src, HEAD)}) has {head_rows} "
                             f"rows, fewer than the {len(ans2label)} answers of "
                             f"{src.answers_name}")
+    check_finite(path, loaded, src)
     model = build_model(cfg.model)
     result = model.load_state_dict(loaded, strict=False)
     assert not result.unexpected_keys and all(  # _fit checked both against the same model
@@ -263,6 +264,20 @@ def load_for_inference(
     return InferenceModel(model=model, cfg=cfg, ans2label=dict(ans2label),
                           tokenizer=src.tokenizer, layout=src.layout, head_rows=head_rows,
                           dtypes=dtypes, unused=unused, notes=notes)
+
+
+def check_finite(path: str | os.PathLike, tensors: dict[str, torch.Tensor], src: _Source) -> None:
+    """A model with NaN or infinite weights (a diverged training) answers one word to every
+    question: refused, naming the file and its first such tensor, rather than scored."""
+    bad = {name: int((~torch.isfinite(t)).sum()) for name, t in tensors.items()
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())}
+    if bad:
+        name, count = next(iter(bad.items()))
+        more = len(bad) - 1
+        others = f" and {more} more tensor{'s' if more > 1 else ''}" if more else ""
+        raise ClipbertError(
+            f"{path}: {sum(bad.values())} weights are NaN or infinite ({count} in "
+            f"{_file_name(src, name)}{others}): the training that wrote it diverged; not scored")
 
 
 def _bare_settings(path: str | os.PathLike, state: dict[str, torch.Tensor], layout: str,

@@ -351,14 +351,57 @@ def _load_state(last: Path) -> Any:
 # ---- one step, validation, logging ------------------------------------------------------------
 
 
-def train_step(run: Run, batch: dict | None, global_labelled: int) -> torch.Tensor:
+class DivergenceWatch:
+    """Stops a diverged run: a step whose loss or gradient norm is not finite is named (step,
+    loss, rate) in one line, before anything is logged, validated or saved, so that no state or
+    model of a diverged run is written. Each step's loss and norm stay device tensors until then
+    (one host-device wait per check, not per step)."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[int, float | None, torch.Tensor, torch.Tensor]] = []
+        self.step, self.lr = 0, None
+
+    def at(self, step: int, lr: float | None) -> None:
+        """The step (1-based, as the log counts) and the rate that the next update uses."""
+        self.step, self.lr = step, lr
+
+    def add(self, loss: torch.Tensor, norm: torch.Tensor) -> None:
+        self.pending.append((self.step, self.lr, loss, norm))
+
+    def check(self) -> None:
+        """A ClipbertError naming the first non-finite step since the last check, if any."""
+        if not self.pending:
+            return
+        values = torch.stack([torch.stack([loss.float(), norm.float()])
+                              for _, _, loss, norm in self.pending]).cpu()
+        pending, self.pending = self.pending, []
+        bad = (~torch.isfinite(values)).any(dim=1).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            raise ClipbertError(diverged_message(pending[i][0], pending[i][1],
+                                                 float(values[i, 0]), float(values[i, 1])))
+
+
+def diverged_message(step: int, lr: float | None, loss: float, norm: float) -> str:
+    """The one line of a diverged run: what was not finite, where, and at which rate."""
+    rate = "?" if lr is None else f"{lr:g}"
+    what = (f"loss is {loss}" if not math.isfinite(loss)
+            else f"gradient norm is {norm} (loss {loss:.4g})")
+    return (f"train: {what} at step {step} (lr {rate}): the run diverged; lower train.lr or "
+            "lengthen the warm-up")
+
+
+
+def train_step(run: Run, batch: dict | None, global_labelled: int,
+               watch: DivergenceWatch | None = None) -> torch.Tensor:
     """One update on this rank's share of a global batch; returns this rank's summed loss (a
     tensor, so that the host does not wait for the device every step).
 
     The loss is scaled so that DDP's gradient average over ranks equals the gradient of the mean
     loss over the whole global batch, however unevenly its labelled examples fall on the ranks.
     A rank whose share is empty (all undecodable) still runs a zero-weighted pass on a blank
-    input, because DDP needs every rank in every gradient exchange.
+    input, because DDP needs every rank in every gradient exchange. `watch` gets the step's loss
+    (as scaled for the backward pass) and gradient norm.
     """
     empty = batch is None
     if empty:
@@ -370,9 +413,12 @@ def train_step(run: Run, batch: dict | None, global_labelled: int) -> torch.Tens
         labels = batch["labels"].to(run.device, non_blocking=True)
         loss_sum = F.cross_entropy(logits.float(), labels, ignore_index=-1, reduction="sum")
     run.optimizer.zero_grad(set_to_none=True)
-    (loss_sum * (run.d.world / global_labelled)).backward()
-    torch.nn.utils.clip_grad_norm_(
+    loss = loss_sum * (run.d.world / global_labelled)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(
         [p for g in run.optimizer.param_groups for p in g["params"]], run.cfg.grad_clip)
+    if watch is not None:
+        watch.add(loss.detach(), norm.detach())
     run.optimizer.step()
     return loss_sum.detach()
 
@@ -522,6 +568,7 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike | TrainFiles, lmdb_dir, 
     run.model.train()
     t0 = t_start = time.perf_counter()
     step0 = st.step
+    watch = DivergenceWatch()
     while st.step < run.total:
         epoch, pos = divmod(st.step, run.steps_per_epoch)
         for batch in epoch_loader(run, epoch, pos):
@@ -531,12 +578,15 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike | TrainFiles, lmdb_dir, 
             # A step whose every video failed to decode (logged by data) or whose answers are
             # all outside the answer vocabulary changes nothing but still counts, so that the
             # schedule and the data position stay those of an uninterrupted run.
+            watch.at(st.step + 1, lrs.get("transformer"))
             if labelled > 0:
-                st.loss += train_step(run, batch, labelled)
+                st.loss += train_step(run, batch, labelled, watch)
             run.scheduler.step()
             st.step += 1
             t_work = time.perf_counter()
             log, check, save = due(run, st.step)
+            if log or check or save:
+                watch.check()
             row = log_row(run, st, epoch, lrs, t_work - t0) if log else None
             if check and run.val_rows:
                 row["val_acc"] = st.last_acc = validate(run)
@@ -557,6 +607,7 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike | TrainFiles, lmdb_dir, 
             t0 = time.perf_counter() if row is not None else t0 + time.perf_counter() - t_work
             if st.step >= run.total:
                 break
+    watch.check()
     if d.main:
         if run.select_best and best.exists():
             with atomic_path(out) as tmp:
