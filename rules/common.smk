@@ -149,9 +149,27 @@ def scene_list() -> list[str]:
         fail(str(e))
 
 
+def check_weights() -> None:
+    """Every `weights.*` file training starts from is checked now, as `infer.model` is: readable
+    as plain tensors, the layout of its kind, tensors at the shapes of the preset's model (names
+    and shapes only: memory-mapped), so that a wrong or damaged file stops the run, `-n` too,
+    before a job deletes the last results."""
+    from clipbert import checkpoints, modelfile  # imports torch: only runs with weights pay
+
+    shapes = modelfile.model_shapes(TRAIN)
+    for kind, path in config["weights"].items():
+        if path and kind in settings.WEIGHT_KINDS:
+            try:
+                checkpoints.check_pretrained(kind, path, shapes)
+            except ClipbertError as e:
+                fail(f"config: weights.{kind}: {e}")
+
+
 SCENES = scene_list()
 if INFER_MODEL or BLIND_MODEL:
     check_checkpoints()
+if any(config["weights"].get(kind) for kind in settings.WEIGHT_KINDS):
+    check_weights()
 
 
 def video_path(scene: str) -> str:

@@ -501,3 +501,43 @@ def test_model_file_bytes_do_not_depend_on_its_path(tmp_path, folder):
     for path in converted:
         convert(paths[0], path, "upstream")
     assert converted[0].read_bytes() == converted[1].read_bytes()
+
+
+def _shapes(**kw) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in fresh_model(**kw).state_dict().items()}
+
+
+def test_weights_are_checked_by_names_and_shapes_alone(tmp_path, layout):
+    """What the workflow checks at its start for every weights.* file: a file cut to half its
+    size, a checkpoint of another kind and one of another model size are each named in one line;
+    a good one (upstream torch zip, HF safetensors folder) passes, its tensors unread."""
+    from safetensors.torch import save_file
+
+    from clipbert.checkpoints import check_pretrained
+
+    target = _shapes()
+    good = tmp_path / "clipbert.pt"
+    torch.save(synthetic(layout), good)
+    assert check_pretrained("clipbert", good, target).startswith(
+        f"{good}: clipbert weights (upstream layout), ")
+    folder = tmp_path / "bert-base"
+    folder.mkdir()
+    save_file(_bert_state(5), str(folder / "model.safetensors"))
+    assert "bert weights (bert layout)" in check_pretrained("bert", folder, target)
+    half = tmp_path / "half.pt"
+    half.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ClipbertError, match=rf"^{half}: not a model file \(other binary data\)"):
+        check_pretrained("clipbert", half, target)
+    torch.save(_bert_state(9), tmp_path / "bert.bin")
+    with pytest.raises(ClipbertError, match=r"bert.bin: a bert checkpoint, not a ClipBERT one"):
+        check_pretrained("clipbert", tmp_path / "bert.bin", target)
+    with pytest.raises(ClipbertError, match=r"bert.bin: no tensor of this bert checkpoint \(bert "
+                                            r"layout\) fits the model .*shapes differ"):
+        check_pretrained("bert", tmp_path / "bert.bin",
+                         _shapes(hidden_size=8, num_heads=2, intermediate_size=12))
+    # The blind model has no CNN: a ResNet given to it is not used (as training drops it), but
+    # it must still be a readable file.
+    blind = {k: v for k, v in target.items() if not k.startswith(("cnn.", "transformer.visual"))}
+    assert "not used" in check_pretrained("resnet", good, blind)
+    with pytest.raises(ClipbertError, match=str(half)):
+        check_pretrained("resnet", half, blind)

@@ -611,11 +611,25 @@ def test_eval_only_scores_an_upstream_file_of_a_trained_model(tmp_path):
         assert (wd / f"results/plots/{name}.png").stat().st_size > 0, name
 
 
+def resnet_weights(path: Path, config: dict) -> Path:
+    """A torchvision-layout ResNet state dict (zeros) at the shapes of the demo's model under
+    `config`'s overrides: the workflow checks a weight file's shapes at its start."""
+    import torch
+
+    from clipbert.config import make_config
+    from clipbert.modelfile import model_shapes
+
+    cfg = make_config("tiny", config["train"]["overrides"])
+    torch.save({k.removeprefix("cnn.backbone."): torch.zeros(shape)
+                for k, shape in model_shapes(cfg).items() if k.startswith("cnn.backbone.")},
+               path)
+    return path
+
+
 def test_pretrained_weights_are_inputs_of_training(tmp_path):
     """A weight file is an input of the training job (a changed file reruns it), not a
     parameter; the blind baseline, which has no CNN, does not take a CNN-only one."""
-    weights = tmp_path / "r50.pt"
-    weights.write_bytes(b"read only when the job runs")
+    weights = resnet_weights(tmp_path / "r50.pt", SMALL)
     cfg = {**SMALL, "weights": {"resnet": str(weights)}}
     dry = snakemake(tmp_path, "-n", *DETAILS, config=cfg).stdout
     jobs = {block.split(":", 1)[0]: block for block in re.split(r"\n(?=(?:local)?rule )", dry)}

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -300,10 +301,12 @@ def _bare_settings(path: str | os.PathLike, state: dict[str, torch.Tensor], layo
         vocab_size=state[names[WORDS]].shape[0], num_labels=state[names[HEAD]].shape[0]))
 
 
-def _shapes(cfg: TrainConfig) -> dict[str, tuple[int, ...]]:
+def model_shapes(cfg: TrainConfig) -> dict[str, tuple[int, ...]]:
     """The tensor shapes of the model `cfg` builds (on the meta device: no memory, no
-    arithmetic)."""
-    with torch.device("meta"):
+    arithmetic). A preset whose head is sized from the data (`model.num_labels: 0`, tiny) has
+    an empty head until training fills it in: torch's warning about initialising it is noise."""
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors")
         return {k: tuple(v.shape) for k, v in build_model(cfg.model).state_dict().items()}
 
 
@@ -343,7 +346,7 @@ def fitting_presets(path: str | os.PathLike, src: _Source, layout: str,
     out = []
     for name in PRESETS:
         try:
-            shapes = _shapes(_bare_settings(path, src.state, layout, name, overrides,
+            shapes = model_shapes(_bare_settings(path, src.state, layout, name, overrides,
                                             src.prefix))
         except (ClipbertError, ValueError):  # the overrides make no model of this preset
             continue
@@ -360,7 +363,7 @@ def _fit(path: str | os.PathLike, src: _Source, layout: str, preset: str | None,
     that are not used. When the settings do not fit, the error names a preset that does."""
     what = (f"the {src.cfg.model.variant} model of preset {preset!r}" if preset is not None
             else "the model of its own settings")
-    problem, used, unused = _misfit(src, layout, _shapes(src.cfg), what)
+    problem, used, unused = _misfit(src, layout, model_shapes(src.cfg), what)
     if problem is not None:
         if preset is None:
             raise ClipbertError(f"{path}: {problem}")
