@@ -48,6 +48,7 @@ from clipbert.fsutil import atomic_path, content_digest, file_sha256, read_json,
 from clipbert.model import build_model, variant_class
 from clipbert.modelfile import save_model_file, vocab_tokens
 from clipbert.qa import ANS2LABEL, TrainFiles, read_rows
+from clipbert.signals import held
 from clipbert.sqa import available_videos, check_videos
 from clipbert.tokenizer import load_tokenizer, truncation_report
 
@@ -317,10 +318,12 @@ def resume(run: Run, state_dir: Path) -> TrainState:
             print(f"not resuming {last}: it does not load as plain tensors (weights_only=True "
                   f"refused it; set aside as {aside.name}); training starts over", flush=True)
         elif main and why:
+            # Kept until this run has a state of its own (StateFiles): a retrain that fails
+            # early leaves the finished training resumable.
             print(f"not resuming {last}: saved by another run (changed: {', '.join(why)}); "
-                  "training starts over", flush=True)
-        if main:  # a leftover of another run is no candidate for the best weights either
-            last.unlink(missing_ok=True)
+                  f"training starts over (in {state_dir.name}{PENDING}, swapped in at this run's "
+                  "first checkpoint)", flush=True)
+        if main and why == ["unsafe"]:  # no candidate for the best weights either
             (state_dir / "best.pt").unlink(missing_ok=True)
         return TrainState()
     if saved is None:
@@ -538,6 +541,77 @@ def model_extra(run: Run, st: TrainState, chosen: str) -> dict:
             "world_size": run.d.world, "global_batch": run.cfg.batch_size * run.d.world}
 
 
+PENDING = ".next"  # suffix of the folder where a new run's state waits to replace another's
+
+
+class StateFiles:
+    """The files of the resumable state. A run that starts over another run's state (changed
+    settings or inputs) writes beside it, in `<state_dir>.next`, and swaps that in only once it
+    has saved a state of its own: until then the other run's state stays whole, so a retrain
+    that fails early (a bad input, a divergence, a full disk) leaves the finished training
+    resumable, and going back to its settings rewrites its model without a step."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.pending = False
+
+    @property
+    def dir(self) -> Path:
+        return self.home.with_name(self.home.name + PENDING) if self.pending else self.home
+
+    @property
+    def last(self) -> Path:
+        return self.dir / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.dir / "best.pt"
+
+    @property
+    def rows(self) -> Path:
+        return self.dir / "metrics.jsonl"
+
+    def recover(self) -> None:
+        """Finish what a killed run left: a pending state that was saved is swapped in, one
+        that was not is removed, and so is a replaced state that was being removed."""
+        pending, old = self.home.with_name(self.home.name + PENDING), self._old()
+        if (pending / "last.pt").exists():
+            self._swap(pending)
+        shutil.rmtree(pending, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def start_pending(self) -> None:
+        """Start this run's state beside another run's (the digest cache carried over)."""
+        self.pending = True
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        cache = self.home / "digests.json"
+        if cache.exists():
+            shutil.copyfile(cache, self.dir / cache.name)
+
+    def commit(self) -> None:
+        """Once this run's own state is saved, it replaces the other run's."""
+        if self.pending and self.last.exists():
+            self._swap(self.dir)
+            self.pending = False
+
+    def discard(self) -> None:
+        """A run that stops before its state replaced another's leaves nothing beside it."""
+        if self.pending:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _old(self) -> Path:
+        return self.home.with_name(self.home.name + ".old")
+
+    def _swap(self, new: Path) -> None:
+        with held():
+            old = self._old()
+            if self.home.exists():
+                os.replace(self.home, old)
+            os.replace(new, self.home)
+        shutil.rmtree(old, ignore_errors=True)
+
+
 # ---- the loop ---------------------------------------------------------------------------------
 
 
@@ -550,18 +624,31 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike | TrainFiles, lmdb_dir, 
     CPU threads (the float sums, so the numbers, depend on it; None: torch's default)."""
     runtime.set_threads(threads)
     state_dir = Path(state_dir)
+    files = StateFiles(state_dir)
     cache_path = state_dir / "digests.json"
     cache = read_json(cache_path) if cache_path.exists() else {}
     run = build_run(cfg, data_dir, lmdb_dir, vocab, weights, digest_cache=cache)
     cfg, d = run.cfg, run.d
-    last, best = state_dir / "last.pt", state_dir / "best.pt"
-    rows_path = state_dir / "metrics.jsonl"
     if d.main:
+        files.recover()
         state_dir.mkdir(parents=True, exist_ok=True)
         write_json(cache_path, cache)
     st = resume(run, state_dir)
+    if d.main and st.step == 0 and files.last.exists():  # another run's state: kept for now
+        files.start_pending()
+    try:
+        return _loop(run, st, files, out, metrics)
+    except BaseException:
+        if d.main:
+            files.discard()
+        raise
+
+
+def _loop(run: Run, st: TrainState, files: StateFiles, out, metrics) -> dict:
+    """The steps from `st` on, then the model file and the metrics rows."""
+    cfg, d = run.cfg, run.d
     if d.main:
-        _truncate_metrics(rows_path, st.step)
+        _truncate_metrics(files.rows, st.step)
         announce(run)
     if d.world > 1:
         dist.barrier()
@@ -593,31 +680,33 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike | TrainFiles, lmdb_dir, 
                 if run.select_best and st.last_acc > st.best_acc:
                     st.best_acc = st.last_acc
                     if d.main:
-                        save_model_file(best, run.model, cfg, run.ans2label,
+                        save_model_file(files.best, run.model, cfg, run.ans2label,
                                         vocab_tokens(run.tokenizer),
                                         model_extra(run, st, "best on val"))
             if row is not None and d.main:
                 print(progress_line(run, row, time.perf_counter() - t_start, st.step - step0),
                       flush=True)
-                with open(rows_path, "a") as fh:
+                with open(files.rows, "a") as fh:
                     fh.write(json.dumps(row) + "\n")
             if save:
-                save_state(run, st, last)
+                save_state(run, st, files.last)
+                if d.main:
+                    files.commit()
             # Validation and checkpoints are not training time.
             t0 = time.perf_counter() if row is not None else t0 + time.perf_counter() - t_work
             if st.step >= run.total:
                 break
     watch.check()
     if d.main:
-        if run.select_best and best.exists():
+        if run.select_best and files.best.exists():
             with atomic_path(out) as tmp:
-                shutil.copyfile(best, tmp)
+                shutil.copyfile(files.best, tmp)
         else:
             save_model_file(out, run.model, cfg, run.ans2label, vocab_tokens(run.tokenizer),
                             model_extra(run, st, "final"))
         if metrics:
             with atomic_path(metrics) as tmp:
-                shutil.copyfile(rows_path, tmp)
+                shutil.copyfile(files.rows, tmp)
     if d.world > 1:
         dist.barrier()
         dist.destroy_process_group()
