@@ -249,13 +249,14 @@ def train_state_dir(blind: bool) -> str:
 
 
 def final_targets() -> list[str]:
-    """What `snakemake` with no target makes: the test accuracy, the blind baseline's, and the
-    report's plots."""
-    return [
-        "results/test_acc.json",
-        *(["results/blind/test_acc.json"] if BLIND else []),
-        *PLOTS.values(),
-    ]
+    """What `snakemake` with no target makes: every result file the README lists (the model,
+    its training log, predictions and accuracy; the blind baseline's) and the report's plots.
+    Each is asked for by name, so that a missing one (a model whose retrain failed after
+    Snakemake deleted it) is remade by a plain run: Snakemake takes a job whose outputs exist as
+    done even when an input it could make is missing."""
+    trained = [] if EVAL_ONLY else list(rules.train.output)
+    blind = [*([] if BLIND_MODEL else rules.train_blind.output), *rules.infer_blind.output]
+    return [*trained, *rules.infer.output, *(blind if BLIND else []), *PLOTS.values()]
 
 
 def run_benchmarks() -> list[str]:
@@ -390,6 +391,18 @@ def run_results() -> list[str]:
         for name, variant in VARIANTS.items()
         for run in variant.run_names(RUN_SEEDS)
     ]
+
+
+def run_files() -> list[str]:
+    """Every run's result files besides its accuracy: the model and training log of a trained
+    run, the predictions of each (asked for by `runs`, so that a missing one is remade)."""
+    files = []
+    for name, variant in VARIANTS.items():
+        for run in variant.run_names(RUN_SEEDS):
+            folder = f"results/runs/{name}/{run}"
+            trained = [f"{folder}/model.pt", f"{folder}/train_log.jsonl"]
+            files += [*(trained if variant.trained else []), f"{folder}/test_predictions.jsonl"]
+    return files
 
 
 # Only the configured variants match a run's folder, so no other path under results/ can.

@@ -106,6 +106,25 @@ def test_rerun_one_stage(run_dir):
     mine.write_bytes(video)
 
 
+@pytest.mark.slow
+def test_a_lost_model_is_remade_with_the_same_bytes(run_dir):
+    """The default target asks for results/model.pt by name: once it is gone (a retrain that
+    failed after Snakemake deleted it) a plain run plans its training again, and that training
+    resumes from the finished state, giving back the same bytes (and the accuracy again)."""
+    model = run_dir / "results/model.pt"
+    before = model.read_bytes()
+    model.unlink()
+    dry = snakemake(run_dir, "-n", config=SMALL)
+    counts = job_stats(dry.stdout + dry.stderr)
+    assert counts.get("train") == 1 and counts.get("infer") == 1, counts
+    assert "train_blind" not in counts and "pack_lmdb" not in counts, counts
+    snakemake(run_dir, "results/model.pt", "results/test_acc.json", config=SMALL)
+    assert model.read_bytes() == before
+    acc = json.loads((run_dir / "results/test_acc.json").read_text())
+    assert acc["checkpoint_sha256"] == hashlib.sha256(before).hexdigest()
+    assert "resuming from work/demo/train_state/last.pt" in (run_dir / "logs/train.log").read_text()
+
+
 def test_config_errors_name_the_key(tmp_path):
     proc = snakemake(tmp_path, "-n", config={"frames": {"strid": 3}}, check=False)
     assert proc.returncode != 0
