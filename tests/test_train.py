@@ -512,37 +512,55 @@ def test_state_of_another_run_is_set_aside(ds, tmp_path: Path, capsys) -> None:
     assert [r["step"] for r in rows] == list(range(1, 9))
 
 
-def test_a_failed_retrain_keeps_the_finished_state(ds, tmp_path: Path, capsys) -> None:
-    """A retrain with other settings writes its state beside the finished one and swaps it in
-    only at its first checkpoint: one that fails before (here: it diverges) leaves the finished
-    training's state as it was and nothing beside it, and the finished run's settings then
-    rewrite its model byte for byte without a step. One that reaches its checkpoint replaces it."""
+def test_a_failed_retrain_keeps_the_finished_state(ds, tmp_path: Path, capsys,
+                                                   monkeypatch) -> None:
+    """A retrain with other settings keeps its state beside the finished one and swaps it in
+    only once it has written its model. One that fails (here: it diverges after a checkpoint)
+    leaves the finished training's state as it was, and its settings then rewrite its model and
+    log byte for byte without a step; a retrain that is stopped resumes from its own state."""
     _, rows = run_train(ds, tmp_path, epochs=1)
-    model, state = (tmp_path / "model.pt").read_bytes(), (tmp_path / "state").iterdir()
-    before = {p.name: p.read_bytes() for p in state}
+    state = tmp_path / "state"
+    model = (tmp_path / "model.pt").read_bytes()
+    log = (tmp_path / "metrics.jsonl").read_bytes()
+    before = {p.name: p.read_bytes() for p in state.iterdir()}
     (tmp_path / "model.pt").unlink()
     (tmp_path / "metrics.jsonl").unlink()
-    with pytest.raises(ClipbertError, match="the run diverged"):
-        run_train(ds, tmp_path, epochs=1, lr=1e30, val_every=1.0, checkpoint_every=100)
-    assert {p.name: p.read_bytes() for p in (tmp_path / "state").iterdir()} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["state"]
+    with pytest.raises(ClipbertError, match="at step 2 .*the run diverged"):
+        run_train(ds, tmp_path, epochs=1, lr=1e30, val_every=0.125)
+    assert {p.name: p.read_bytes() for p in state.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state", "state.next"]
     capsys.readouterr()
     _, again = run_train(ds, tmp_path, epochs=1)
-    assert f"resuming from {tmp_path / 'state' / 'last.pt'} at step 8/8" in capsys.readouterr().out
+    assert f"resuming from {state / 'last.pt'} at step 8/8" in capsys.readouterr().out
     assert (tmp_path / "model.pt").read_bytes() == model and again == rows
-    _, other = run_train(ds, tmp_path, epochs=1, lr=1e-3)
+    assert (tmp_path / "metrics.jsonl").read_bytes() == log
+
+    real_save = train.save_state
+
+    def stop_after_step_4(run, st, path):
+        real_save(run, st, path)
+        if st.step == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "save_state", stop_after_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(ds, tmp_path, epochs=1, lr=1e-3, val_every=0.25)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in state.iterdir()} == before
+    capsys.readouterr()
+    _, other = run_train(ds, tmp_path, epochs=1, lr=1e-3, val_every=0.25)
     out = capsys.readouterr().out
-    assert "(changed: setting lr); training starts over (in state.next, swapped in" in out, out
+    assert f"resuming from {tmp_path / 'state.next' / 'last.pt'} at step 4/8" in out, out
     assert [r["step"] for r in other] == list(range(1, 9))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl", "model.pt", "state"]
-    saved = torch.load(tmp_path / "state" / "last.pt", map_location="cpu", weights_only=True)
+    saved = torch.load(state / "last.pt", map_location="cpu", weights_only=True)
     assert saved["settings"]["lr"] == 1e-3 and saved["step"] == 8
 
 
 @pytest.mark.parametrize("killed", ["before its state", "after its state", "mid-swap"])
 def test_state_files_recover_what_a_kill_left(tmp_path: Path, killed: str) -> None:
-    """A run killed while its state waited beside another's: without a saved state the pending
-    folder goes; with one, or halfway through the swap, the swap is finished."""
+    """A run killed while its state waited beside another's: a pending folder with no saved
+    state goes, one with a state stays (to be resumed), a swap cut short is finished."""
     home = tmp_path / "train_state"
     home.mkdir()
     (home / "last.pt").write_text("finished run")
@@ -554,9 +572,11 @@ def test_state_files_recover_what_a_kill_left(tmp_path: Path, killed: str) -> No
     if killed == "mid-swap":
         home.rename(tmp_path / "train_state.old")
     train.StateFiles(home).recover()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["train_state"]
-    want = "finished run" if killed == "before its state" else "new run"
-    assert (home / "last.pt").read_text() == want
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == (["train_state", "train_state.next"] if killed == "after its state"
+                    else ["train_state"])
+    assert (home / "last.pt").read_text() == ("new run" if killed == "mid-swap"
+                                              else "finished run")
 
 
 def test_a_state_without_run_identity_is_not_resumed(ds, tmp_path: Path, capsys) -> None:

@@ -318,11 +318,9 @@ def resume(run: Run, state_dir: Path) -> TrainState:
             print(f"not resuming {last}: it does not load as plain tensors (weights_only=True "
                   f"refused it; set aside as {aside.name}); training starts over", flush=True)
         elif main and why:
-            # Kept until this run has a state of its own (StateFiles): a retrain that fails
-            # early leaves the finished training resumable.
+            # Kept (StateFiles): this run's state goes beside it until this run ends.
             print(f"not resuming {last}: saved by another run (changed: {', '.join(why)}); "
-                  f"training starts over (in {state_dir.name}{PENDING}, swapped in at this run's "
-                  "first checkpoint)", flush=True)
+                  "training starts over", flush=True)
         if main and why == ["unsafe"]:  # no candidate for the best weights either
             (state_dir / "best.pt").unlink(missing_ok=True)
         return TrainState()
@@ -545,11 +543,12 @@ PENDING = ".next"  # suffix of the folder where a new run's state waits to repla
 
 
 class StateFiles:
-    """The files of the resumable state. A run that starts over another run's state (changed
-    settings or inputs) writes beside it, in `<state_dir>.next`, and swaps that in only once it
-    has saved a state of its own: until then the other run's state stays whole, so a retrain
-    that fails early (a bad input, a divergence, a full disk) leaves the finished training
-    resumable, and going back to its settings rewrites its model without a step."""
+    """The files of the resumable state. A run that finds another run's state (changed settings
+    or inputs) keeps its own beside it, in `<state_dir>.next`, and swaps it in only once it has
+    written its model: until then the other run's state stays whole, so a retrain that fails
+    (a bad input, a divergence, a full disk) leaves the finished training resumable, and going
+    back to its settings rewrites its model without a step. A killed retrain resumes from its
+    own pending state. The cost: two states on disk while a retrain runs."""
 
     def __init__(self, home: Path) -> None:
         self.home = home
@@ -572,16 +571,18 @@ class StateFiles:
         return self.dir / "metrics.jsonl"
 
     def recover(self) -> None:
-        """Finish what a killed run left: a pending state that was saved is swapped in, one
-        that was not is removed, and so is a replaced state that was being removed."""
+        """Finish what a killed run left: a swap cut short is completed, a replaced state that
+        was being removed goes, and so does a pending folder with no saved state in it."""
         pending, old = self.home.with_name(self.home.name + PENDING), self._old()
-        if (pending / "last.pt").exists():
+        if not self.home.exists() and (pending / "last.pt").exists():
             self._swap(pending)
-        shutil.rmtree(pending, ignore_errors=True)
+        if not (pending / "last.pt").exists():
+            shutil.rmtree(pending, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
 
     def start_pending(self) -> None:
-        """Start this run's state beside another run's (the digest cache carried over)."""
+        """Start this run's state afresh beside another run's (the digest cache carried
+        over)."""
         self.pending = True
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir(parents=True)
@@ -590,14 +591,15 @@ class StateFiles:
             shutil.copyfile(cache, self.dir / cache.name)
 
     def commit(self) -> None:
-        """Once this run's own state is saved, it replaces the other run's."""
+        """Once this run has written its model, its state replaces the other run's."""
         if self.pending and self.last.exists():
             self._swap(self.dir)
             self.pending = False
 
     def discard(self) -> None:
-        """A run that stops before its state replaced another's leaves nothing beside it."""
-        if self.pending:
+        """A run that stops before it saved a state leaves no folder beside the other run's
+        (a saved one stays, to be resumed)."""
+        if self.pending and not self.last.exists():
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def _old(self) -> Path:
@@ -634,8 +636,16 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike | TrainFiles, lmdb_dir, 
         state_dir.mkdir(parents=True, exist_ok=True)
         write_json(cache_path, cache)
     st = resume(run, state_dir)
-    if d.main and st.step == 0 and files.last.exists():  # another run's state: kept for now
-        files.start_pending()
+    other = [d.main and st.step == 0 and files.last.exists()]  # another run's state: kept
+    if d.world > 1:
+        dist.broadcast_object_list(other, src=0, group=run.group)
+    if other[0]:
+        files.pending = True
+        st = resume(run, files.dir)  # this run's own, if a kill left one
+        if d.main and st.step == 0:
+            files.start_pending()
+            print(f"{state_dir} is kept until this run ends: its state goes to {files.dir} "
+                  "meanwhile", flush=True)
     try:
         return _loop(run, st, files, out, metrics)
     except BaseException:
@@ -690,8 +700,6 @@ def _loop(run: Run, st: TrainState, files: StateFiles, out, metrics) -> dict:
                     fh.write(json.dumps(row) + "\n")
             if save:
                 save_state(run, st, files.last)
-                if d.main:
-                    files.commit()
             # Validation and checkpoints are not training time.
             t0 = time.perf_counter() if row is not None else t0 + time.perf_counter() - t_work
             if st.step >= run.total:
@@ -707,6 +715,7 @@ def _loop(run: Run, st: TrainState, files: StateFiles, out, metrics) -> dict:
         if metrics:
             with atomic_path(metrics) as tmp:
                 shutil.copyfile(files.rows, tmp)
+        files.commit()
     if d.world > 1:
         dist.barrier()
         dist.destroy_process_group()
