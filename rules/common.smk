@@ -168,7 +168,8 @@ def check_weights() -> None:
 SCENES = scene_list()
 if INFER_MODEL or BLIND_MODEL:
     check_checkpoints()
-if any(config["weights"].get(kind) for kind in settings.WEIGHT_KINDS):
+# Once, in the Snakemake that plans the run (not again in each cluster job).
+if workflow.is_main_process and any(config["weights"].get(k) for k in settings.WEIGHT_KINDS):
     check_weights()
 
 

@@ -413,6 +413,18 @@ def test_a_diverged_run_stops_naming_the_step_and_writes_no_model(ds, tmp_path: 
     assert not (tmp_path / "state" / "last.pt").exists()
 
 
+def test_a_diverged_run_is_one_line_and_exit_status_1(ds, tmp_path: Path) -> None:
+    """`lr: 1e30` from the command line: exit status 1, the one line on stderr, no model."""
+    args = cli_train_args(ds, tmp_path, {"epochs": 1, "lr": 1e30, "select_best": False})
+    proc = subprocess.run([sys.executable, "-m", "clipbert", "train", *args], env=env1(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    line = proc.stderr.strip()
+    assert re.fullmatch(r"error: train: loss is nan at step 2 \(lr \S+\): the run diverged; "
+                        r"lower train\.lr or lengthen the warm-up", line), proc.stderr
+    assert not (tmp_path / "model.pt").exists() and not (tmp_path / "metrics.jsonl").exists()
+
+
 def test_watch_names_a_gradient_norm_that_is_not_finite() -> None:
     """A finite loss with an infinite gradient norm is named as such, with its loss."""
     watch = train.DivergenceWatch()
