@@ -149,9 +149,28 @@ def scene_list() -> list[str]:
         fail(str(e))
 
 
+def check_weights() -> None:
+    """Every `weights.*` file training starts from is checked now, as `infer.model` is: readable
+    as plain tensors, the layout of its kind, tensors at the shapes of the preset's model (names
+    and shapes only: memory-mapped), so that a wrong or damaged file stops the run, `-n` too,
+    before a job deletes the last results."""
+    from clipbert import checkpoints, modelfile  # imports torch: only runs with weights pay
+
+    shapes = modelfile.model_shapes(TRAIN)
+    for kind, path in config["weights"].items():
+        if path and kind in settings.WEIGHT_KINDS:
+            try:
+                checkpoints.check_pretrained(kind, path, shapes)
+            except ClipbertError as e:
+                fail(f"config: weights.{kind}: {e}")
+
+
 SCENES = scene_list()
 if INFER_MODEL or BLIND_MODEL:
     check_checkpoints()
+# Once, in the Snakemake that plans the run (not again in each cluster job).
+if workflow.is_main_process and any(config["weights"].get(k) for k in settings.WEIGHT_KINDS):
+    check_weights()
 
 
 def video_path(scene: str) -> str:
@@ -254,13 +273,14 @@ def train_state_dir(blind: bool) -> str:
 
 
 def final_targets() -> list[str]:
-    """What `snakemake` with no target makes: the test accuracy, the blind baseline's, and the
-    report's plots."""
-    return [
-        "results/test_acc.json",
-        *(["results/blind/test_acc.json"] if BLIND else []),
-        *PLOTS.values(),
-    ]
+    """What `snakemake` with no target makes: every result file the README lists (the model,
+    its training log, predictions and accuracy; the blind baseline's) and the report's plots.
+    Each is asked for by name, so that a missing one (a model whose retrain failed after
+    Snakemake deleted it) is remade by a plain run: Snakemake takes a job whose outputs exist as
+    done even when an input it could make is missing."""
+    trained = [] if EVAL_ONLY else list(rules.train.output)
+    blind = [*([] if BLIND_MODEL else rules.train_blind.output), *rules.infer_blind.output]
+    return [*trained, *rules.infer.output, *(blind if BLIND else []), *PLOTS.values()]
 
 
 def run_benchmarks() -> list[str]:
@@ -395,6 +415,18 @@ def run_results() -> list[str]:
         for name, variant in VARIANTS.items()
         for run in variant.run_names(RUN_SEEDS)
     ]
+
+
+def run_files() -> list[str]:
+    """Every run's result files besides its accuracy: the model and training log of a trained
+    run, the predictions of each (asked for by `runs`, so that a missing one is remade)."""
+    files = []
+    for name, variant in VARIANTS.items():
+        for run in variant.run_names(RUN_SEEDS):
+            folder = f"results/runs/{name}/{run}"
+            trained = [f"{folder}/model.pt", f"{folder}/train_log.jsonl"]
+            files += [*(trained if variant.trained else []), f"{folder}/test_predictions.jsonl"]
+    return files
 
 
 # Only the configured variants match a run's folder, so no other path under results/ can.

@@ -88,7 +88,8 @@ rule runs_summary:
 
 
 rule runs:
-    """Every run, their summary and its plot."""
+    """Every run's result files, their summary and its plot."""
     input:
+        run_files(),
         rules.runs_summary.output,
         RUNS_PLOT,

@@ -475,3 +475,69 @@ def test_upstream_fine_tuned_file_for_inference(tmp_path, layout):
         load_for_inference(tmp_path / "clipbert.pt", answers=tmp_path / "answers.json",
                            vocab=tmp_path / "vocab.txt", preset="faithful",
                            overrides={**overrides, "model.num_layers": 11})
+
+
+@pytest.mark.parametrize("folder", ["résultats", "plain"])
+def test_model_file_bytes_do_not_depend_on_its_path(tmp_path, folder):
+    """torch.save names the zip's inner folder after the file it is given (`archive/` for a
+    non-ASCII path): the model file and a converted checkpoint are saved through a file object,
+    so their bytes are the same wherever they are written, and they still load memory-mapped."""
+    import zipfile
+
+    from clipbert.config import make_config
+    from clipbert.modelfile import read_model_file, save_model_file
+
+    model = fresh_model()
+    cfg = make_config("faithful", {f"model.{k}": list(v) if isinstance(v, tuple) else v
+                                   for k, v in CFG.items()})
+    paths = [tmp_path / "ref" / "model.pt", tmp_path / folder / "other_name.pt"]
+    for path in paths:
+        save_model_file(path, model, cfg, {str(i): i for i in range(7)},
+                        [f"t{i}" for i in range(30)], {"step": 3})
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    assert {n.split("/")[0] for n in zipfile.ZipFile(paths[1]).namelist()} == {"archive"}
+    assert read_model_file(paths[1])["step"] == 3
+    converted = [tmp_path / "ref" / "up.pt", tmp_path / folder / "up.pt"]
+    for path in converted:
+        convert(paths[0], path, "upstream")
+    assert converted[0].read_bytes() == converted[1].read_bytes()
+
+
+def _shapes(**kw) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in fresh_model(**kw).state_dict().items()}
+
+
+def test_weights_are_checked_by_names_and_shapes_alone(tmp_path, layout):
+    """What the workflow checks at its start for every weights.* file: a file cut to half its
+    size, a checkpoint of another kind and one of another model size are each named in one line;
+    a good one (upstream torch zip, HF safetensors folder) passes, its tensors unread."""
+    from safetensors.torch import save_file
+
+    from clipbert.checkpoints import check_pretrained
+
+    target = _shapes()
+    good = tmp_path / "clipbert.pt"
+    torch.save(synthetic(layout), good)
+    assert check_pretrained("clipbert", good, target).startswith(
+        f"{good}: clipbert weights (upstream layout), ")
+    folder = tmp_path / "bert-base"
+    folder.mkdir()
+    save_file(_bert_state(5), str(folder / "model.safetensors"))
+    assert "bert weights (bert layout)" in check_pretrained("bert", folder, target)
+    half = tmp_path / "half.pt"
+    half.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ClipbertError, match=rf"^{half}: not a model file \(other binary data\)"):
+        check_pretrained("clipbert", half, target)
+    torch.save(_bert_state(9), tmp_path / "bert.bin")
+    with pytest.raises(ClipbertError, match=r"bert.bin: a bert checkpoint, not a ClipBERT one"):
+        check_pretrained("clipbert", tmp_path / "bert.bin", target)
+    with pytest.raises(ClipbertError, match=r"bert.bin: no tensor of this bert checkpoint \(bert "
+                                            r"layout\) fits the model .*shapes differ"):
+        check_pretrained("bert", tmp_path / "bert.bin",
+                         _shapes(hidden_size=8, num_heads=2, intermediate_size=12))
+    # The blind model has no CNN: a ResNet given to it is not used (as training drops it), but
+    # it must still be a readable file.
+    blind = {k: v for k, v in target.items() if not k.startswith(("cnn.", "transformer.visual"))}
+    assert "not used" in check_pretrained("resnet", good, blind)
+    with pytest.raises(ClipbertError, match=str(half)):
+        check_pretrained("resnet", half, blind)

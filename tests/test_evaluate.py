@@ -168,6 +168,24 @@ def test_infer_refuses_missing_video_and_writes_nothing(setup: dict, tmp_path: P
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
 
 
+def test_infer_refuses_a_model_with_non_finite_weights(setup: dict, tmp_path: Path) -> None:
+    """A diverged training's model (NaN weights answer one word to everything) is refused,
+    naming the file and its first bad tensor, and nothing is written."""
+    obj = modelfile.read_model_file(setup["model"])
+    obj["state_dict"] = {k: v.clone() for k, v in obj["state_dict"].items()}
+    obj["state_dict"]["transformer.classifier.2.weight"][0, :3] = float("nan")
+    obj["state_dict"]["transformer.classifier.2.bias"][1] = float("inf")
+    bad = tmp_path / "diverged.pt"
+    torch.save(obj, bad)
+    with pytest.raises(ClipbertError) as info:
+        evaluate.infer(bad, setup["data_dir"] / "test.jsonl", setup["lmdb_dir"],
+                       tmp_path / "p.jsonl", tmp_path / "a.json")
+    assert str(info.value) == (f"{bad}: 4 weights are NaN or infinite (3 in "
+                               "transformer.classifier.2.weight and 1 more tensor): the training "
+                               "that wrote it diverged; not scored")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["diverged.pt"]
+
+
 def test_cli_infer_and_bad_model_file(setup: dict, tmp_path: Path, capsys) -> None:
     from clipbert.cli import main
 

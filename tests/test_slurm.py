@@ -7,6 +7,7 @@ skipping it.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -207,6 +208,26 @@ def test_demo_workflow_on_slurm(cluster, tmp_path):
     assert len(list((work / "logs" / "scene").glob("*.log"))) == 6
 
 
+def checkout_on_this_env(root: Path) -> Path:
+    """A copy of `./run` whose `.venv` is the environment running the tests (its `bin`, and the
+    stamp `./run` looks for), so that the script's own logic runs without building a virtual
+    environment in the checkout (minutes and gigabytes where `.venv` is absent or is another)."""
+    bin_dir = Path(sys.executable).parent  # not resolved: a venv's python is a link elsewhere
+    if not (bin_dir / "snakemake").is_file():
+        pytest.skip(f"no snakemake beside the running interpreter ({bin_dir}): ./run would "
+                    "build a virtual environment")
+    root.mkdir()
+    pyproject = (REPO / "pyproject.toml").read_bytes()
+    (root / "pyproject.toml").write_bytes(pyproject)
+    (root / "run").write_bytes((REPO / "run").read_bytes())
+    (root / "run").chmod(0o755)
+    venv = root / ".venv"
+    venv.mkdir()
+    (venv / "bin").symlink_to(bin_dir)
+    (venv / f".installed-{hashlib.sha256(pyproject).hexdigest()[:16]}").touch()
+    return root / "run"
+
+
 @pytest.mark.parametrize("profile_args, keeps_conf", [
     ((), False),
     (("--workflow-profile", str(PROFILE.parent)), True),
@@ -214,17 +235,25 @@ def test_demo_workflow_on_slurm(cluster, tmp_path):
 def test_run_keeps_slurm_out_of_local_runs(tmp_path, profile_args, keeps_conf):
     """Snakemake loads the SLURM plugin at every start and the plugin asks `scontrol show config`
     (~9 s where no controller answers): `./run snakemake` hands it an empty configuration unless
-    the run names SLURM. A stand-in scontrol records the SLURM_CONF it is given."""
+    the run names SLURM. A stand-in scontrol records the SLURM_CONF it is given. `./run` runs
+    on the test's own environment (`checkout_on_this_env`): no `.venv` is built."""
     fake = tmp_path / "bin"
     fake.mkdir()
     seen = tmp_path / "seen"
     (fake / "scontrol").write_text(f'#!/bin/sh\necho "$SLURM_CONF" >> {seen}\nexit 1\n')
-    (fake / "scontrol").chmod(0o755)
+    # The plugin asks scontrol only where SLURM's client is installed (it looks for sinfo and
+    # squeue): stand-ins, so that the check runs on a machine without SLURM too.
+    for name in ("sinfo", "squeue"):
+        (fake / name).write_text("#!/bin/sh\nexit 1\n")
+    for tool in fake.iterdir():
+        tool.chmod(0o755)
     env = dict(cli_env(), SLURM_CONF="/etc/slurm/site.conf",
                PATH=os.pathsep.join([str(fake), os.environ["PATH"]]))
     env.pop("SNAKEMAKE_PROFILE", None)
-    proc = subprocess.run([str(REPO / "run"), "snakemake", *profile_args, "--list-rules"],
-                          capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    run = checkout_on_this_env(tmp_path / "checkout")
+    proc = subprocess.run([str(run), "snakemake", "-s", str(REPO / "Snakefile"), *profile_args,
+                           "--list-rules"], capture_output=True, text=True, env=env,
+                          cwd=run.parent, timeout=120)
     assert proc.returncode == 0, proc.stderr
     conf = "/etc/slurm/site.conf" if keeps_conf else os.devnull
     assert set(seen.read_text().split()) == {conf}

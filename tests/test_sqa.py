@@ -208,6 +208,21 @@ def test_bad_record_via_cli(tmp_path, cli, case):
     assert not out.exists() or not list(out.iterdir())
 
 
+@pytest.mark.parametrize("value, shown", [(42, "'answer' is a int (42), not text"),
+                                           (["no"], "'answer' is a list (['no']), not text"),
+                                           ("  ", "empty or missing 'answer'")])
+def test_answer_that_is_not_text_names_its_type(tmp_path, value, shown):
+    """An answer given as a number is a mis-fed file, reported as what it is, not as absent."""
+    q = [qrec(i, sc, t) for i, sc, t, _ in SYNTH["test"]]
+    a = [arec(i, sc, ans) for i, sc, _, ans in SYNTH["test"]]
+    a[1]["answers"][0]["answer"] = value
+    src = write_release(tmp_path / "sqa", {"test": (q, a)})
+    with pytest.raises(ClipbertError) as info:
+        sqa.convert(src, tmp_path / "out", splits=("test",))
+    assert str(info.value) == (f"{src / 'balanced' / sqa.annotations_name('test')}: "
+                               f"question 21: {shown}")
+
+
 @pytest.mark.parametrize("missing", ["answer_dict", "questions", "annotations"])
 def test_missing_file_keeps_previous_outputs(tmp_path, cli, missing):
     src = synth_release(tmp_path / "sqa")

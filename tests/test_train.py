@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -439,6 +440,56 @@ def test_workflow_script_starts_torchrun_for_several_gpus(tmp_path: Path, monkey
         assert args[-2:] == ["--init", "resnet=r50.pt"]
 
 
+@pytest.mark.parametrize("overrides", [{"log_every": 1}, {"log_every": 5, "select_best": False}])
+def test_a_diverged_run_stops_naming_the_step_and_writes_no_model(ds, tmp_path: Path,
+                                                                    overrides) -> None:
+    """A loss or gradient norm that is not finite stops training with one line naming the step,
+    the loss and the rate, before any log row, state or model of the diverged steps is written;
+    with rows logged every 5 steps the first bad step is still the one named."""
+    with pytest.raises(ClipbertError) as info:
+        run_train(ds, tmp_path, epochs=1, lr=1e30, val_every=1.0, checkpoint_every=100,
+                  **overrides)
+    msg = str(info.value)
+    assert "\n" not in msg, msg
+    found = re.fullmatch(r"train: (loss is (nan|inf)|gradient norm is (nan|inf) \(loss \S+\)) "
+                         r"at step (\d+) \(lr (\S+)\): the run diverged; lower train\.lr or "
+                         r"lengthen the warm-up", msg)
+    assert found, msg
+    step = int(found[4])
+    assert 1 <= step <= 3 and float(found[5]) > 1e28, msg
+    assert not (tmp_path / "model.pt").exists() and not (tmp_path / "metrics.jsonl").exists()
+    rows_file = tmp_path / "state" / "metrics.jsonl"
+    rows = [json.loads(line) for line in rows_file.open()] if rows_file.exists() else []
+    assert [r["step"] for r in rows] == (list(range(1, step)) if overrides["log_every"] == 1
+                                         else [])
+    assert not (tmp_path / "state" / "best.pt").exists()
+    assert not (tmp_path / "state" / "last.pt").exists()
+
+
+def test_a_diverged_run_is_one_line_and_exit_status_1(ds, tmp_path: Path) -> None:
+    """`lr: 1e30` from the command line: exit status 1, the one line on stderr, no model."""
+    args = cli_train_args(ds, tmp_path, {"epochs": 1, "lr": 1e30, "select_best": False})
+    proc = subprocess.run([sys.executable, "-m", "clipbert", "train", *args], env=env1(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    line = proc.stderr.strip()
+    assert re.fullmatch(r"error: train: loss is nan at step 2 \(lr \S+\): the run diverged; "
+                        r"lower train\.lr or lengthen the warm-up", line), proc.stderr
+    assert not (tmp_path / "model.pt").exists() and not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_watch_names_a_gradient_norm_that_is_not_finite() -> None:
+    """A finite loss with an infinite gradient norm is named as such, with its loss."""
+    watch = train.DivergenceWatch()
+    for step, norm in ((1, 2.0), (2, float("inf")), (3, float("nan"))):
+        watch.at(step, 1e-3)
+        watch.add(torch.tensor(3.25), torch.tensor(norm))
+    with pytest.raises(ClipbertError, match=r"^train: gradient norm is inf \(loss 3\.25\) at "
+                                            r"step 2 \(lr 0\.001\): the run diverged"):
+        watch.check()
+    watch.check()  # checked steps are not named again
+
+
 def test_missing_inputs_are_one_line_errors(ds, tmp_path: Path) -> None:
     cfg = config.make_config("tiny", SMALL)
     with pytest.raises(ClipbertError, match=r"train\.jsonl: not found"):
@@ -528,6 +579,73 @@ def test_state_of_another_run_is_set_aside(ds, tmp_path: Path, capsys) -> None:
     log = capsys.readouterr().out
     assert "(changed: video LMDB); training starts over" in log
     assert [r["step"] for r in rows] == list(range(1, 9))
+
+
+def test_a_failed_retrain_keeps_the_finished_state(ds, tmp_path: Path, capsys,
+                                                   monkeypatch) -> None:
+    """A retrain with other settings keeps its state beside the finished one and swaps it in
+    only once it has written its model. One that fails (here: it diverges after a checkpoint)
+    leaves the finished training's state as it was, and its settings then rewrite its model and
+    log byte for byte without a step; a retrain that is stopped resumes from its own state."""
+    _, rows = run_train(ds, tmp_path, epochs=1)
+    state = tmp_path / "state"
+    model = (tmp_path / "model.pt").read_bytes()
+    log = (tmp_path / "metrics.jsonl").read_bytes()
+    before = {p.name: p.read_bytes() for p in state.iterdir()}
+    (tmp_path / "model.pt").unlink()
+    (tmp_path / "metrics.jsonl").unlink()
+    with pytest.raises(ClipbertError, match="at step 2 .*the run diverged"):
+        run_train(ds, tmp_path, epochs=1, lr=1e30, val_every=0.125)
+    assert {p.name: p.read_bytes() for p in state.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state", "state.next"]
+    capsys.readouterr()
+    _, again = run_train(ds, tmp_path, epochs=1)
+    assert f"resuming from {state / 'last.pt'} at step 8/8" in capsys.readouterr().out
+    assert (tmp_path / "model.pt").read_bytes() == model and again == rows
+    assert (tmp_path / "metrics.jsonl").read_bytes() == log
+
+    real_save = train.save_state
+
+    def stop_after_step_4(run, st, path):
+        real_save(run, st, path)
+        if st.step == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "save_state", stop_after_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(ds, tmp_path, epochs=1, lr=1e-3, val_every=0.25)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in state.iterdir()} == before
+    capsys.readouterr()
+    _, other = run_train(ds, tmp_path, epochs=1, lr=1e-3, val_every=0.25)
+    out = capsys.readouterr().out
+    assert f"resuming from {tmp_path / 'state.next' / 'last.pt'} at step 4/8" in out, out
+    assert [r["step"] for r in other] == list(range(1, 9))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl", "model.pt", "state"]
+    saved = torch.load(state / "last.pt", map_location="cpu", weights_only=True)
+    assert saved["settings"]["lr"] == 1e-3 and saved["step"] == 8
+
+
+@pytest.mark.parametrize("killed", ["before its state", "after its state", "mid-swap"])
+def test_state_files_recover_what_a_kill_left(tmp_path: Path, killed: str) -> None:
+    """A run killed while its state waited beside another's: a pending folder with no saved
+    state goes, one with a state stays (to be resumed), a swap cut short is finished."""
+    home = tmp_path / "train_state"
+    home.mkdir()
+    (home / "last.pt").write_text("finished run")
+    files = train.StateFiles(home)
+    files.start_pending()
+    assert files.dir == tmp_path / "train_state.next" and files.last.parent == files.dir
+    if killed != "before its state":
+        files.last.write_text("new run")
+    if killed == "mid-swap":
+        home.rename(tmp_path / "train_state.old")
+    train.StateFiles(home).recover()
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == (["train_state", "train_state.next"] if killed == "after its state"
+                    else ["train_state"])
+    assert (home / "last.pt").read_text() == ("new run" if killed == "mid-swap"
+                                              else "finished run")
 
 
 def test_a_state_without_run_identity_is_not_resumed(ds, tmp_path: Path, capsys) -> None:

@@ -108,6 +108,25 @@ def test_rerun_one_stage(run_dir):
     mine.write_bytes(video)
 
 
+@pytest.mark.slow
+def test_a_lost_model_is_remade_with_the_same_bytes(run_dir):
+    """The default target asks for results/model.pt by name: once it is gone (a retrain that
+    failed after Snakemake deleted it) a plain run plans its training again, and that training
+    resumes from the finished state, giving back the same bytes (and the accuracy again)."""
+    model = run_dir / "results/model.pt"
+    before = model.read_bytes()
+    model.unlink()
+    dry = snakemake(run_dir, "-n", config=SMALL)
+    counts = job_stats(dry.stdout + dry.stderr)
+    assert counts.get("train") == 1 and counts.get("infer") == 1, counts
+    assert "train_blind" not in counts and "pack_lmdb" not in counts, counts
+    snakemake(run_dir, "results/model.pt", "results/test_acc.json", config=SMALL)
+    assert model.read_bytes() == before
+    acc = json.loads((run_dir / "results/test_acc.json").read_text())
+    assert acc["checkpoint_sha256"] == hashlib.sha256(before).hexdigest()
+    assert "resuming from work/demo/train_state/last.pt" in (run_dir / "logs/train.log").read_text()
+
+
 def test_config_errors_name_the_key(tmp_path):
     proc = snakemake(tmp_path, "-n", config={"frames": {"strid": 3}}, check=False)
     assert proc.returncode != 0
@@ -621,11 +640,25 @@ def test_eval_only_scores_an_upstream_file_of_a_trained_model(tmp_path):
         assert (wd / f"results/plots/{name}.png").stat().st_size > 0, name
 
 
+def resnet_weights(path: Path, config: dict) -> Path:
+    """A torchvision-layout ResNet state dict (zeros) at the shapes of the demo's model under
+    `config`'s overrides: the workflow checks a weight file's shapes at its start."""
+    import torch
+
+    from clipbert.config import make_config
+    from clipbert.modelfile import model_shapes
+
+    cfg = make_config("tiny", config["train"]["overrides"])
+    torch.save({k.removeprefix("cnn.backbone."): torch.zeros(shape)
+                for k, shape in model_shapes(cfg).items() if k.startswith("cnn.backbone.")},
+               path)
+    return path
+
+
 def test_pretrained_weights_are_inputs_of_training(tmp_path):
     """A weight file is an input of the training job (a changed file reruns it), not a
     parameter; the blind baseline, which has no CNN, does not take a CNN-only one."""
-    weights = tmp_path / "r50.pt"
-    weights.write_bytes(b"read only when the job runs")
+    weights = resnet_weights(tmp_path / "r50.pt", SMALL)
     cfg = {**SMALL, "weights": {"resnet": str(weights)}}
     dry = snakemake(tmp_path, "-n", *DETAILS, config=cfg).stdout
     jobs = {block.split(":", 1)[0]: block for block in re.split(r"\n(?=(?:local)?rule )", dry)}

@@ -19,9 +19,11 @@ import os
 import pickle
 import re
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
@@ -146,6 +148,19 @@ def native_to_upstream(key: str) -> str | None:
 
 def is_ignored(layout: str, key: str) -> bool:
     return bool(_IGNORED[layout].fullmatch(key))
+
+
+# ---- writing --------------------------------------------------------------------------------
+
+
+def save_tensors(obj: object, path: str | os.PathLike) -> None:
+    """torch.save `obj` to `path` atomically, through a file object. Given a path, torch names
+    the folder inside its zip after the file (`model/`, or `archive/` for a name with a
+    non-ASCII character, as in a folder named with `é`), so the bytes depended on where the file
+    was written; given a file object it always writes `archive/`, and a rerun anywhere gives the
+    same bytes."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
 
 
 # ---- reading --------------------------------------------------------------------------------
@@ -306,7 +321,7 @@ _KIND_LAYOUT = {"detectron2": "detectron2", "resnet": "torchvision", "bert": "be
 _LAYOUT_KIND = {"detectron2": "detectron2", "torchvision": "resnet", "bert": "bert"}
 
 
-def _kind_layout(kind: str, state: dict[str, torch.Tensor], path: Path) -> str:
+def _kind_layout(kind: str, state: dict, path: Path) -> str:
     """The layout a source of this kind is read in; a ClipBERT file may be upstream or native."""
     if kind != "clipbert":
         return _KIND_LAYOUT[kind]
@@ -317,35 +332,94 @@ def _kind_layout(kind: str, state: dict[str, torch.Tensor], path: Path) -> str:
     return layout
 
 
-def _load_one(model: nn.Module, kind: str, path: Path, target: dict[str, torch.Tensor]) -> dict:
-    state, prefix = read_state_prefixed(path)
-    layout = _kind_layout(kind, state, path)
-    mapped: dict[str, torch.Tensor] = {}
-    unexpected, mismatch, ignored = [], [], 0
+@dataclass
+class _Plan:
+    """Where each tensor of a pretrained checkpoint goes in a model of known shapes."""
+
+    layout: str
+    keys: dict[str, str]  # native name -> the file's key (prefix removed), shapes that fit
+    unexpected: list[str]
+    mismatch: list[dict]
+    ignored: int
+
+
+def _plan(kind: str, path: Path, shapes: dict[str, tuple[int, ...]], prefix: str,
+          target: dict[str, tuple[int, ...]]) -> _Plan:
+    """Match a checkpoint's tensor `shapes` (file key -> shape, DDP `prefix` removed) to the
+    model's `target` shapes; no tensor that fits is a ClipbertError naming the file. Only names
+    and shapes are used, so that a run's start can check a weight file without reading it."""
+    layout = _kind_layout(kind, shapes, path)
+    plan = _Plan(layout, {}, [], [], 0)
     # The blind model has no video side: a ClipBERT checkpoint's CNN is of no use, not a surprise.
     absent = tuple(p for p in ("cnn.", "transformer.visual_embeddings.")
                    if not any(k.startswith(p) for k in target))
-    for key, tensor in state.items():
+    for key, shape in shapes.items():
         if is_ignored(layout, key):
-            ignored += 1
+            plan.ignored += 1
             continue
         name = to_native(layout, key)
         if absent and name is not None and name.startswith(absent):
-            ignored += 1
+            plan.ignored += 1
             continue
-        if name is None or name not in target or name in mapped:
-            unexpected.append(prefix + key)
-        elif tensor.shape != target[name].shape:
-            mismatch.append({"key": name, "file_key": prefix + key,
-                             "checkpoint": list(tensor.shape),
-                             "model": list(target[name].shape)})
+        if name is None or name not in target or name in plan.keys:
+            plan.unexpected.append(prefix + key)
+        elif tuple(shape) != tuple(target[name]):
+            plan.mismatch.append({"key": name, "file_key": prefix + key,
+                                  "checkpoint": list(shape), "model": list(target[name])})
         else:
-            mapped[name] = tensor.float() if tensor.is_floating_point() else tensor
-    if not mapped:
+            plan.keys[name] = key
+    if not plan.keys:
+        mismatch = plan.mismatch
         detail = (f"; shapes differ, e.g. {mismatch[0]['file_key']} {mismatch[0]['checkpoint']} in "
                   f"the file vs {mismatch[0]['model']} in the model" if mismatch else "")
         raise ClipbertError(f"{path}: no tensor of this {kind} checkpoint ({layout} layout) fits "
-                            f"the model ({len(unexpected)} unexpected keys{detail})")
+                            f"the model ({len(plan.unexpected)} unexpected keys{detail})")
+    return plan
+
+
+def check_pretrained(kind: str, path: str | os.PathLike,
+                     target: dict[str, tuple[int, ...]]) -> str:
+    """Check, without reading its weights, that `path` is a `kind` checkpoint (`config.
+    WEIGHT_KINDS`) that training can start from: readable as plain tensors, in the layout of its
+    kind, with tensors at the shapes of the model `target` describes (native name -> shape).
+    The workflow calls it before any job, so that a wrong or damaged file stops the run (`-n`
+    too) before a job deletes the last results. Returns a one-line summary."""
+    path = Path(path)
+    if kind not in _COVERS:
+        raise ClipbertError(f"{path}: unknown kind of weights {kind!r} (one of "
+                            f"{', '.join(_COVERS)})")
+    shapes, prefix = _shapes_of(path)
+    if not any(k.startswith(_COVERS[kind]) for k in target):  # as `unused_weights` drops it
+        return f"{path}: {kind} weights, not used: the model has no part they fill"
+    plan = _plan(kind, path, shapes, prefix, target)
+    return (f"{path}: {kind} weights ({plan.layout} layout), {len(plan.keys)} tensors fit the "
+            f"model, {len(plan.mismatch)} of another shape")
+
+
+def _shapes_of(path: Path) -> tuple[dict[str, tuple[int, ...]], str]:
+    """Name -> shape of a checkpoint, and its DDP prefix, reading no tensor data: safetensors
+    from its header, torch's zip format memory-mapped (its legacy format is read whole)."""
+    file = path
+    if path.is_dir():
+        file = next((path / n for n in _BERT_FILES if (path / n).is_file()), path)
+    if file.suffix == ".safetensors" and file.is_file():
+        try:
+            with safe_open(str(file), framework="pt") as fh:
+                return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}, ""  # noqa: SIM118
+        except Exception as e:  # safetensors raises its own (Rust) error type
+            raise ClipbertError(f"{file}: cannot read the safetensors file ({e})") from None
+    state, prefix = read_state_prefixed(path)
+    return {k: tuple(v.shape) for k, v in state.items()}, prefix
+
+
+def _load_one(model: nn.Module, kind: str, path: Path, target: dict[str, torch.Tensor]) -> dict:
+    state, prefix = read_state_prefixed(path)
+    plan = _plan(kind, path, {k: tuple(v.shape) for k, v in state.items()}, prefix,
+                 {k: tuple(v.shape) for k, v in target.items()})
+    layout, unexpected, mismatch, ignored = (plan.layout, plan.unexpected, plan.mismatch,
+                                             plan.ignored)
+    mapped = {name: state[key].float() if state[key].is_floating_point() else state[key]
+              for name, key in plan.keys.items()}
     result = model.load_state_dict(mapped, strict=False)
     assert not result.unexpected_keys, result.unexpected_keys  # filtered against target above
     cover = _COVERS[kind]
@@ -464,7 +538,6 @@ def convert(in_path: str | os.PathLike, out_path: str | os.PathLike, to: str) ->
         out[name] = tensor
     if not out:
         raise ClipbertError(f"{in_path}: no tensor of this {layout} checkpoint maps to {to}")
-    with atomic_path(out_path) as tmp:
-        torch.save(out, tmp)
+    save_tensors(out, out_path)
     return {"from": layout, "to": to, "written": len(out), "ignored": len(ignored),
             "dropped": dropped}

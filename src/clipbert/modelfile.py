@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,12 +32,12 @@ from clipbert.checkpoints import (
     load_tensors,
     native_to_upstream,
     other_entries,
+    save_tensors,
     split_state,
     to_native,
 )
 from clipbert.config import PRESETS, TrainConfig, make_config
 from clipbert.errors import ClipbertError
-from clipbert.fsutil import atomic_path
 from clipbert.model import build_model
 from clipbert.sqa import load_answer_dict
 from clipbert.tokenizer import load_tokenizer
@@ -72,8 +73,7 @@ def save_model_file(path: str | os.PathLike, model: nn.Module, cfg: TrainConfig,
              for k, v in model.state_dict().items()}
     obj = {"format": FORMAT, "train_config": cfg.to_dict(), "state_dict": state,
            "ans2label": ans2label, "vocab": tokens, **extra}
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    save_tensors(obj, path)
 
 
 def _torch_load(path: str | os.PathLike) -> object:
@@ -242,6 +242,7 @@ def load_for_inference(
         raise ClipbertError(f"{path}: the answer head ({_file_name(src, HEAD)}) has {head_rows} "
                             f"rows, fewer than the {len(ans2label)} answers of "
                             f"{src.answers_name}")
+    check_finite(path, loaded, src)
     model = build_model(cfg.model)
     result = model.load_state_dict(loaded, strict=False)
     assert not result.unexpected_keys and all(  # _fit checked both against the same model
@@ -266,6 +267,20 @@ def load_for_inference(
                           dtypes=dtypes, unused=unused, notes=notes)
 
 
+def check_finite(path: str | os.PathLike, tensors: dict[str, torch.Tensor], src: _Source) -> None:
+    """A model with NaN or infinite weights (a diverged training) answers one word to every
+    question: refused, naming the file and its first such tensor, rather than scored."""
+    bad = {name: int((~torch.isfinite(t)).sum()) for name, t in tensors.items()
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())}
+    if bad:
+        name, count = next(iter(bad.items()))
+        more = len(bad) - 1
+        others = f" and {more} more tensor{'s' if more > 1 else ''}" if more else ""
+        raise ClipbertError(
+            f"{path}: {sum(bad.values())} weights are NaN or infinite ({count} in "
+            f"{_file_name(src, name)}{others}): the training that wrote it diverged; not scored")
+
+
 def _bare_settings(path: str | os.PathLike, state: dict[str, torch.Tensor], layout: str,
                    preset: str, overrides: dict | None, prefix: str = "") -> TrainConfig:
     """The settings of a bare state dict: `preset` + `overrides`, with the variant, the
@@ -286,10 +301,12 @@ def _bare_settings(path: str | os.PathLike, state: dict[str, torch.Tensor], layo
         vocab_size=state[names[WORDS]].shape[0], num_labels=state[names[HEAD]].shape[0]))
 
 
-def _shapes(cfg: TrainConfig) -> dict[str, tuple[int, ...]]:
+def model_shapes(cfg: TrainConfig) -> dict[str, tuple[int, ...]]:
     """The tensor shapes of the model `cfg` builds (on the meta device: no memory, no
-    arithmetic)."""
-    with torch.device("meta"):
+    arithmetic). A preset whose head is sized from the data (`model.num_labels: 0`, tiny) has
+    an empty head until training fills it in: torch's warning about initialising it is noise."""
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors")
         return {k: tuple(v.shape) for k, v in build_model(cfg.model).state_dict().items()}
 
 
@@ -329,7 +346,7 @@ def fitting_presets(path: str | os.PathLike, src: _Source, layout: str,
     out = []
     for name in PRESETS:
         try:
-            shapes = _shapes(_bare_settings(path, src.state, layout, name, overrides,
+            shapes = model_shapes(_bare_settings(path, src.state, layout, name, overrides,
                                             src.prefix))
         except (ClipbertError, ValueError):  # the overrides make no model of this preset
             continue
@@ -346,7 +363,7 @@ def _fit(path: str | os.PathLike, src: _Source, layout: str, preset: str | None,
     that are not used. When the settings do not fit, the error names a preset that does."""
     what = (f"the {src.cfg.model.variant} model of preset {preset!r}" if preset is not None
             else "the model of its own settings")
-    problem, used, unused = _misfit(src, layout, _shapes(src.cfg), what)
+    problem, used, unused = _misfit(src, layout, model_shapes(src.cfg), what)
     if problem is not None:
         if preset is None:
             raise ClipbertError(f"{path}: {problem}")

@@ -127,7 +127,11 @@ def _scene(path: Path, qid: int | str, rec: dict) -> str:
 
 def _text(path: Path, qid: int | str, rec: dict, key: str) -> str:
     value = rec.get(key)
-    if not isinstance(value, str) or not value.strip():
+    if value is not None and not isinstance(value, str):
+        # A number or a list is a mis-fed file, not an absent field: say what was there.
+        raise ClipbertError(f"{path}: question {qid}: {key!r} is a {type(value).__name__} "
+                            f"({str(value)[:40]}), not text")
+    if value is None or not value.strip():
         raise ClipbertError(f"{path}: question {qid}: empty or missing {key!r}")
     return value
 

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipbert import data, evaluate, optim, runtime, vislmdb
-from clipbert.checkpoints import load_pretrained, unused_weights
+from clipbert.checkpoints import load_pretrained, save_tensors, unused_weights
 from clipbert.config import TrainConfig, result_settings
 from clipbert.distributed import Dist, setup_distributed, wrap_ddp
 from clipbert.errors import ClipbertError
@@ -49,6 +49,7 @@ from clipbert.fsutil import atomic_path, content_digest, file_sha256, read_json,
 from clipbert.model import build_model, variant_class
 from clipbert.modelfile import save_model_file, vocab_tokens
 from clipbert.qa import ANS2LABEL, TrainFiles, read_rows
+from clipbert.signals import held
 from clipbert.sqa import available_videos, check_videos
 from clipbert.tokenizer import load_tokenizer, truncation_report
 
@@ -273,8 +274,7 @@ def save_state(run: Run, st: TrainState, path: Path) -> None:
            "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
            "scheduler": run.scheduler.state_dict(), "ranks": ranks, "step": st.step,
            "best_acc": st.best_acc, "last_acc": st.last_acc, "labelled": st.labelled}
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    save_tensors(obj, path)
 
 
 def changes(saved: dict, run: Run) -> list[str]:
@@ -312,10 +312,10 @@ def resume(run: Run, state_dir: Path) -> TrainState:
             print(f"not resuming {last}: it does not load as plain tensors (weights_only=True "
                   f"refused it; set aside as {aside.name}); training starts over", flush=True)
         elif main and why:
+            # Kept (StateFiles): this run's state goes beside it until this run ends.
             print(f"not resuming {last}: saved by another run (changed: {', '.join(why)}); "
                   "training starts over", flush=True)
-        if main:  # a leftover of another run is no candidate for the best weights either
-            last.unlink(missing_ok=True)
+        if main and why == ["unsafe"]:  # no candidate for the best weights either
             (state_dir / "best.pt").unlink(missing_ok=True)
             shutil.rmtree(state_dir / KEPT, ignore_errors=True)
         return TrainState()
@@ -347,14 +347,57 @@ def _load_state(last: Path) -> Any:
 # ---- one step, validation, logging ------------------------------------------------------------
 
 
-def train_step(run: Run, batch: dict | None, global_labelled: int) -> torch.Tensor:
+class DivergenceWatch:
+    """Stops a diverged run: a step whose loss or gradient norm is not finite is named (step,
+    loss, rate) in one line, before anything is logged, validated or saved, so that no state or
+    model of a diverged run is written. Each step's loss and norm stay device tensors until then
+    (one host-device wait per check, not per step)."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[int, float | None, torch.Tensor, torch.Tensor]] = []
+        self.step, self.lr = 0, None
+
+    def at(self, step: int, lr: float | None) -> None:
+        """The step (1-based, as the log counts) and the rate that the next update uses."""
+        self.step, self.lr = step, lr
+
+    def add(self, loss: torch.Tensor, norm: torch.Tensor) -> None:
+        self.pending.append((self.step, self.lr, loss, norm))
+
+    def check(self) -> None:
+        """A ClipbertError naming the first non-finite step since the last check, if any."""
+        if not self.pending:
+            return
+        values = torch.stack([torch.stack([loss.float(), norm.float()])
+                              for _, _, loss, norm in self.pending]).cpu()
+        pending, self.pending = self.pending, []
+        bad = (~torch.isfinite(values)).any(dim=1).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            raise ClipbertError(diverged_message(pending[i][0], pending[i][1],
+                                                 float(values[i, 0]), float(values[i, 1])))
+
+
+def diverged_message(step: int, lr: float | None, loss: float, norm: float) -> str:
+    """The one line of a diverged run: what was not finite, where, and at which rate."""
+    rate = "?" if lr is None else f"{lr:g}"
+    what = (f"loss is {loss}" if not math.isfinite(loss)
+            else f"gradient norm is {norm} (loss {loss:.4g})")
+    return (f"train: {what} at step {step} (lr {rate}): the run diverged; lower train.lr or "
+            "lengthen the warm-up")
+
+
+
+def train_step(run: Run, batch: dict | None, global_labelled: int,
+               watch: DivergenceWatch | None = None) -> torch.Tensor:
     """One update on this rank's share of a global batch; returns this rank's summed loss (a
     tensor, so that the host does not wait for the device every step).
 
     The loss is scaled so that DDP's gradient average over ranks equals the gradient of the mean
     loss over the whole global batch, however unevenly its labelled examples fall on the ranks.
     A rank whose share is empty (all undecodable) still runs a zero-weighted pass on a blank
-    input, because DDP needs every rank in every gradient exchange.
+    input, because DDP needs every rank in every gradient exchange. `watch` gets the step's loss
+    (as scaled for the backward pass) and gradient norm.
     """
     empty = batch is None
     if empty:
@@ -366,9 +409,12 @@ def train_step(run: Run, batch: dict | None, global_labelled: int) -> torch.Tens
         labels = batch["labels"].to(run.device, non_blocking=True)
         loss_sum = F.cross_entropy(logits.float(), labels, ignore_index=-1, reduction="sum")
     run.optimizer.zero_grad(set_to_none=True)
-    (loss_sum * (run.d.world / global_labelled)).backward()
-    torch.nn.utils.clip_grad_norm_(
+    loss = loss_sum * (run.d.world / global_labelled)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(
         [p for g in run.optimizer.param_groups for p in g["params"]], run.cfg.grad_clip)
+    if watch is not None:
+        watch.add(loss.detach(), norm.detach())
     run.optimizer.step()
     return loss_sum.detach()
 
@@ -507,6 +553,81 @@ def keep_model(run: Run, st: TrainState, state_dir: Path) -> None:
                     vocab_tokens(run.tokenizer), extra)
 
 
+PENDING = ".next"  # suffix of the folder where a new run's state waits to replace another's
+
+
+class StateFiles:
+    """The files of the resumable state. A run that finds another run's state (changed settings
+    or inputs) keeps its own beside it, in `<state_dir>.next`, and swaps it in only once it has
+    written its model: until then the other run's state stays whole, so a retrain that fails
+    (a bad input, a divergence, a full disk) leaves the finished training resumable, and going
+    back to its settings rewrites its model without a step. A killed retrain resumes from its
+    own pending state. The cost: two states on disk while a retrain runs."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.pending = False
+
+    @property
+    def dir(self) -> Path:
+        return self.home.with_name(self.home.name + PENDING) if self.pending else self.home
+
+    @property
+    def last(self) -> Path:
+        return self.dir / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.dir / "best.pt"
+
+    @property
+    def rows(self) -> Path:
+        return self.dir / "metrics.jsonl"
+
+    def recover(self) -> None:
+        """Finish what a killed run left: a swap cut short is completed, a replaced state that
+        was being removed goes, and so does a pending folder with no saved state in it."""
+        pending, old = self.home.with_name(self.home.name + PENDING), self._old()
+        if not self.home.exists() and (pending / "last.pt").exists():
+            self._swap(pending)
+        if not (pending / "last.pt").exists():
+            shutil.rmtree(pending, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def start_pending(self) -> None:
+        """Start this run's state afresh beside another run's (the digest cache carried
+        over)."""
+        self.pending = True
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        cache = self.home / "digests.json"
+        if cache.exists():
+            shutil.copyfile(cache, self.dir / cache.name)
+
+    def commit(self) -> None:
+        """Once this run has written its model, its state replaces the other run's."""
+        if self.pending and self.last.exists():
+            self._swap(self.dir)
+            self.pending = False
+
+    def discard(self) -> None:
+        """A run that stops before it saved a state leaves no folder beside the other run's
+        (a saved one stays, to be resumed)."""
+        if self.pending and not self.last.exists():
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _old(self) -> Path:
+        return self.home.with_name(self.home.name + ".old")
+
+    def _swap(self, new: Path) -> None:
+        with held():
+            old = self._old()
+            if self.home.exists():
+                os.replace(self.home, old)
+            os.replace(new, self.home)
+        shutil.rmtree(old, ignore_errors=True)
+
+
 # ---- the loop ---------------------------------------------------------------------------------
 
 
@@ -519,24 +640,46 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike | TrainFiles, lmdb_dir, 
     CPU threads (the float sums, so the numbers, depend on it; None: torch's default)."""
     runtime.set_threads(threads)
     state_dir = Path(state_dir)
+    files = StateFiles(state_dir)
     cache_path = state_dir / "digests.json"
     cache = read_json(cache_path) if cache_path.exists() else {}
     run = build_run(cfg, data_dir, lmdb_dir, vocab, weights, digest_cache=cache)
     cfg, d = run.cfg, run.d
-    last, best = state_dir / "last.pt", state_dir / "best.pt"
-    rows_path = state_dir / "metrics.jsonl"
     if d.main:
+        files.recover()
         state_dir.mkdir(parents=True, exist_ok=True)
         write_json(cache_path, cache)
     st = resume(run, state_dir)
+    other = [d.main and st.step == 0 and files.last.exists()]  # another run's state: kept
+    if d.world > 1:
+        dist.broadcast_object_list(other, src=0, group=run.group)
+    if other[0]:
+        files.pending = True
+        st = resume(run, files.dir)  # this run's own, if a kill left one
+        if d.main and st.step == 0:
+            files.start_pending()
+            print(f"{state_dir} is kept until this run ends: its state goes to {files.dir} "
+                  "meanwhile", flush=True)
+    try:
+        return _loop(run, st, files, out, metrics)
+    except BaseException:
+        if d.main:
+            files.discard()
+        raise
+
+
+def _loop(run: Run, st: TrainState, files: StateFiles, out, metrics) -> dict:
+    """The steps from `st` on, then the model file and the metrics rows."""
+    cfg, d = run.cfg, run.d
     if d.main:
-        _truncate_metrics(rows_path, st.step)
+        _truncate_metrics(files.rows, st.step)
         announce(run)
     if d.world > 1:
         dist.barrier()
     run.model.train()
     t0 = t_start = time.perf_counter()
     step0 = st.step
+    watch = DivergenceWatch()
     while st.step < run.total:
         epoch, pos = divmod(st.step, run.steps_per_epoch)
         for batch in epoch_loader(run, epoch, pos):
@@ -546,43 +689,48 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike | TrainFiles, lmdb_dir, 
             # A step whose every video failed to decode (logged by data) or whose answers are
             # all outside the answer vocabulary changes nothing but still counts, so that the
             # schedule and the data position stay those of an uninterrupted run.
+            watch.at(st.step + 1, lrs.get("transformer"))
             if labelled > 0:
-                st.loss += train_step(run, batch, labelled)
+                st.loss += train_step(run, batch, labelled, watch)
             run.scheduler.step()
             st.step += 1
             t_work = time.perf_counter()
             log, check, save = due(run, st.step)
+            if log or check or save:
+                watch.check()
             row = log_row(run, st, epoch, lrs, t_work - t0) if log else None
             if check and run.val_rows:
                 row["val_acc"] = st.last_acc = validate(run)
                 if run.select_best and st.last_acc > st.best_acc:
                     st.best_acc = st.last_acc
                     if d.main:
-                        save_model_file(best, run.model, cfg, run.ans2label,
+                        save_model_file(files.best, run.model, cfg, run.ans2label,
                                         vocab_tokens(run.tokenizer),
                                         model_extra(run, st, "best on val"))
             if row is not None and d.main:
                 print(progress_line(run, row, time.perf_counter() - t_start, st.step - step0),
                       flush=True)
-                with open(rows_path, "a") as fh:
+                with open(files.rows, "a") as fh:
                     fh.write(json.dumps(row) + "\n")
             if save:
-                save_state(run, st, last)
-            keep_model(run, st, state_dir)
+                save_state(run, st, files.last)
+            keep_model(run, st, files.dir)
             # Validation and checkpoints are not training time.
             t0 = time.perf_counter() if row is not None else t0 + time.perf_counter() - t_work
             if st.step >= run.total:
                 break
+    watch.check()
     if d.main:
-        if run.select_best and best.exists():
+        if run.select_best and files.best.exists():
             with atomic_path(out) as tmp:
-                shutil.copyfile(best, tmp)
+                shutil.copyfile(files.best, tmp)
         else:
             save_model_file(out, run.model, cfg, run.ans2label, vocab_tokens(run.tokenizer),
                             model_extra(run, st, "final"))
         if metrics:
             with atomic_path(metrics) as tmp:
-                shutil.copyfile(rows_path, tmp)
+                shutil.copyfile(files.rows, tmp)
+        files.commit()
     if d.world > 1:
         dist.barrier()
         dist.destroy_process_group()
