@@ -57,7 +57,8 @@ def make_data(root: Path, scenes: int, n_frames: int, size: int) -> dict[str, Pa
     mp4s = []
     for s in demo.scene_ids(scenes):
         frames.export_frames(root / f"demo/scans/{s}/{s}.sens", root / f"frames/{s}", stride=1)
-        video.encode_video(root / f"frames/{s}", root / f"videos/{s}.mp4", size=(size, size))
+        video.encode_video(root / f"frames/{s}", root / f"videos/{s}.mp4", size=(size, size),
+                           preset="improved")  # no OpenCV: what a bare GPU machine has
         mp4s.append(root / f"videos/{s}.mp4")
     vislmdb.pack_lmdb(root / "vis_db", mp4s)
     sqa.convert(root / "demo/sqa_task", root / "sqa")

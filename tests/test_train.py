@@ -25,14 +25,17 @@ SMALL = {"model.hidden_size": 32, "model.intermediate_size": 64, "model.num_head
          "max_img_size": 64, "batch_size": 8, "epochs": 2, "log_every": 1}
 
 
-def make_data(root: Path, scenes: int = 6, n_frames: int = 30) -> dict[str, Path]:
+def make_data(root: Path, scenes: int = 6, n_frames: int = 30,
+              video_preset: str = "faithful") -> dict[str, Path]:
     """The demo data set, end to end through the real stages, small: 64 train, 16 val, 16 test
-    questions over 6 synthetic scenes of 30 frames."""
+    questions over 6 synthetic scenes of 30 frames. The `improved` video preset needs no OpenCV
+    (what a bare GPU machine has)."""
     demo.make_demo(root / "demo", scenes=scenes, frames=n_frames)
     mp4s = []
     for s in demo.scene_ids(scenes):
         frames.export_frames(root / f"demo/scans/{s}/{s}.sens", root / f"frames/{s}", stride=10)
-        video.encode_video(root / f"frames/{s}", root / f"videos/{s}.mp4", size=(64, 64))
+        video.encode_video(root / f"frames/{s}", root / f"videos/{s}.mp4", size=(64, 64),
+                           preset=video_preset)
         mp4s.append(root / f"videos/{s}.mp4")
     vislmdb.pack_lmdb(root / "vis_db", mp4s)
     sqa.convert(root / "demo/sqa_task", root / "sqa")
