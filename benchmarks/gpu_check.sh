@@ -47,28 +47,23 @@ exec > >(tee "$log") 2>&1
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 
-# PyAV and lmdb from .whl/, each only where python3 lacks it, and only a wheel built for this
-# very Python (a cp312 wheel does not install into 3.11: the line says what to fetch instead).
+# PyAV and lmdb from .whl/, each only where python3 lacks it, and only as a wheel built for this
+# very Python (pip picks it by its tags); where there is none, one line says what to fetch.
 missing=""
 for mod in av lmdb; do
     python3 -c "import $mod" 2>/dev/null || missing="$missing $mod"
 done
 if [ -n "$missing" ]; then
-    tag=$(python3 -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")') || exit 1
-    wheels=()
-    for mod in $missing; do
-        whl=$(compgen -G ".whl/$mod-*-$tag-*.whl" | head -n 1)
-        if [ -z "$whl" ]; then
-            ver=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-            have=$(compgen -G ".whl/$mod-*.whl" | sed 's/.*-\(cp[0-9]*\)-.*/\1/' | sort -u | xargs)
-            echo "gpu_check: python3 is $ver and lacks $mod; .whl/ has no $tag wheel of it" \
-                "(${have:-none}): run 'GPU_PYTHON=$ver benchmarks/gpu_check.sh --fetch' first"
-            exit 1
-        fi
-        wheels+=("$whl")
-    done
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/gpu_check_site "${wheels[@]}" || exit 1
+    # shellcheck disable=SC2086
+    if ! python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --find-links .whl --target /tmp/gpu_check_site $missing >/tmp/gpu_check_pip.log 2>&1
+    then
+        ver=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+        have=$(cd .whl 2>/dev/null && compgen -G "*.whl" | xargs)
+        echo "gpu_check: python3 ($ver) lacks$missing, and .whl/ has no such wheel for Python" \
+            "$ver (${have:-no wheels}): run 'GPU_PYTHON=$ver benchmarks/gpu_check.sh --fetch' first"
+        exit 1
+    fi
     export PYTHONPATH="/tmp/gpu_check_site:$PYTHONPATH"
 fi
 

@@ -657,3 +657,30 @@ def test_training_files_can_be_named(ds, tmp_path: Path) -> None:
     assert bad.returncode == 1
     assert bad.stderr == (f"error: --train {named / 't.jsonl'}: give its answer map too "
                           "(--answers)\n")
+
+
+# ---- the GPU check (benchmarks/gpu_check.sh) on a machine without a GPU -----------------------
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
+def test_gpu_check_stops_with_one_line_where_torch_sees_no_gpu(tmp_path: Path) -> None:
+    """Not a pass of skipped tests: exit status 1 and one line saying that no GPU is visible."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    env = {**env1(), "OUT": str(tmp_path),
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
+    proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1
+    lines = (proc.stdout + proc.stderr).splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpu_check: no GPU visible: torch "), lines
+
+
+def test_the_gpu_checks_data_need_no_opencv(tmp_path: Path, monkeypatch) -> None:
+    """tests/test_cuda.py's data (the `improved` encode) are made where `import cv2` fails, as on
+    a bare GPU machine; the faithful encode there would fail on it."""
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    got = make_data(tmp_path, video_preset="improved")
+    assert len(vislmdb.VideoLMDB(got["lmdb_dir"]).keys()) == 6
+    scene = demo.scene_ids(6)[0]
+    with pytest.raises(ImportError):
+        video.encode_video(tmp_path / f"frames/{scene}", tmp_path / "faithful.mp4", size=(64, 64))
