@@ -61,7 +61,8 @@ if [ -n "$missing" ]; then
         ver=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
         have=$(cd .whl 2>/dev/null && compgen -G "*.whl" | xargs)
         echo "gpu_check: python3 ($ver) lacks$missing, and .whl/ has no such wheel for Python" \
-            "$ver (${have:-no wheels}): run 'GPU_PYTHON=$ver benchmarks/gpu_check.sh --fetch' first"
+            "$ver (${have:-no wheels}; pip: /tmp/gpu_check_pip.log): run 'GPU_PYTHON=$ver" \
+            "benchmarks/gpu_check.sh --fetch' first"
         exit 1
     fi
     export PYTHONPATH="/tmp/gpu_check_site:$PYTHONPATH"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import cli_train_args, env1, make_data, state_dict
+from test_train import SMALL, cli_train_args, env1, make_data, state_dict
 
 from clipbert import distributed, evaluate, modelfile
 
@@ -138,3 +138,31 @@ def test_the_resumable_state_keeps_this_devices_cuda_rng_only(tmp_path: Path) ->
         loaded["cuda"] = saved
         train.set_rng_state(loaded, device)
         assert torch.rand(3, device=device).tolist() == want
+
+
+def test_the_forward_pass_makes_the_host_wait_for_nothing() -> None:
+    """No host-device sync in a training forward: the pixel mean is made once per device and the
+    attention mask is built without transformers' `mask.all()` shortcut (each was a sync per
+    forward). CUDA's sync debug mode turns any sync into an error."""
+    import dataclasses
+
+    from clipbert import config, runtime
+    from clipbert.model import build_model
+
+    cfg = config.make_config("tiny", {**SMALL, "model.num_labels": 5})
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=100))
+    device = torch.device("cuda", torch.cuda.current_device())
+    model = runtime.place(build_model(cfg.model), cfg, device).train()
+    s = cfg.max_img_size
+    batch = {"frames": torch.randint(0, 255, (2, 2, 2, s, s, 3), dtype=torch.uint8),
+             "input_ids": torch.randint(5, 100, (2, 9)),
+             "attention_mask": torch.ones(2, 9, dtype=torch.long)}
+    batch = {k: v.pin_memory() for k, v in batch.items()}
+    runtime.forward_batch(model, batch, cfg, device)  # the first pass may set things up
+    torch.cuda.synchronize(device)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        logits = runtime.forward_batch(model, batch, cfg, device)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert logits.shape == (2, 5)

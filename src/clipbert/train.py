@@ -453,12 +453,17 @@ def log_row(run: Run, st: TrainState, epoch: int, lrs: dict, seconds: float) -> 
 def epoch_loader(run: Run, epoch: int, pos: int) -> torch.utils.data.DataLoader:
     """The batches of `epoch` from batch `pos` on (a resumed run starts mid-epoch)."""
     run.train_set.epoch = epoch
+    return batch_loader(run, epoch_batches(len(run.train_rows), epoch, run.cfg, run.d)[pos:],
+                        run.cfg.seed + epoch)
+
+
+def batch_loader(run: Run, batches: list[list[int]], seed: int) -> torch.utils.data.DataLoader:
+    """The training DataLoader over `batches`: its workers (`runtime.loader_workers`), default
+    prefetch and pinned memory on CUDA, in one place, so that the benchmark measures these."""
     return torch.utils.data.DataLoader(
-        run.train_set, batch_sampler=epoch_batches(len(run.train_rows), epoch, run.cfg,
-                                                   run.d)[pos:],
-        collate_fn=run.collate, num_workers=runtime.loader_workers(run.cfg.num_workers),
-        generator=torch.Generator().manual_seed(run.cfg.seed + epoch),
-        pin_memory=run.device.type == "cuda")
+        run.train_set, batch_sampler=batches, collate_fn=run.collate,
+        num_workers=runtime.loader_workers(run.cfg.num_workers),
+        generator=torch.Generator().manual_seed(seed), pin_memory=run.device.type == "cuda")
 
 
 def _duration(seconds: float) -> str:
