@@ -1,27 +1,35 @@
 """Training throughput: examples/s, peak memory, the data loader's share of step time, and (on a
-GPU) model FLOPs utilisation of the faithful preset in bf16, layouts and compilation side by side.
+GPU) model FLOPs utilisation of the faithful preset as it trains (fp32, TF32 off) beside bf16,
+layouts and compilation.
 
-    python benchmarks/bench_train.py                       # tiny preset on CPU (+ faithful bf16
-                                                           #   on CUDA when there is a GPU)
+    python benchmarks/bench_train.py                       # tiny preset on CPU (+ the faithful
+                                                           #   variants on CUDA when there is a GPU)
     python benchmarks/bench_train.py --steps 40 --threads 2
-    python benchmarks/bench_train.py --skip-cpu --workers 12   # GPU only
-    python benchmarks/bench_train.py --skip-cpu --rehearse     # the GPU part's code on the CPU
+    python benchmarks/bench_train.py --skip-cpu            # GPU only
+    python benchmarks/bench_train.py --skip-cpu --rehearse --variants faithful --steps 1
+                                                           # the GPU part's code on the CPU
 
 The data are the embedded demo's synthetic scans run through the real stages (frames, mp4,
-LMDB, jsonl), so decoding costs what it costs in training. Each measured step runs exactly the
-training loop's `train_step` (forward, loss after aggregation, backward, clipping, AdamW); the
-time blocked in the DataLoader iterator is the loader's share.
+LMDB, jsonl; the `improved` video encode, which needs no OpenCV), so decoding costs what it
+costs in training. Each measured step runs exactly the training loop's `train_step` (forward,
+loss after aggregation, backward, clipping, AdamW) on batches from training's own DataLoader
+(`train.batch_loader`: its workers, prefetch and pinning); the time blocked in its iterator is
+the loader's share.
 
 FLOPs are counted by `torch.utils.flop_counter` on one real step (forward + backward, 2 FLOPs
 per multiply-add), with a forward breakdown per clip. The count is ~2.2 TFLOP per faithful
 example, not the ~1.4 often estimated: that estimate takes ResNet-50's 16 G multiply-adds at
 448 px for FLOPs and leaves out the grid encoder's 3x3 convolution (5.5 GFLOP per frame). MFU
-divides counted FLOPs per second by the GPU's dense bf16 peak (`--peak-tflops`, H100/H200: 989).
+divides counted FLOPs per second by the GPU's dense peak for the variant's arithmetic: fp32
+(`--peak-fp32-tflops`, H100/H200 SXM: 67) for `faithful`, bf16 (`--peak-tflops`: 989) for the
+others.
 
-On a GPU the faithful preset runs once per variant (`--variants`): NCHW eager, channels-last
-eager (the training default) and channels-last compiled; each line gives its speed relative to
-the first. `--rehearse` runs that part on the CPU in fp32 at batch 1 and 2 clips, so a session
-without a GPU can check the code path and the FLOP count before one is lent.
+On a GPU the faithful preset runs once per variant (`--variants`), batch 16 and 8 clips:
+`faithful` exactly as it trains (fp32, TF32 off, channels-last), then bf16 autocast (with TF32,
+as `improved`) in NCHW, channels-last and channels-last compiled; each line gives its speed
+relative to the first. Text stays padded to 100 tokens in all, so the FLOPs are the same.
+`--rehearse` runs that part on the CPU in fp32 at batch 1 and 2 clips, so a session without a
+GPU can check the code path and the FLOP count before one is lent.
 """
 
 from __future__ import annotations
@@ -45,9 +53,10 @@ from clipbert.model import ClipBert  # noqa: E402
 
 # Faithful variants on a GPU: name -> training settings (channels-last is the default).
 VARIANTS = {
-    "nchw": {"channels_last": False},
-    "channels_last": {},
-    "compiled": {"compile": True},
+    "faithful": {},
+    "bf16_nchw": {"bf16": True, "tf32": True, "channels_last": False},
+    "bf16": {"bf16": True, "tf32": True},
+    "bf16_compiled": {"bf16": True, "tf32": True, "compile": True},
 }
 SQA3D_TRAIN_QUESTIONS = 26_600  # the SQA3D train split
 
@@ -57,7 +66,8 @@ def make_data(root: Path, scenes: int, n_frames: int, size: int) -> dict[str, Pa
     mp4s = []
     for s in demo.scene_ids(scenes):
         frames.export_frames(root / f"demo/scans/{s}/{s}.sens", root / f"frames/{s}", stride=1)
-        video.encode_video(root / f"frames/{s}", root / f"videos/{s}.mp4", size=(size, size))
+        video.encode_video(root / f"frames/{s}", root / f"videos/{s}.mp4", size=(size, size),
+                           preset="improved")  # no OpenCV: what a bare GPU machine has
         mp4s.append(root / f"videos/{s}.mp4")
     vislmdb.pack_lmdb(root / "vis_db", mp4s)
     sqa.convert(root / "demo/sqa_task", root / "sqa")
@@ -112,10 +122,7 @@ def bench(cfg: TrainConfig, ds: dict[str, Path], steps: int, warmup: int) -> dic
     if len(batches) < need:
         raise SystemExit(f"too few training questions ({len(run.train_rows)}) for batch "
                          f"{cfg.batch_size}")
-    loader = torch.utils.data.DataLoader(
-        run.train_set, batch_sampler=batches, collate_fn=run.collate,
-        num_workers=cfg.num_workers, pin_memory=device.type == "cuda", persistent_workers=False,
-        prefetch_factor=4 if cfg.num_workers else None)
+    loader = train.batch_loader(run, batches, cfg.seed)
     use_bf16 = runtime.bf16_on(cfg, device)
     cuda = device.type == "cuda"
     model = run.model
@@ -155,9 +162,10 @@ def bench(cfg: TrainConfig, ds: dict[str, Path], steps: int, warmup: int) -> dic
     eps = steps * cfg.batch_size / wall
     out = {
         "preset": cfg.preset, "device": str(device), "bf16": use_bf16,
-        "channels_last": cfg.channels_last and cuda, "compile": cfg.compile,
-        "batch_size": cfg.batch_size, "clips_x_frames": [cfg.train_n_clips, cfg.num_frm],
-        "max_img_size": cfg.max_img_size, "num_workers": cfg.num_workers,
+        "tf32": cfg.tf32 and cuda, "channels_last": cfg.channels_last and cuda,
+        "compile": cfg.compile, "batch_size": cfg.batch_size,
+        "clips_x_frames": [cfg.train_n_clips, cfg.num_frm], "max_img_size": cfg.max_img_size,
+        "num_workers": loader.num_workers, "prefetch_factor": loader.prefetch_factor,
         "torch_threads": torch.get_num_threads(), "steps": steps,
         "examples_per_s": round(eps, 2),
         "step_s": round(wall / steps, 4),
@@ -177,7 +185,7 @@ def bench(cfg: TrainConfig, ds: dict[str, Path], steps: int, warmup: int) -> dic
 def faithful_runs(a: argparse.Namespace, ds: dict[str, Path], device: torch.device) -> list[dict]:
     """The faithful preset once per variant, each with its speed relative to the first."""
     cuda = device.type == "cuda"
-    over: dict = {"bf16": cuda, "batch_size": a.batch_size or (16 if cuda else 1)}
+    over: dict = {"batch_size": a.batch_size or (16 if cuda else 1)}
     if not cuda:
         over["train_n_clips"] = a.clips or 2
     elif a.clips:
@@ -205,7 +213,9 @@ def faithful_runs(a: argparse.Namespace, ds: dict[str, Path], device: torch.devi
             counted = r["counted_gflop_per_example"] * 1e9 * r["examples_per_s"]
             r["counted_tflop_s"] = round(counted / 1e12, 2)
             if cuda:
-                r["mfu"] = round(counted / (a.peak_tflops * 1e12), 3)
+                peak = a.peak_tflops if r["bf16"] else a.peak_fp32_tflops
+                r["mfu"] = round(counted / (peak * 1e12), 3)
+                r["mfu_of_peak_tflops"] = peak
         if runs:
             r["speed_vs_" + runs[0]["variant"]] = round(
                 r["examples_per_s"] / runs[0]["examples_per_s"], 2)
@@ -233,20 +243,25 @@ def main() -> None:
                     help="faithful batch (default: 16 on a GPU, 1 when rehearsing)")
     ap.add_argument("--clips", type=int, default=None,
                     help="faithful training clips (default: 8 on a GPU, 2 when rehearsing)")
-    ap.add_argument("--workers", type=int, default=None, help="faithful loader workers")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="faithful num_workers (default: training's, capped as training caps it)")
     ap.add_argument("--peak-tflops", type=float, default=989.0,
                     help="the GPU's dense bf16 peak (H100/H200 SXM: 989)")
+    ap.add_argument("--peak-fp32-tflops", type=float, default=67.0,
+                    help="the GPU's dense fp32 peak, TF32 off (H100/H200 SXM: 67)")
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
+    default_threads = torch.get_num_threads()  # what training has without a rule's threads
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         if not a.skip_cpu:
+            torch.set_num_threads(a.threads)
             ds = make_data(Path(tmp) / "cpu", a.scenes, a.frames, 128)
             cfg = make_config("tiny", {"batch_size": 8})
             r = bench(cfg, ds, a.steps, a.warmup)
             r["examples_per_s_per_core"] = round(r["examples_per_s"] / a.threads, 2)
             results.append(r)
             print(json.dumps(r), flush=True)
+            torch.set_num_threads(default_threads)
         if torch.cuda.is_available() or a.rehearse:
             ds = make_data(Path(tmp) / "faithful", a.scenes, a.frames, 224)
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

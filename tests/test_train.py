@@ -26,14 +26,17 @@ SMALL = {"model.hidden_size": 32, "model.intermediate_size": 64, "model.num_head
          "max_img_size": 64, "batch_size": 8, "epochs": 2, "log_every": 1}
 
 
-def make_data(root: Path, scenes: int = 6, n_frames: int = 30) -> dict[str, Path]:
+def make_data(root: Path, scenes: int = 6, n_frames: int = 30,
+              video_preset: str = "faithful") -> dict[str, Path]:
     """The demo data set, end to end through the real stages, small: 64 train, 16 val, 16 test
-    questions over 6 synthetic scenes of 30 frames."""
+    questions over 6 synthetic scenes of 30 frames. The `improved` video preset needs no OpenCV
+    (what a bare GPU machine has)."""
     demo.make_demo(root / "demo", scenes=scenes, frames=n_frames)
     mp4s = []
     for s in demo.scene_ids(scenes):
         frames.export_frames(root / f"demo/scans/{s}/{s}.sens", root / f"frames/{s}", stride=10)
-        video.encode_video(root / f"frames/{s}", root / f"videos/{s}.mp4", size=(64, 64))
+        video.encode_video(root / f"frames/{s}", root / f"videos/{s}.mp4", size=(64, 64),
+                           preset=video_preset)
         mp4s.append(root / f"videos/{s}.mp4")
     vislmdb.pack_lmdb(root / "vis_db", mp4s)
     sqa.convert(root / "demo/sqa_task", root / "sqa")
@@ -400,6 +403,50 @@ def test_two_processes_match_one_with_the_same_global_batch(ds, tmp_path: Path) 
         assert torch.allclose(wa[k], wb[k], rtol=1e-3, atol=1e-4), k
 
 
+def test_each_process_gets_its_share_of_the_job_cpus(monkeypatch) -> None:
+    """Threads and loader workers per rank are the job's CPUs over the node's processes: under
+    torchrun by hand (which sets OMP_NUM_THREADS=1) and under Snakemake (whose rule threads every
+    rank would inherit) alike; the job never counts more CPUs than its affinity mask."""
+    from clipbert import runtime
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv(runtime.JOB_CPUS_ENV, raising=False)
+    assert runtime.rank_cpus(None) is None  # one process, nothing given: torch's default
+    assert (runtime.rank_cpus(4), runtime.rank_cpus(64)) == (4, 16)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert runtime.rank_cpus(None) == 2  # torchrun by hand: the mask over 8 ranks
+    monkeypatch.setenv(runtime.JOB_CPUS_ENV, "12")  # the rule's threads, as the workflow passes
+    assert runtime.rank_cpus(None) == 1 and runtime.rank_cpus(16) == 2
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 16)  # OMP_NUM_THREADS of all 16
+    assert runtime.loader_workers(4) == 2
+    assert distributed.torchrun_env(12)[runtime.JOB_CPUS_ENV] == "12"
+    monkeypatch.setenv(runtime.JOB_CPUS_ENV, "all")
+    with pytest.raises(ClipbertError, match="CLIPBERT_JOB_CPUS='all': not a whole number"):
+        runtime.rank_cpus(None)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_split_the_job_cpus(ds, tmp_path: Path, monkeypatch) -> None:
+    """The workflow's torchrun launch with 4 CPUs given (the rule's threads) to 2 processes on
+    gloo: each rank trains with 2 torch threads and 2 loader workers (the setting asks for 4),
+    although torchrun and the environment say OMP_NUM_THREADS=1. The 2-core machine's mask is
+    made to read as 4 CPUs (tests/cpu_mask) so that the cap at the mask does not hide the split."""
+    out = tmp_path / "run"
+    for key, value in env1().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(Path(__file__).parent / "cpu_mask"), os.environ["PYTHONPATH"]]))
+    monkeypatch.setenv("CLIPBERT_TEST_CPUS", "4")
+    args = cli_train_args(ds, out, {"epochs": 0.25, "num_workers": 4, "val_every": 1.0,
+                                    "model.dropout": 0.0})
+    distributed.launch_torchrun(2, args, log=tmp_path / "train.log", job_cpus=4)
+    log = (tmp_path / "train.log").read_text()
+    assert "1 steps of global batch 16 (2 process(es), cpu); 2 CPU thread(s) and 2 loader " \
+           "worker(s) each;" in log, log[-3000:]
+    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").open()] == [1]
+
+
 @pytest.mark.parametrize("gpus", [1, 2])
 def test_workflow_script_starts_torchrun_for_several_gpus(tmp_path: Path, monkeypatch,
                                                           gpus: int) -> None:
@@ -412,7 +459,7 @@ def test_workflow_script_starts_torchrun_for_several_gpus(tmp_path: Path, monkey
 
     calls = []
     monkeypatch.setattr(distributed, "launch_torchrun",
-                        lambda n, args, log: calls.append((n, args)))
+                        lambda n, args, log, job_cpus: calls.append((n, args, job_cpus)))
     monkeypatch.setattr(train, "train", lambda cfg, **kw: calls.append((cfg, kw)))
     smk = SimpleNamespace(
         params=SimpleNamespace(preset="tiny", overrides={"epochs": 3}, state_dir="st"),
@@ -434,7 +481,7 @@ def test_workflow_script_starts_torchrun_for_several_gpus(tmp_path: Path, monkey
     else:
         args = distributed.train_args("tiny", {"epochs": 3}, files, "vis_db", "model.pt", "st",
                                       "log.jsonl", "vocab.txt", weights={"resnet": "r50.pt"})
-        assert calls[0] == (2, args)
+        assert calls[0] == (2, args, 2)  # the rule's threads, shared by the ranks
         assert args[2:8] == ["--train", "sqa/train.jsonl", "--answers", "sqa/ans.json",
                              "--val", "sqa/val.jsonl"]
         assert args[-2:] == ["--init", "resnet=r50.pt"]
@@ -667,10 +714,15 @@ def test_rng_state_round_trips_through_a_weights_only_file(tmp_path: Path) -> No
 
     train.seed_everything(5)
     random.random(), np.random.rand(), torch.rand(1)
-    torch.save(train.rng_state(), tmp_path / "rng.pt")
+    cpu = torch.device("cpu")
+    state = train.rng_state(cpu)
+    assert state["cuda"] is None  # no GPU stream of a CPU process (nor of any other device)
+    torch.save(state, tmp_path / "rng.pt")
     want = (random.random(), np.random.rand(), torch.rand(3).tolist())
     train.seed_everything(9)
-    train.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    old = torch.load(tmp_path / "rng.pt", weights_only=True)
+    old["cuda"] = []  # an older state's list of every visible GPU's stream: read, not indexed
+    train.set_rng_state(old, cpu)
     assert (random.random(), np.random.rand(), torch.rand(3).tolist()) == want
 
 
@@ -780,3 +832,30 @@ def test_training_files_can_be_named(ds, tmp_path: Path) -> None:
     assert bad.returncode == 1
     assert bad.stderr == (f"error: --train {named / 't.jsonl'}: give its answer map too "
                           "(--answers)\n")
+
+
+# ---- the GPU check (benchmarks/gpu_check.sh) on a machine without a GPU -----------------------
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
+def test_gpu_check_stops_with_one_line_where_torch_sees_no_gpu(tmp_path: Path) -> None:
+    """Not a pass of skipped tests: exit status 1 and one line saying that no GPU is visible."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    env = {**env1(), "OUT": str(tmp_path),
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
+    proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1
+    lines = (proc.stdout + proc.stderr).splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpu_check: no GPU visible: torch "), lines
+
+
+def test_the_gpu_checks_data_need_no_opencv(tmp_path: Path, monkeypatch) -> None:
+    """tests/test_cuda.py's data (the `improved` encode) are made where `import cv2` fails, as on
+    a bare GPU machine; the faithful encode there would fail on it."""
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    got = make_data(tmp_path, video_preset="improved")
+    assert len(vislmdb.VideoLMDB(got["lmdb_dir"]).keys()) == 6
+    scene = demo.scene_ids(6)[0]
+    with pytest.raises(ImportError):
+        video.encode_video(tmp_path / f"frames/{scene}", tmp_path / "faithful.mp4", size=(64, 64))

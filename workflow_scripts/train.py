@@ -22,7 +22,8 @@ with workflow_step(snakemake):
             out=snakemake.output.model, state_dir=p.state_dir, metrics=snakemake.output.metrics,
             vocab=i.vocab, weights=weights,
         )
-        distributed.launch_torchrun(nproc, args, log=snakemake.log[0])
+        distributed.launch_torchrun(nproc, args, log=snakemake.log[0],
+                                    job_cpus=snakemake.threads)
     else:
         cfg = make_config(p.preset, dict(p.overrides))
         train.train(

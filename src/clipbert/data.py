@@ -8,6 +8,7 @@ normalising run there, batched, in `preprocess_frames`. Upstream did per-frame C
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -190,9 +191,15 @@ def preprocess_frames(frames: torch.Tensor, max_img_size: int) -> torch.Tensor:
         x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)
     if (nh, nw) != (max_img_size, max_img_size):
         x = F.pad(x, (0, max_img_size - nw, 0, max_img_size - nh), value=0.0)
-    mean = torch.tensor(IMAGE_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    x = (x - mean).flip(1)
+    x = (x - _pixel_mean(x.device, x.dtype)).flip(1)
     return x.reshape(*lead, 3, max_img_size, max_img_size)
+
+
+@functools.cache
+def _pixel_mean(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The (1, 3, 1, 1) RGB mean, made once per device: building it from a list every batch
+    copies it from the host, and on a GPU that copy waits for the device."""
+    return torch.tensor(IMAGE_MEAN, dtype=dtype, device=device).view(1, 3, 1, 1)
 
 
 def batch_frames(batch: dict, max_img_size: int, device: torch.device) -> torch.Tensor | None:

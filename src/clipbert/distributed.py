@@ -24,6 +24,7 @@ from torch import nn
 
 from clipbert.errors import ClipbertError
 from clipbert.qa import TrainFiles
+from clipbert.runtime import JOB_CPUS_ENV
 
 
 @dataclass
@@ -60,7 +61,8 @@ def setup_distributed() -> tuple[Dist, torch.device]:
     else:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend)
+        # NCCL binds its communicator to this device at once (no barrier warning, no guess).
+        dist.init_process_group(backend, device_id=device if backend == "nccl" else None)
     return d, device
 
 
@@ -120,14 +122,25 @@ def torchrun_command(nproc: int, args: list[str]) -> list[str]:
             f"--nproc_per_node={nproc}", "-m", "clipbert", "train", *args]
 
 
-def launch_torchrun(nproc: int, args: list[str], log=None) -> None:
-    """Run `clipbert train ARGS` in `nproc` processes (one per GPU), output to `log` or ours.
-
-    If this process is stopped (SIGTERM unwinding, Ctrl-C), torchrun gets SIGTERM and is waited
-    for, so that it stops its workers rather than leaving them running."""
+def torchrun_env(job_cpus: int | None) -> dict[str, str]:
+    """The environment of torchrun's workers: this package first on the path, and the job's
+    CPUs (the rule's threads), which each rank divides by the node's processes; Snakemake's
+    OMP_NUM_THREADS would otherwise give every rank all of them."""
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[1])  # so the workers import this very package
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    if job_cpus is not None:
+        env[JOB_CPUS_ENV] = str(job_cpus)
+    return env
+
+
+def launch_torchrun(nproc: int, args: list[str], log=None, job_cpus: int | None = None) -> None:
+    """Run `clipbert train ARGS` in `nproc` processes (one per GPU), output to `log` or ours;
+    `job_cpus` (the rule's threads) are shared among them.
+
+    If this process is stopped (SIGTERM unwinding, Ctrl-C), torchrun gets SIGTERM and is waited
+    for, so that it stops its workers rather than leaving them running."""
+    env = torchrun_env(job_cpus)
     cmd = torchrun_command(nproc, args)
     print(" ".join(cmd), flush=True)
     with contextlib.ExitStack() as stack:

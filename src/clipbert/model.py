@@ -188,8 +188,11 @@ class ClipBertTransformer(nn.Module):
             mask = torch.cat([attention_mask, attention_mask.new_ones(visual.shape[:2])], dim=1)
         mask4d = None  # shape-only (meta) passes cannot read the mask; shapes do not depend on it
         if not hidden.is_meta:
+            # transformers drops an all-ones mask after `mask.all()`, which on a GPU makes the
+            # host wait for the device every forward: there the mask is always built instead.
             mask4d = create_bidirectional_mask(
-                config=self.bert.config, inputs_embeds=hidden, attention_mask=mask
+                config=self.bert.config, inputs_embeds=hidden, attention_mask=mask,
+                allow_is_bidirectional_skip=not hidden.is_cuda,
             )
         hidden = self.bert.encoder(hidden, attention_mask=mask4d).last_hidden_state
         return hidden, self.bert.pooler(hidden)

@@ -10,6 +10,7 @@ from torch import nn
 
 from clipbert.config import TrainConfig
 from clipbert.data import batch_frames
+from clipbert.errors import ClipbertError
 from clipbert.model import place_model
 
 
@@ -18,19 +19,52 @@ def bf16_on(cfg: TrainConfig, device: torch.device) -> bool:
     return cfg.bf16 and device.type == "cuda"
 
 
-def place(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
-    """Move `model` to `device` with the run's layout (channels-last on CUDA) and compilation."""
+def place(model: nn.Module, cfg: TrainConfig, device: torch.device,
+          compile: bool = True) -> nn.Module:
+    """Move `model` to `device` with the run's layout (channels-last on CUDA) and, unless
+    `compile` is off (training compiles after the DDP wrap), its compilation."""
     return place_model(model, device, channels_last=cfg.channels_last and device.type == "cuda",
-                       compile=cfg.compile)
+                       compile=cfg.compile and compile)
 
 
-def set_threads(threads: int | None) -> None:
-    """Fix the CPU threads of this process: on a given machine the same command then gives the
-    same numbers. The thread count is part of that (it decides how float sums are split), hence
-    the workflow passes its rule's; capped at the CPUs the job has (`--cores 16` on a 2-CPU
-    machine would only contend)."""
-    if threads is not None:
-        torch.set_num_threads(max(1, min(threads, job_cpus())))
+# The CPUs of a whole training job (all its processes on this node), as the workflow passes
+# them to torchrun's ranks: Snakemake's rule threads, which every rank would otherwise inherit.
+JOB_CPUS_ENV = "CLIPBERT_JOB_CPUS"
+
+
+def node_processes() -> int:
+    """Processes of this job on this node: torchrun's LOCAL_WORLD_SIZE, 1 without torchrun."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def rank_cpus(threads: int | None) -> int | None:
+    """The CPUs of this process: the job's CPUs divided by its processes on this node.
+
+    The job's CPUs are `threads` (the rule's, in one process), else `CLIPBERT_JOB_CPUS` (the
+    rule's, passed to torchrun's ranks), else under torchrun the affinity mask (torchrun by hand,
+    which sets OMP_NUM_THREADS=1 for every rank); always capped at the mask (`--cores 16` on a
+    2-CPU machine would only contend). None: one process with nothing given (torch's default).
+    """
+    if threads is None and os.environ.get(JOB_CPUS_ENV):
+        try:
+            threads = int(os.environ[JOB_CPUS_ENV])
+        except ValueError:
+            raise ClipbertError(f"{JOB_CPUS_ENV}={os.environ[JOB_CPUS_ENV]!r}: not a whole "
+                                "number of CPUs") from None
+    if threads is None and "LOCAL_WORLD_SIZE" not in os.environ:
+        return None
+    cpus = job_cpus() if threads is None else min(threads, job_cpus())
+    return max(1, cpus // node_processes())
+
+
+def set_threads(threads: int | None) -> int:
+    """Fix the CPU threads of this process (`rank_cpus`) and return them: on a given machine the
+    same command then gives the same numbers. The thread count is part of that (it decides how
+    float sums are split), hence the workflow passes its rule's."""
+    n = rank_cpus(threads)
+    if n is not None:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
 
 
 def job_cpus() -> int:
@@ -42,10 +76,11 @@ def job_cpus() -> int:
 
 
 def loader_workers(wanted: int) -> int:
-    """Data-loader worker processes: the setting `num_workers`, capped at the CPUs the job has
-    (its affinity mask, and torch's thread count, which the workflow sets to the rule's
-    threads). More workers than CPUs only contend, and PyTorch warns about them in every log."""
-    return max(0, min(wanted, job_cpus(), torch.get_num_threads()))
+    """Data-loader worker processes: the setting `num_workers`, capped at this process's share
+    of the job's CPUs (the mask over the node's processes, and torch's thread count, which
+    `set_threads` made that share). More workers than CPUs only contend, and PyTorch warns
+    about them in every log."""
+    return max(0, min(wanted, max(1, job_cpus() // node_processes()), torch.get_num_threads()))
 
 
 def set_numerics(cfg: TrainConfig, device: torch.device) -> str | None:

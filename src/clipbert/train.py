@@ -60,9 +60,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> dict:
+def rng_state(device: torch.device) -> dict:
     """Every RNG stream of this process as tensors and plain types, so that the resumable state
-    loads with `weights_only=True` (no pickled objects: a planted file cannot run code)."""
+    loads with `weights_only=True` (no pickled objects: a planted file cannot run code). Of the
+    GPUs only this process's own: a resume that sees fewer GPUs (`--gpus=1` after 8) has it."""
     version, words, gauss = random.getstate()
     kind, key, pos, has_gauss, cached = np.random.get_state()
     return {
@@ -71,18 +72,21 @@ def rng_state() -> dict:
         "numpy": {"kind": str(kind), "key": torch.from_numpy(key.astype(np.int64)),
                   "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(cached)},
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
     }
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device) -> None:
     py, npy = state["python"], state["numpy"]
     random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
     np.random.set_state((npy["kind"], npy["key"].numpy().astype(np.uint32), npy["pos"],
                          npy["has_gauss"], npy["gauss"]))
     torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available() and state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, list):  # saved by a version that kept every visible GPU's
+        cuda = cuda[device.index] if device.type == "cuda" and device.index < len(cuda) else None
+    if device.type == "cuda" and cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
 
 
 def epoch_order(n: int, epoch: int, cfg: TrainConfig) -> list[int]:
@@ -215,11 +219,13 @@ def build_run(cfg: TrainConfig, data_dir: str | os.PathLike | TrainFiles, lmdb_d
     cache = {} if digest_cache is None else digest_cache
     digests = input_digests(files, inputs, vocab, weights, cache) if d.main else {}
     load_pretrained(model, **weights, verbose=d.main)
-    runtime.place(model, cfg, device)
+    runtime.place(model, cfg, device, compile=False)
     # Every rank built the same initial weights from `cfg.seed`; from here each rank draws its
     # own dropout stream, independent of how many random numbers the initialisation consumed.
     seed_everything(cfg.seed + d.rank)
     step_model, group = wrap_ddp(model, d, device, trained_bn=not cfg.model.frozen_bn)
+    if cfg.compile:  # after the DDP wrap, so that its all-reduce overlaps the backward
+        step_model.compile()
     numerics = runtime.set_numerics(cfg, device)
     if numerics and d.main:
         print(numerics, flush=True)
@@ -263,7 +269,7 @@ class TrainState:
 
 def save_state(run: Run, st: TrainState, path: Path) -> None:
     """Rank 0 writes the resumable state (fp32 weights, optimizer, every rank's RNG)."""
-    mine = {"rng": rng_state(), "loss": float(st.loss)}
+    mine = {"rng": rng_state(run.device), "loss": float(st.loss)}
     ranks = [mine]
     if run.d.world > 1:
         ranks = [None] * run.d.world
@@ -327,7 +333,7 @@ def resume(run: Run, state_dir: Path) -> TrainState:
     run.optimizer.load_state_dict(saved["optimizer"])
     run.scheduler.load_state_dict(saved["scheduler"])
     mine = saved["ranks"][run.d.rank]
-    set_rng_state(mine["rng"])
+    set_rng_state(mine["rng"], run.device)
     if main:
         print(f"resuming from {last} at step {saved['step']}/{run.total}", flush=True)
     return TrainState(step=saved["step"], best_acc=saved["best_acc"],
@@ -488,12 +494,17 @@ def log_row(run: Run, st: TrainState, epoch: int, lrs: dict, seconds: float) -> 
 def epoch_loader(run: Run, epoch: int, pos: int) -> torch.utils.data.DataLoader:
     """The batches of `epoch` from batch `pos` on (a resumed run starts mid-epoch)."""
     run.train_set.epoch = epoch
+    return batch_loader(run, epoch_batches(len(run.train_rows), epoch, run.cfg, run.d)[pos:],
+                        run.cfg.seed + epoch)
+
+
+def batch_loader(run: Run, batches: list[list[int]], seed: int) -> torch.utils.data.DataLoader:
+    """The training DataLoader over `batches`: its workers (`runtime.loader_workers`), default
+    prefetch and pinned memory on CUDA, in one place, so that the benchmark measures these."""
     return torch.utils.data.DataLoader(
-        run.train_set, batch_sampler=epoch_batches(len(run.train_rows), epoch, run.cfg,
-                                                   run.d)[pos:],
-        collate_fn=run.collate, num_workers=runtime.loader_workers(run.cfg.num_workers),
-        generator=torch.Generator().manual_seed(run.cfg.seed + epoch),
-        pin_memory=run.device.type == "cuda")
+        run.train_set, batch_sampler=batches, collate_fn=run.collate,
+        num_workers=runtime.loader_workers(run.cfg.num_workers),
+        generator=torch.Generator().manual_seed(seed), pin_memory=run.device.type == "cuda")
 
 
 def _duration(seconds: float) -> str:
@@ -516,12 +527,33 @@ def progress_line(run: Run, row: dict, elapsed: float, steps_done: int) -> str:
     return "train: " + ", ".join(parts)
 
 
-def announce(run: Run) -> None:
-    """The log's first lines about the loop: its size, validation, which weights are kept."""
+def cpu_shares(run: Run) -> list[tuple[int, int]]:
+    """(torch CPU threads, loader workers) of every rank, as each one uses them (every rank
+    takes part; rank 0's list is complete)."""
+    mine = (torch.get_num_threads(), runtime.loader_workers(run.cfg.num_workers))
+    if run.d.world == 1:
+        return [mine]
+    shares: list = [None] * run.d.world
+    dist.all_gather_object(shares, mine, group=run.group)
+    return [tuple(x) for x in shares]
+
+
+def cpu_line(shares: list[tuple[int, int]]) -> str:
+    """How the job's CPUs are used: threads and loader workers per process."""
+    if len(set(shares)) == 1:
+        (threads, workers), = set(shares)
+        each = " each" if len(shares) > 1 else ""
+        return f"{threads} CPU thread(s) and {workers} loader worker(s){each}"
+    return "CPU threads/loader workers by rank: " + ", ".join(f"{t}/{w}" for t, w in shares)
+
+
+def announce(run: Run, shares: list[tuple[int, int]]) -> None:
+    """The log's first lines about the loop: its size, the CPUs of each process, validation,
+    which weights are kept."""
     cfg, d = run.cfg, run.d
     print(f"training {len(run.train_rows)} questions, {run.total} steps of global batch "
           f"{cfg.batch_size * d.world} ({d.world} process(es), {run.device}); "
-          f"{torch.get_num_threads()} CPU thread(s); validation every {run.val_interval} steps, "
+          f"{cpu_line(shares)}; validation every {run.val_interval} steps, "
           f"{'best on val' if run.select_best else 'final'} weights kept; {cfg.optimizer} "
           f"AdamW, {cfg.schedule} schedule", flush=True)
     if cfg.select_best and not run.select_best:
@@ -636,8 +668,10 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike | TrainFiles, lmdb_dir, 
           weights: dict | None = None, threads: int | None = None) -> dict:
     """Fine-tune on `{data_dir}/train.jsonl`, validate on `val.jsonl`, write the model to `out`
     (or on the files a `TrainFiles` names).
-    A model that reads no video (the blind baseline) needs no `lmdb_dir`. `threads` fixes the
-    CPU threads (the float sums, so the numbers, depend on it; None: torch's default)."""
+    A model that reads no video (the blind baseline) needs no `lmdb_dir`. `threads` is the job's
+    CPUs, divided among the processes of this node under torchrun (the float sums, so the
+    numbers, depend on the threads; None: torch's default, or under torchrun the job's CPUs as
+    `runtime.rank_cpus` finds them)."""
     runtime.set_threads(threads)
     state_dir = Path(state_dir)
     files = StateFiles(state_dir)
@@ -671,9 +705,10 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike | TrainFiles, lmdb_dir, 
 def _loop(run: Run, st: TrainState, files: StateFiles, out, metrics) -> dict:
     """The steps from `st` on, then the model file and the metrics rows."""
     cfg, d = run.cfg, run.d
+    shares = cpu_shares(run)
     if d.main:
         _truncate_metrics(files.rows, st.step)
-        announce(run)
+        announce(run, shares)
     if d.world > 1:
         dist.barrier()
     run.model.train()
