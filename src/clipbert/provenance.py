@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import json
 import os
 import platform
 import re
@@ -105,7 +106,7 @@ def _torch() -> dict[str, Any]:
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] \
         if torch.cuda.is_available() else []
-    return {"version": torch.__version__, "cuda": torch.version.cuda,
+    return {"version": str(torch.__version__), "cuda": torch.version.cuda,
             "cudnn": str(cudnn) if cudnn else None, "devices": devices or ["cpu"]}
 
 
@@ -136,7 +137,10 @@ def record(threads: int | None = None) -> dict[str, Any]:
     import torch
 
     rec = _static()
-    return {**rec, "cpu": {**rec["cpu"], "threads": threads or torch.get_num_threads()}}
+    rec = {**rec, "cpu": {**rec["cpu"], "threads": threads or torch.get_num_threads()}}
+    # Plain JSON types only (torch's version is a str subclass): the model file is read back
+    # with torch.load(weights_only=True), which refuses any other class.
+    return json.loads(json.dumps(rec))
 
 
 def rows(rec: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
