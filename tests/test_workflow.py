@@ -97,7 +97,7 @@ def test_a_new_libavcodec_re_encodes_every_scene(run_dir, tmp_path):
     env = cli_env()
     env["PYTHONPATH"] = f"{fake}{os.pathsep}{env['PYTHONPATH']}"
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(run_dir),
-           "--cores", "2", "-n", "--quiet", "host", "results/test_acc.json", "--configfile",
+           "--cores", "2", "-n", "results/test_acc.json", *DETAILS, "--configfile",
            str(run_dir / "test_config.yaml")]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     out = proc.stdout + proc.stderr
