@@ -54,8 +54,10 @@ def test_clipbert_env_prints_the_record(cli) -> None:
     assert any(line.split() == ["pyav_ffmpeg.libavcodec", libavcodec]
                for line in table.splitlines()), table
     assert "lock.matches" in table and "clipbert.commit" in table
-    rec = json.loads(cli("env", "--json").stdout)
+    proc = cli("env", "--json", "--check", check=False)
+    rec = json.loads(proc.stdout)
     assert rec["pyav_ffmpeg"]["libavcodec"] == libavcodec
+    assert proc.returncode == (0 if rec["lock"]["matches"] else 1)  # --check: the lock's or not
 
 
 def test_the_reports_table_of_an_accuracy_file(tmp_path) -> None:
