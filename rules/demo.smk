@@ -19,5 +19,6 @@ rule demo_data:
         scenes=config["data"]["demo"]["scenes"],
         seed=config["data"]["demo"]["seed"],
         frames=config["data"]["demo"]["frames"],
+        maker=demo.maker_key(),
     script:
         "../workflow_scripts/demo_data.py"

@@ -51,12 +51,18 @@ rule plot_training:
 
 rule plot_test_accuracy:
     """Test accuracy per answer type beside the published figures (real SQA3D), the blind
-    baseline of this run and the majority answer; it says which data this run is on."""
+    baseline of this run and the majority answer; it says which data this run is on. Also the
+    table of what made the result (its `environment`: packages, FFmpeg, CPU, commit, lock)."""
     input:
         acc=rules.infer.output.acc,
         blind=rules.infer_blind.output.acc if BLIND else [],
     output:
         report(PLOTS["test_accuracy"], caption="../report/test_accuracy.rst", category="3 test"),
+        environment=report(
+            "results/plots/environment.tsv",
+            caption="../report/environment.rst",
+            category="6 environment",
+        ),
     log:
         "logs/plots/test_accuracy.log",
     conda:

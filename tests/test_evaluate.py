@@ -10,12 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import av
 import pytest
 import torch
 from test_checkpoints import UPSTREAM_EXTRAS, upstream_layout
 from test_train import SMALL, env1, make_data
 
-from clipbert import evaluate, modelfile, vislmdb
+from clipbert import evaluate, modelfile, qa, vislmdb
 from clipbert.checkpoints import MODEL_FILE
 from clipbert.config import TrainConfig, make_config
 from clipbert.errors import ClipbertError
@@ -106,6 +107,17 @@ def test_infer_writes_predictions_and_accuracy(setup: dict, tmp_path: Path) -> N
     assert saved["preset"] == "tiny" and saved["inference_n_clips"] == 3
     assert saved["checkpoint_sha256"] == hashlib.sha256(setup["model"].read_bytes()).hexdigest()
     assert saved["split"] == "test" and saved["bf16"] is False
+    # Every accuracy file names its metric and says what made it (clipbert.provenance).
+    assert saved["metric"] == rescored["metric"] == qa.METRIC
+    assert "top-1 exact match" in saved["metric"] and "'unknown'" in saved["metric"]
+    env = saved["environment"]
+    assert env["pyav_ffmpeg"]["libavcodec"] == ".".join(map(str, av.library_versions[
+        "libavcodec"]))
+    assert env["cpu"]["threads"] == 1
+    assert env["packages"]["torch"] == torch.__version__.split("+")[0]
+    assert isinstance(env["lock"]["matches"], bool)
+    # The model file carries the record of the environment that wrote it, readable safely.
+    assert modelfile.read_model_file(setup["model"])["environment"]["python"] == env["python"]
 
 
 def test_loader_workers_are_capped_at_the_job_cpus(setup: dict, monkeypatch) -> None:

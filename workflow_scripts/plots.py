@@ -22,3 +22,6 @@ with workflow_step(snakemake):
     inputs = {name: _value(files) for name, files in snakemake.input.items()}
     out = snakemake.output[0]
     print(f"{out}: {report.draw(options.pop('figure'), out, **inputs, **options)}")
+    if "environment" in snakemake.output.keys():  # plot_test_accuracy: the record as a table
+        table = snakemake.output.environment
+        print(f"{table}: {report.environment_table(inputs['acc'], table)}")

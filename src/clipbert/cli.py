@@ -854,6 +854,35 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
         f.add_argument("--out", required=True, metavar="FILE.png", help="the PNG to write")
 
 
+# ---- env ------------------------------------------------------------------------------------
+
+
+def _env(a: argparse.Namespace) -> int:
+    from clipbert import provenance
+
+    rec = provenance.record()
+    if a.json:
+        _print_json(rec)
+    else:
+        print(provenance.table(rec))
+    return 0 if rec["lock"]["matches"] or not a.check else 1
+
+
+def _add_env(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "env", help="what made a result: packages, FFmpeg, CUDA, CPU, commit",
+        description="Print the provenance record that every result file stores under "
+        "`environment`: Python, torch with CUDA, cuDNN and the devices, the packages that decide "
+        "results, PyAV's and OpenCV's FFmpeg libraries, this checkout's version and commit "
+        "(dirty or not), the CPU and its threads, and whether the installed packages are "
+        "exactly envs/requirements.lock's.",
+        epilog=_examples("clipbert env", "# the same as JSON", "clipbert env --json"))
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 when the installed packages are not the lock's")
+    p.set_defaults(func=_env)
+
+
 def _finish_help(parser: argparse.ArgumentParser) -> None:
     """Every parser of the tree gets the help formatter; a command family without examples of
     its own shows the first example of each of its actions."""
@@ -877,7 +906,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "clipbert model summary --preset tiny", "clipbert train --help"))
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_demo, _add_sens, _add_video, _add_lmdb, _add_sqa, _add_model, _add_train,
-                _add_infer, _add_plot):
+                _add_infer, _add_plot, _add_env):
         add(sub)
     _finish_help(parser)
     return parser

@@ -113,6 +113,15 @@ def render(room: Room, frame: int, n_frames: int, seed: int) -> np.ndarray:
     return np.clip(np.asarray(img, dtype=np.float32) + noise, 0, 255).astype(np.uint8)
 
 
+def maker_key() -> str:
+    """The versions that decide the demo's bytes (Pillow draws and JPEG-encodes the frames,
+    numpy's generator makes their noise): the demo_data rule's param, so that an upgrade makes
+    the demo again instead of mixing old and new frames."""
+    from importlib.metadata import version
+
+    return f"pillow {version('pillow')} numpy {version('numpy')}"
+
+
 def jpeg(rgb: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="JPEG", quality=90)

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import torch
 
-from clipbert import data, runtime
+from clipbert import data, provenance, runtime
 from clipbert.config import TrainConfig
 from clipbert.errors import ClipbertError
 from clipbert.fsutil import file_sha256, write_json, write_jsonl
 from clipbert.modelfile import load_for_inference
 from clipbert.progress import progress
-from clipbert.qa import ANSWER_TYPES, UNKNOWN, answer_type, prediction_row, read_rows
+from clipbert.qa import ANSWER_TYPES, METRIC, UNKNOWN, answer_type, prediction_row, read_rows
 from clipbert.sqa import available_videos, check_videos
 
 
@@ -42,6 +42,7 @@ def score(rows: list[dict], predicted: list[str]) -> dict:
     types = [t for t in ANSWER_TYPES if count[t]] + sorted(set(count) - set(ANSWER_TYPES))
     n = len(rows)
     return {
+        "metric": METRIC,
         "overall": pct(sum(right.values()), n),
         "per_type": {t: pct(right[t], count[t]) for t in types},
         "counts": {t: count[t] for t in types},
@@ -158,6 +159,7 @@ def infer(model_path, jsonl, lmdb_dir, predictions, out, n_clips: int | None = N
         "trained_here": (loaded.layout == "native model file" if trained_here is None
                          else trained_here),
         "split": Path(jsonl).stem,
+        "environment": provenance.record(),
     })
     write_json(out, result)
     return result

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from clipbert import runtime
+from clipbert import provenance, runtime
 from clipbert.checkpoints import (
     detect_layout,
     is_ignored,
@@ -68,11 +68,12 @@ def tokenizer_from_tokens(tokens: list[str]) -> Any:
 
 def save_model_file(path: str | os.PathLike, model: nn.Module, cfg: TrainConfig,
                     ans2label: dict[str, int], tokens: list[str], extra: dict) -> None:
-    """Write the model file atomically: weights (fp32), configs, answer map, vocabulary."""
+    """Write the model file atomically: weights (fp32), configs, answer map, vocabulary, and
+    the provenance record of the training environment (`environment`)."""
     state = {k: v.detach().float().cpu() if v.is_floating_point() else v.detach().cpu()
              for k, v in model.state_dict().items()}
     obj = {"format": FORMAT, "train_config": cfg.to_dict(), "state_dict": state,
-           "ans2label": ans2label, "vocab": tokens, **extra}
+           "ans2label": ans2label, "vocab": tokens, "environment": provenance.record(), **extra}
     save_tensors(obj, path)
 
 

@@ -24,6 +24,10 @@ from clipbert.fsutil import read_jsonl
 
 ANSWER_TYPES = ("what", "is", "how", "can", "which", "others")
 UNKNOWN = "unknown"
+# What every accuracy of this project is (evaluate.score): papers on SQA3D score differently (some
+# count a refined match, some leave `unknown` out), so every accuracy file names its metric.
+METRIC = ("top-1 exact match of the predicted answer string with the gold answer; a gold "
+          "'unknown' answer always counts as wrong")
 FIELDS = ("answer", "question", "video_id", "answer_type", "question_id")
 # The answer map beside the splits: answer -> label, the order of the model's answer head
 # (ClipBERT's name for it).

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clipbert.errors import ClipbertError
-from clipbert.fsutil import atomic_path, read_json, read_jsonl
+from clipbert.fsutil import atomic_open, atomic_path, read_json, read_jsonl
 from clipbert.qa import ANSWER_TYPES
 from clipbert.sqa import PUBLISHED_BLIND, PUBLISHED_CLIPBERT
 
@@ -557,6 +557,27 @@ def runs_figure(summary: str | os.PathLike, source: str) -> Figure:
     fig.set_label(f"runs, {SOURCES[source]}: " + "; ".join(words)
                   + f"; ClipBERT, {PUBLISHED} {PUBLISHED_CLIPBERT['overall']}")
     return fig
+
+
+# ---- the environment table ---------------------------------------------------------------------
+
+
+def environment_table(acc: str | os.PathLike, out: str | os.PathLike) -> str:
+    """The provenance record of an accuracy file (its `environment`, clipbert.provenance) as a
+    two-column TSV, the report's table of what made the result; returns its one-line summary."""
+    from clipbert import provenance
+
+    env = _need(acc, "top level", read_json(acc), "environment")
+    if not isinstance(env, dict):
+        raise ClipbertError(f"{acc}: environment: expected the provenance record, got {env!r}")
+    rows = provenance.rows(env)
+    with atomic_open(out) as fh:
+        fh.write("key\tvalue\n")
+        fh.writelines(f"{k}\t{v}\n" for k, v in rows)
+    lock = env.get("lock", {})
+    return (f"{len(rows)} rows; PyAV's libavcodec {env.get('pyav_ffmpeg', {}).get('libavcodec')}"
+            f", installed set {'matches' if lock.get('matches') else 'differs from'} "
+            f"{lock.get('file', 'the lock')}")
 
 
 # ---- by name: the workflow's plot rules and `clipbert plot` -----------------------------------

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from clipbert.config import TrainConfig, make_config, result_settings
 from clipbert.errors import ClipbertError
 from clipbert.fsutil import atomic_open, read_json, write_json
-from clipbert.qa import ANSWER_TYPES
+from clipbert.qa import ANSWER_TYPES, METRIC
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -255,9 +255,14 @@ def _categorical(column: pd.Series, order: Sequence[str]) -> pd.Categorical:
 def write_summary(results: Sequence[str | os.PathLike], json_out: str | os.PathLike,
                   tsv_out: str | os.PathLike, reference: str | None = None,
                   seeds: Sequence[int] = ()) -> str:
-    """Read every run's result, write summary.json and summary.tsv atomically; returns the
-    overall accuracy per variant as a text table (what the rule prints to its log)."""
+    """Read every run's result, write summary.json (with the metric and the provenance record of
+    the environment that summarizes; each run's own is in its test_acc.json) and summary.tsv
+    atomically; returns the overall accuracy per variant as a text table (what the rule prints to
+    its log)."""
+    from clipbert import provenance
+
     summary, flat = summarize(read_results(results), reference, seeds)
+    summary = {"metric": METRIC, **summary, "environment": provenance.record()}
     write_json(json_out, summary)
     with atomic_open(tsv_out) as fh:
         flat.to_csv(fh, sep="\t", index=False, na_rep="")

@@ -36,7 +36,9 @@ def stop_scheduler_timers() -> None:
     round, each as long as the rate limiter's timespan (`max-jobs-per-timespan`). They are not
     daemon threads, so without this the process waits for the last of them at exit; and each one
     that fires runs another round, which arms another: with many ready jobs, rounds (and
-    Snakemake's CPU per job) grow with the jobs already finished (issue 23)."""
+    Snakemake's CPU per job) grow with the jobs already finished (issue 23). Upstream: the rate
+    limiter's loop, snakemake/snakemake PR #3744 (open as of Snakemake 9.25); relies on
+    `JobScheduler._schedule_reevalutation` arming a `threading.Timer` (INTERNALS)."""
     for thread in threading.enumerate():
         if isinstance(thread, threading.Timer):
             thread.cancel()
@@ -77,7 +79,9 @@ def local_gpus() -> int:
 # Snakemake locks its working directory while it runs and unlocks it when it ends; killed with
 # SIGKILL (the OOM killer, a lost machine) it leaves the lock, and every later run stops asking
 # for `--unlock`. The workflow records which Snakemake holds the lock, so that the next run can
-# tell a dead holder's lock from a live one's and remove only the former.
+# tell a dead holder's lock from a live one's and remove only the former. Upstream has no issue
+# for it (Snakemake documents `--unlock` as the remedy); relies on the lock files lying in
+# `.snakemake/locks/*.lock` (INTERNALS).
 
 LOCK_OWNER = Path(".snakemake/clipbert_lock_owner.json")
 LOCKS = Path(".snakemake/locks")
@@ -109,7 +113,9 @@ def forget_missing_outputs(workflow: Any) -> None:
     the next run takes a job whose outputs are missing but whose successors' outputs exist
     (`train_blind` stopped, `infer_blind` still holding the old model's scores) as up to date,
     and never reruns it, leaving a stale result. Without the record the job's inputs count as
-    new, so it runs again."""
+    new, so it runs again. Upstream: snakemake/snakemake issue #3808 (open as of Snakemake 9.25);
+    relies on `workflow.persistence.metadata/cleanup_metadata` and `workflow.dag.jobs`
+    (INTERNALS)."""
     persistence = workflow.persistence
     for job in workflow.dag.jobs:
         for f in job.output:
@@ -154,6 +160,104 @@ def clear_dead_lock(dry_run: bool) -> None:
     LOCK_OWNER.unlink(missing_ok=True)
     print(f"note: removed the lock of a Snakemake that was killed (pid {owner['pid']})",
           file=sys.stderr, flush=True)
+
+
+# ---- the Snakemake internals these workarounds rely on -----------------------------------------
+# Snakemake and its SLURM plugin are pinned by envs/requirements.lock; a refreshed lock that
+# brings a release without one of these fails tests/test_smk_internals.py naming it.
+
+
+def _source(obj: Any) -> str:
+    import inspect
+
+    try:
+        return inspect.getsource(obj)
+    except (OSError, TypeError):
+        return ""
+
+
+def _internals() -> list[tuple[str, Any]]:
+    """(what, check) for each internal: a check returns True while it is there."""
+    import dataclasses
+
+    import snakemake.api  # noqa: F401 - first, as Snakemake's CLI: its modules import in a cycle
+    from snakemake import dag, io, workflow
+    from snakemake.persistence import PersistenceBase
+    from snakemake.persistence import file as persistence_file
+    from snakemake.scheduling import job_scheduler
+    from snakemake.settings import types
+
+    scheduler = getattr(job_scheduler, "JobScheduler", None)
+    wf = workflow.Workflow
+    fields = {f.name for f in dataclasses.fields(types.SchedulingSettings)}
+    return [
+        ("JobScheduler._schedule_reevalutation arming a threading.Timer "
+         "(stop_scheduler_timers, PR #3744)",
+         lambda: "threading.Timer(" in _source(getattr(scheduler, "_schedule_reevalutation",
+                                                       None))),
+        ("SchedulingSettings.max_jobs_per_timespan.max_jobs (reap_scheduler_timers)",
+         lambda: "max_jobs_per_timespan" in fields
+         and "self.max_jobs =" in _source(types.MaxJobsPerTimespan)),
+        ("PersistenceBase.metadata and .cleanup_metadata (forget_missing_outputs, issue #3808)",
+         lambda: callable(getattr(PersistenceBase, "metadata", None))
+         and callable(getattr(PersistenceBase, "cleanup_metadata", None))),
+        ("Workflow.persistence, .dag and DAG.jobs (forget_missing_outputs)",
+         lambda: all(isinstance(getattr(wf, a, None), property) for a in ("persistence", "dag"))
+         and isinstance(getattr(dag.DAG, "jobs", None), property)),
+        (f"lock files {LOCKS}/*.lock (clear_dead_lock)",
+         lambda: '"locks"' in _source(persistence_file.FilePersistence.__init__)
+         and ".lock\"" in _source(persistence_file.FilePersistence)),
+        ("Workflow.is_main_process, .local_exec, .dryrun (the Snakefile's clear_dead_lock)",
+         lambda: all(isinstance(getattr(wf, a, None), property)
+                     for a in ("is_main_process", "local_exec", "dryrun"))),
+        ("Workflow.basedir, .config_settings, .configfiles (check_config)",
+         lambda: isinstance(getattr(wf, "basedir", None), property)
+         and "config_settings" in {f.name for f in dataclasses.fields(wf)}
+         and "self.configfiles =" in _source(wf)
+         and {"configfiles", "config"} <= {f.name for f in dataclasses.fields(
+             types.ConfigSettings)}),
+        ("the flag 'sourcecache_entry' of a configfile: in the source cache (check_config)",
+         lambda: hasattr(io, "sourcecache_entry") and callable(io.is_flagged)),
+    ]
+
+
+def _slurm_scontrol_at_import() -> tuple[str, Any]:
+    """./run's SLURM_CONF=/dev/null answers the SLURM plugin's `scontrol show config`, run when
+    the plugin is imported (no upstream issue filed): when that call is gone, so may the
+    workaround be."""
+    def check() -> bool:  # read, not imported: the import itself runs scontrol
+        from importlib.util import find_spec
+
+        spec = find_spec("snakemake_executor_plugin_slurm")
+        folder = Path(spec.origin).parent
+        return ("scontrol show config" in (folder / "job_status_query.py").read_text()
+                and "_get_status_command_help()," in (folder / "__init__.py").read_text())
+
+    return ("the SLURM plugin's `scontrol show config` at import (./run's SLURM_CONF, no "
+            "upstream issue)", check)
+
+
+def internals_gone() -> str | None:
+    """One line naming the Snakemake (and SLURM plugin) version and every internal this module
+    and ./run rely on that is gone; None when all are there."""
+    from importlib.metadata import version
+
+    try:
+        checks = [*_internals(), _slurm_scontrol_at_import()]
+    except (ImportError, AttributeError, TypeError) as e:
+        return f"Snakemake {version('snakemake')}: gone: {e}"
+    gone = []
+    for what, check in checks:
+        try:
+            ok = check()
+        except (AttributeError, ImportError, TypeError, KeyError, OSError):
+            ok = False
+        if not ok:
+            gone.append(what)
+    if not gone:
+        return None
+    return (f"Snakemake {version('snakemake')} (SLURM plugin "
+            f"{version('snakemake-executor-plugin-slurm')}): gone: {'; '.join(gone)}")
 
 
 # ---- workflow scripts -------------------------------------------------------------------------

@@ -46,6 +46,29 @@ ENCODERS = {
     "faithful": "pyav-mpeg4-opencv-jpg2mp4/2",
     "improved": "pyav-mpeg4-draft-bilinear/2",
 }
+
+
+def encoder_key(preset: str) -> str:
+    """ENCODERS' recipe with the versions of the libraries that decide the video bytes: PyAV's
+    libavcodec (the encoder) and libswscale (the pixel conversion), and the decoder and resizer
+    of the frames, OpenCV's wheel for `faithful`, Pillow for `improved`. The `scene` rule's
+    `encoder` param, so that an upgrade of either re-encodes instead of mixing old and new videos
+    in one LMDB. From installed metadata (no cv2 import: the Snakefile asks at parse time)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "none"
+
+    libs = av.library_versions
+    frames = (f"opencv {installed('opencv-python-headless')}" if preset == "faithful"
+              else f"pillow {installed('pillow')}")
+    return (f"{ENCODERS[preset]} libavcodec {'.'.join(map(str, libs['libavcodec']))} "
+            f"libswscale {'.'.join(map(str, libs['libswscale']))} {frames}")
+
+
 # `improved`'s bit rate in bits per pixel per frame (x fps x W x H), from the curve in the README
 # (benchmarks/bench_video.py): at 1.5 `mpeg4` reaches its finest default quantiser on detailed
 # 224x224 frames, so more bytes buy nothing; below it PSNR falls ~1 dB per 0.25.
