@@ -46,7 +46,7 @@ ENCODERS = {
     "faithful": "pyav-mpeg4-opencv-jpg2mp4/2",
     "improved": "pyav-mpeg4-draft-bilinear/2",
 }
-# `improved`'s bit rate in bits per pixel per frame (x fps x W x H), from the curve in the README
+# `improved`'s bit rate in bits per pixel per frame (x fps x W x H), from the curve in docs/video.md
 # (benchmarks/bench_video.py): at 1.5 `mpeg4` reaches its finest default quantiser on detailed
 # 224x224 frames, so more bytes buy nothing; below it PSNR falls ~1 dB per 0.25.
 IMPROVED_BPP = 1.5
