@@ -394,11 +394,12 @@ def _display(path: str | os.PathLike) -> str:
 # (mem_mb, runtime in minutes) of each rule's job at two scales, so that any executor (a local
 # run under `--resources mem_mb=N`, SLURM, another cluster plugin) gets them from the rule, not
 # from one profile. `demo`: the embedded demo (synthetic scans, preset `tiny`, CPU), from its
-# benchmark files (logs/benchmarks/*.tsv: max_rss, s) with 2-4x headroom for another machine and
-# a limit SLURM can schedule. `full`: 707 ScanNet scenes with `faithful`/`improved` on one GPU,
-# from the rehearsal's benchmark files (scene: 94 MiB, 1.31 s; pack_lmdb: 90 MB of pages; see
-# docs/performance.md) and, for the GPU rules, the FLOP-counted estimate (~28 min at 35 % MFU)
-# with a two-day limit for slower GPUs (a rerun resumes from its state).
+# benchmark files (logs/benchmarks/*.tsv, max_rss and s: scene 125 MB / 3.3 s, the others under
+# 80 MB; train's peak RSS 1.5 GB) with 2-10x headroom for another machine. `full`: 707 ScanNet
+# scenes with `faithful`/`improved` on one GPU, from the rehearsal's benchmark files (scene:
+# 94 MiB, 1.31 s; pack_lmdb: 90 MB of pages) and, for the GPU rules, the FLOP-counted estimate
+# (~28 min at 35 % MFU) with a two-day limit for slower GPUs (a rerun resumes from its state).
+# docs/performance.md has the table and the commands.
 JOB_RESOURCES: dict[str, dict[str, tuple[int, int]]] = {
     "demo": {
         "demo_data": (1000, 10),
