@@ -6,7 +6,7 @@ from pathlib import Path
 from clipbert import config as settings
 from clipbert import demo, scannet, sqa
 from clipbert.errors import ClipbertError
-from clipbert.smk import fail, local_gpus
+from clipbert.smk import fail, job_resources, local_gpus
 from snakemake.io import get_wildcard_names, strip_wildcard_constraints
 
 SOURCE = config["data"]["source"]
@@ -230,6 +230,26 @@ check_released_videos()
 # overlapping; without one the jobs ask for none, so their job lines do not claim one. The SLURM
 # profile sets its own.
 GPU_JOB = min(local_gpus(), 1)
+
+# Each job's memory and time limit (clipbert.smk.JOB_RESOURCES), in the rule next to its threads
+# so that every executor gets them: the data rules at the scale of the data source, training,
+# inference and the plots of their results at that of train.preset (`tiny` is the demo's).
+SMALL_DATA = DEMO
+SMALL_MODEL = config["train"]["preset"] == "tiny"
+
+
+def job_mem_mb(rule: str, small: bool) -> int:
+    return job_resources(rule, demo=small)["mem_mb"]
+
+
+def job_runtime(rule: str, small: bool) -> int:
+    """Minutes (Snakemake's `runtime` unit)."""
+    return job_resources(rule, demo=small)["runtime"]
+
+
+def run_job_resource(rule: str, key: str):
+    """A `runs` job's resource: its scale is its variant's preset, a function of the wildcards."""
+    return lambda wildcards: job_resources(rule, demo=run_preset(wildcards) == "tiny")[key]
 
 
 def weight_inputs(blind: bool) -> dict[str, str]:

@@ -14,6 +14,10 @@ rule demo_data:
         "logs/benchmarks/demo_data.tsv"
     conda:
         ENV
+    threads: 1
+    resources:
+        mem_mb=job_mem_mb("demo_data", SMALL_DATA),
+        runtime=job_runtime("demo_data", SMALL_DATA),
     params:
         out_dir=lambda w, output: str(Path(output.vocab).parent),
         scenes=config["data"]["demo"]["scenes"],

@@ -25,6 +25,8 @@ rule train:
     threads: workflow.cores
     resources:
         gpu=GPU_JOB,
+        mem_mb=job_mem_mb("train", SMALL_MODEL),
+        runtime=job_runtime("train", SMALL_MODEL),
     params:
         preset=config["train"]["preset"],
         settings=tracked_settings(blind=False),
@@ -57,6 +59,8 @@ rule infer:
     threads: workflow.cores
     resources:
         gpu=GPU_JOB,
+        mem_mb=job_mem_mb("infer", SMALL_MODEL),
+        runtime=job_runtime("infer", SMALL_MODEL),
     params:
         n_clips=config["infer"]["n_clips"],
         preset=config["train"]["preset"],
@@ -84,6 +88,10 @@ use rule train as train_blind with:
         "logs/train_blind.log",
     benchmark:
         "logs/benchmarks/train_blind.tsv"
+    resources:
+        gpu=GPU_JOB,
+        mem_mb=job_mem_mb("train_blind", SMALL_MODEL),
+        runtime=job_runtime("train_blind", SMALL_MODEL),
     params:
         settings=tracked_settings(blind=True),
         overrides=untracked(variant_overrides(blind=True)),
@@ -103,6 +111,10 @@ use rule infer as infer_blind with:
         "logs/infer_blind.log",
     benchmark:
         "logs/benchmarks/infer_blind.tsv"
+    resources:
+        gpu=GPU_JOB,
+        mem_mb=job_mem_mb("infer_blind", SMALL_MODEL),
+        runtime=job_runtime("infer_blind", SMALL_MODEL),
     params:
         settings=tracked_settings(blind=True),
         overrides=untracked(variant_overrides(blind=True)),

@@ -20,11 +20,21 @@ rule plot_data:
         stats=rules.sqa_convert.output.stats,
         lmdb=rules.pack_lmdb.output[0],
     output:
-        report(PLOTS["data"], caption="../report/data.rst", category="1 data"),
+        report(
+            PLOTS["data"],
+            caption="../report/data.rst",
+            category="1 data",
+            labels={"figure": "data", "shows": "questions per split and type, frames per scene"},
+        ),
     log:
         "logs/plots/data.log",
+    localrule: True
     conda:
         ENV
+    threads: 1
+    resources:
+        mem_mb=job_mem_mb("plot", SMALL_DATA),
+        runtime=job_runtime("plot", SMALL_DATA),
     params:
         figure="data",
     script:
@@ -37,11 +47,21 @@ rule plot_training:
     input:
         log=[] if EVAL_ONLY else rules.train.output.metrics,
     output:
-        report(PLOTS["training"], caption="../report/training.rst", category="2 training"),
+        report(
+            PLOTS["training"],
+            caption="../report/training.rst",
+            category="2 training",
+            labels={"figure": "training", "shows": "loss, learning rates, val accuracy"},
+        ),
     log:
         "logs/plots/training.log",
+    localrule: True
     conda:
         ENV
+    threads: 1
+    resources:
+        mem_mb=job_mem_mb("plot", SMALL_DATA),
+        runtime=job_runtime("plot", SMALL_DATA),
     params:
         figure="training",
         checkpoint=INFER_MODEL,
@@ -57,16 +77,27 @@ rule plot_test_accuracy:
         acc=rules.infer.output.acc,
         blind=rules.infer_blind.output.acc if BLIND else [],
     output:
-        report(PLOTS["test_accuracy"], caption="../report/test_accuracy.rst", category="3 test"),
+        report(
+            PLOTS["test_accuracy"],
+            caption="../report/test_accuracy.rst",
+            category="3 test",
+            labels={"figure": "test accuracy", "shows": "per answer type, vs published"},
+        ),
         environment=report(
             "results/plots/environment.tsv",
             caption="../report/environment.rst",
             category="6 environment",
+            labels={"table": "environment", "shows": "the software and machine behind the result"},
         ),
     log:
         "logs/plots/test_accuracy.log",
+    localrule: True
     conda:
         ENV
+    threads: 1
+    resources:
+        mem_mb=job_mem_mb("plot", SMALL_DATA),
+        runtime=job_runtime("plot", SMALL_DATA),
     params:
         figure="test_accuracy",
         source=SOURCE,
@@ -79,11 +110,21 @@ rule plot_confusion:
     input:
         predictions=rules.infer.output.predictions,
     output:
-        report(PLOTS["confusion"], caption="../report/confusion.rst", category="3 test"),
+        report(
+            PLOTS["confusion"],
+            caption="../report/confusion.rst",
+            category="3 test",
+            labels={"figure": "confusion", "shows": "the most frequent test answers"},
+        ),
     log:
         "logs/plots/confusion.log",
+    localrule: True
     conda:
         ENV
+    threads: 1
+    resources:
+        mem_mb=job_mem_mb("plot", SMALL_DATA),
+        runtime=job_runtime("plot", SMALL_DATA),
     params:
         figure="confusion",
         top=15,
@@ -96,11 +137,21 @@ rule plot_frames:
     input:
         lmdb=rules.pack_lmdb.output[0],
     output:
-        report(PLOTS["frames"], caption="../report/frames.rst", category="1 data"),
+        report(
+            PLOTS["frames"],
+            caption="../report/frames.rst",
+            category="1 data",
+            labels={"figure": "frames", "shows": "the clips the model receives"},
+        ),
     log:
         "logs/plots/frames.log",
+    localrule: True
     conda:
         ENV
+    threads: 1
+    resources:
+        mem_mb=job_mem_mb("plot", SMALL_DATA),
+        runtime=job_runtime("plot", SMALL_DATA),
     params:
         figure="frames",
         preset=config["train"]["preset"],
@@ -122,11 +173,21 @@ rule plot_benchmarks:
         rules.infer.output.acc,
         rules.infer_blind.output.acc if BLIND else [],
     output:
-        report(PLOTS["benchmarks"], caption="../report/benchmarks.rst", category="4 resources"),
+        report(
+            PLOTS["benchmarks"],
+            caption="../report/benchmarks.rst",
+            category="4 resources",
+            labels={"figure": "benchmarks", "shows": "time and memory per rule"},
+        ),
     log:
         "logs/plots/benchmarks.log",
+    localrule: True
     conda:
         ENV
+    threads: 1
+    resources:
+        mem_mb=job_mem_mb("plot", SMALL_DATA),
+        runtime=job_runtime("plot", SMALL_DATA),
     params:
         figure="benchmarks",
         folder="logs/benchmarks",
@@ -151,11 +212,21 @@ rule plot_runs:
     input:
         summary="results/runs/summary.json",
     output:
-        report(RUNS_PLOT, caption="../report/runs.rst", category="5 runs"),
+        report(
+            RUNS_PLOT,
+            caption="../report/runs.rst",
+            category="5 runs",
+            labels={"figure": "runs", "shows": "accuracy over seeds per variant"},
+        ),
     log:
         "logs/plots/runs.log",
+    localrule: True
     conda:
         ENV
+    threads: 1
+    resources:
+        mem_mb=job_mem_mb("plot", SMALL_DATA),
+        runtime=job_runtime("plot", SMALL_DATA),
     params:
         figure="runs",
         source=SOURCE,

@@ -26,6 +26,8 @@ rule train_run:
     threads: workflow.cores
     resources:
         gpu=GPU_JOB,
+        mem_mb=run_job_resource("train_run", "mem_mb"),
+        runtime=run_job_resource("train_run", "runtime"),
     params:
         settings=run_settings,
         preset=run_preset,
@@ -55,6 +57,8 @@ rule infer_run:
     threads: workflow.cores
     resources:
         gpu=GPU_JOB,
+        mem_mb=run_job_resource("infer_run", "mem_mb"),
+        runtime=run_job_resource("infer_run", "runtime"),
     params:
         settings=run_settings,
         n_clips=run_n_clips,
@@ -74,12 +78,20 @@ rule runs_summary:
     output:
         json="results/runs/summary.json",
         tsv=report(
-            "results/runs/summary.tsv", caption="../report/runs_table.rst", category="5 runs"
+            "results/runs/summary.tsv",
+            caption="../report/runs_table.rst",
+            category="5 runs",
+            labels={"table": "summary", "shows": "mean, spread and paired difference per variant"},
         ),
     log:
         "logs/runs/summary.log",
+    localrule: True
     conda:
         ENV
+    threads: 1
+    resources:
+        mem_mb=job_mem_mb("plot", SMALL_DATA),
+        runtime=job_runtime("plot", SMALL_DATA),
     params:
         reference=RUN_REFERENCE,
         seeds=RUN_SEEDS,

@@ -21,6 +21,10 @@ rule scene:
         "logs/benchmarks/scene/{scene}.tsv"
     conda:
         ENV
+    threads: 1
+    resources:
+        mem_mb=job_mem_mb("scene", SMALL_DATA),
+        runtime=job_runtime("scene", SMALL_DATA),
     params:
         stride=config["frames"]["stride"],
         depth=config["frames"]["depth"],

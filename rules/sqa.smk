@@ -17,6 +17,10 @@ rule sqa_convert:
         "logs/benchmarks/sqa_convert.tsv"
     conda:
         ENV
+    threads: 1
+    resources:
+        mem_mb=job_mem_mb("sqa_convert", SMALL_DATA),
+        runtime=job_runtime("sqa_convert", SMALL_DATA),
     params:
         splits=SQA_SPLITS,  # the order of the questions and annotations files
     script:

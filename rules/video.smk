@@ -13,5 +13,9 @@ rule pack_lmdb:
         "logs/benchmarks/pack_lmdb.tsv"
     conda:
         ENV
+    threads: 1
+    resources:
+        mem_mb=job_mem_mb("pack_lmdb", SMALL_DATA),
+        runtime=job_runtime("pack_lmdb", SMALL_DATA),
     script:
         "../workflow_scripts/pack_lmdb.py"

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from clipbert.smk import JOB_RESOURCES
+
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "squeue", "scontrol", "sinfo", "srun", "scancel")
 SBIN = ("/usr/sbin", "/sbin", "/usr/bin")
@@ -252,16 +254,17 @@ def fitted_profile(cluster: Cluster, shipped: Path, dest: Path, *, scenes_per_gr
                    first_status_check: int) -> Path:
     """The profile folder `shipped` (profiles/slurm) fitted to this cluster's node: its CPUs and
     memory, no GPUs, squeue for status, `scenes_per_group` scenes a group job. Everything else
-    (rule groups, runtimes, the executor, the scheduling settings) is the shipped profile's."""
+    (rule groups, the executor, the scheduling settings; the rules' runtimes) is as shipped."""
     profile = yaml.safe_load((shipped / "config.yaml").read_text())
     per_job_mb = cluster.memory_mb // cluster.cpus
     profile["cores"] = cluster.cpus
     profile["group-components"]["scenes"] = scenes_per_group
     profile["default-resources"]["slurm_partition"] = PARTITION
+    # The rules' own memory (the demo's scale), lowered to what the node has where it is less.
+    for rule, (mem_mb, _) in JOB_RESOURCES["demo"].items():
+        if mem_mb > per_job_mb and rule in profile["set-resources"]:
+            profile["set-resources"][rule]["mem_mb"] = per_job_mb
     for rule, res in profile["set-resources"].items():
-        res["mem_mb"] = min(res.get("mem_mb", per_job_mb), per_job_mb)
-        if "cpus_per_task" in res:
-            res["cpus_per_task"] = min(res["cpus_per_task"], cluster.cpus)
         if "gpu" in res:
             assert res["gpu"] >= 1, f"profile: {rule} should ask for a GPU"
             res["gpu"] = 0  # the test node has none

@@ -1,5 +1,5 @@
 """The `clipbert` help: every command's `--help` explains each argument (with its default) and
-shows examples, and every example, of the help texts and of README.md's command-line block,
+shows examples, and every example, of the help texts and of docs/cli.md's command-line block,
 runs as written on the demo's files laid out as the workflow writes them."""
 
 from __future__ import annotations
@@ -50,9 +50,11 @@ def example_lines(text: str) -> list[str]:
 
 
 def readme_lines() -> list[str]:
-    """The `clipbert ...` lines of README.md's plain code blocks (a block tagged with a language,
-    such as a config file or an example on data this checkout cannot have, is not run)."""
-    blocks = re.findall(r"^```(\w*)\n(.*?)^```$", (REPO / "README.md").read_text(), re.S | re.M)
+    """The `clipbert ...` lines of the plain code blocks of docs/cli.md (the command line's
+    document) and README.md (a block tagged with a language, such as a config file or an
+    example on data this checkout cannot have, is not run)."""
+    text = "\n".join((REPO / name).read_text() for name in ("docs/cli.md", "README.md"))
+    blocks = re.findall(r"^```(\w*)\n(.*?)^```$", text, re.S | re.M)
     blocks = [text for tag, text in blocks if not tag]
     return [line.strip() for block in blocks for line in block.splitlines()
             if line.startswith("clipbert ")]
@@ -188,7 +190,7 @@ def test_examples_are_found():
     assert set(leaves) <= covered
     in_readme = {tuple(_command(line)) for line in readme}
     missing = [p for p in leaves if p not in in_readme]
-    assert not missing, f"README.md's command-line block has no line for {missing}"
+    assert not missing, f"docs/cli.md's command-line block has no line for {missing}"
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -102,10 +103,19 @@ def test_every_workflow_script_uses_the_step() -> None:
 # ---- failing rules, through Snakemake --------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def made_demo(tmp_path_factory) -> Path:
+    """The small demo's data made once (rule demo_data) for the tests below, which copy it."""
+    root = tmp_path_factory.mktemp("demo_data")
+    snakemake(root, "work/demo/source/vocab.txt", config=SMALL)
+    return root
+
+
 @pytest.fixture
-def demo_run(tmp_path: Path) -> Path:
-    """A workdir with the small demo's data made (rule demo_data)."""
-    snakemake(tmp_path, "work/demo/source/vocab.txt", config=SMALL)
+def demo_run(made_demo: Path, tmp_path: Path) -> Path:
+    """A workdir of its own with the small demo's data made: a copy (times and Snakemake's
+    records kept), so that each test may break a file."""
+    shutil.copytree(made_demo, tmp_path, symlinks=True, dirs_exist_ok=True)
     return tmp_path
 
 

@@ -343,9 +343,18 @@ def test_bf16_autocast_and_channels_last_on_cpu():
     assert (bf - ref).abs().max() <= 0.1 * ref.abs().max() + 1e-3
 
 
-def test_compiled_model_matches_eager_and_keeps_its_keys():
+@pytest.mark.parametrize("backend", [
+    "aot_eager",
+    pytest.param("inductor", marks=pytest.mark.slow),
+])
+def test_compiled_model_matches_eager_and_keeps_its_keys(monkeypatch, backend):
     """`compile: true` must give the eager numbers (dropout off: compiled RNG differs) and the
-    same checkpoint keys, or a compiled run could not be resumed or loaded without it."""
+    same checkpoint keys, or a compiled run could not be resumed or loaded without it.
+    `aot_eager` traces the graph and its backward as inductor does, without generating and
+    building C++ kernels (inductor, the default: 2-9 minutes on two cores, a slow test)."""
+    compile_module = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile",
+                        lambda self, **kw: compile_module(self, backend=backend, **kw))
     cfg = make_config("tiny", {"model.num_labels": 9}).model
     torch.manual_seed(0)
     eager = ClipBert(cfg).eval()

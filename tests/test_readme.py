@@ -15,18 +15,21 @@ from conftest import REPO, needs_shared
 from test_workflow import SMALL
 
 README = (REPO / "README.md").read_text()
+# The sections walked here, and the document each now lives in (README.md or docs/).
+RERUNS = "docs/reruns.md"
 
 
-def section(title: str) -> str:
-    start = README.index(f"\n## {title}\n")
-    end = README.find("\n## ", start + 1)
-    return README[start:end if end > 0 else None]
+def section(title: str, doc: str = "README.md") -> str:
+    text = README if doc == "README.md" else (REPO / doc).read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else None]
 
 
-def commands(title: str) -> list[str]:
+def commands(title: str, doc: str = "README.md") -> list[str]:
     """The `./run snakemake ...` lines of a section's plain code blocks, comments removed."""
     lines, fence = [], None  # fence: the open block's info string ("" for a plain one)
-    for line in section(title).splitlines():
+    for line in section(title, doc).splitlines():
         if line.startswith("```"):
             fence = line[3:].strip() if fence is None else None
         elif fence == "":
@@ -74,7 +77,7 @@ def evaluation_steps() -> tuple[str, dict, list[str]]:
 
 
 def test_the_readme_sections_are_found():
-    quick, rerun = commands("Quick start"), commands("Rerunning one stage")
+    quick, rerun = commands("Quick start"), commands("Rerunning one stage", RERUNS)
     assert quick[0] == "./run snakemake --cores 2" and any("--report" in c for c in quick)
     assert len(rerun) >= 3
     dry, config, steps = evaluation_steps()
@@ -83,6 +86,67 @@ def test_the_readme_sections_are_found():
     assert config["infer"]["model"] and config["train"]["preset"] == "faithful"
     assert {"work/demo/source/", "results/plots/", "results/blind/"} <= set(promised())
     assert all(p.startswith(("work/", "results/", "logs/")) for p in promised()), promised()
+
+
+DOCS = ("reruns", "errors", "performance", "video", "fidelity", "cli", "cluster")
+
+
+def slug(heading: str) -> str:
+    """A heading's anchor as GitHub makes it: lower case, punctuation dropped, spaces to -."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def links(path: Path) -> list[str]:
+    """The relative link targets of a Markdown file, code blocks and inline code left out."""
+    text = re.sub(r"^```.*?^```$", "", path.read_text(), flags=re.S | re.M)
+    text = re.sub(r"`[^`\n]*`", "", text)
+    targets = re.findall(r"\]\(([^)\s]+)\)", text)
+    return [t for t in targets if not re.match(r"[a-z]+:", t)]
+
+
+def test_every_relative_link_resolves():
+    """Every link of the README and docs/ names a file that exists and, with a #fragment, a
+    heading of that file; a moved section breaks the test, not the reader."""
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        found = links(page)
+        assert found or page.name not in ("README.md",), page
+        for target in found:
+            name, _, fragment = target.partition("#")
+            dest = (page.parent / name).resolve() if name else page
+            if not dest.exists():
+                broken.append(f"{page.relative_to(REPO)}: {target}: no such file")
+            elif fragment:
+                headings = re.findall(r"^#+ (.+)$", dest.read_text(), re.M)
+                if fragment not in {slug(h) for h in headings}:
+                    broken.append(f"{page.relative_to(REPO)}: {target}: no such heading")
+    assert not broken, broken
+    assert len(links(REPO / "README.md")) >= len(DOCS), "the README points to every document"
+
+
+def test_the_readme_is_a_front_door():
+    """At most 250 lines, the sections a newcomer looks for, and every other document in docs/
+    opening with whom it is for."""
+    assert len(README.splitlines()) <= 250
+    headings = re.findall(r"^## (.+)$", README, re.M)
+    for title in ("Quick start", "Real data", EVALUATE, "Seeds and variants", "Cluster",
+                  "Where everything else is"):
+        assert title in headings, title
+    where = section("Where everything else is")
+    for name in DOCS:
+        doc = REPO / "docs" / f"{name}.md"
+        assert f"(docs/{name}.md)" in where, name
+        opening = doc.read_text().split("\n\n")[1]
+        assert opening.startswith("For whoever"), (name, opening[:80])
+
+
+def test_the_rules_of_the_rerun_table_exist():
+    """docs/reruns.md names its test, and the test reads it there."""
+    from test_workflow import rerun_table
+
+    text = (REPO / RERUNS).read_text()
+    assert "What a rerun does, and why" in text and len(rerun_table()) >= 8
 
 
 @pytest.mark.slow
@@ -94,7 +158,7 @@ def test_quick_start_report_and_reruns_in_a_fresh_copy(tmp_path):
     missing = [p for p in promised() if not list(repo.glob(p.rstrip("/")))]
     assert not missing, f"README promises {missing}, the quick start did not make them"
     assert (repo / "report.html").stat().st_size > 100_000
-    for line in commands("Rerunning one stage"):
+    for line in commands("Rerunning one stage", RERUNS):
         run(repo, line)
     done = run(repo, "./run snakemake --cores 2 -n")
     assert "Nothing to be done" in done.stdout + done.stderr

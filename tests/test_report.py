@@ -531,4 +531,6 @@ def test_snakemake_report_has_every_plot(tmp_path):
         m = re.search(rf'"results/plots/{name}\.png": \{{.*?"data_uri": "data:image/png[^"]*'
                       rf'base64,([^"]+)"', html, re.S)
         assert m and len(m.group(1)) > 1000, f"{name}.png is missing or empty in the report"
+        assert re.search(rf'"results/plots/{name}\.png": \{{[^{{}}]*"labels": \{{"figure": ',
+                         html), f"{name}.png has no labels in the report"
     assert "workflow-desc" in html and "preset <tt" in html

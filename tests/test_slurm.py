@@ -20,6 +20,8 @@ import slurm_cluster
 import yaml
 from conftest import REPO, cli_env
 
+from clipbert.smk import JOB_RESOURCES
+
 PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 # The executor's first status check, in seconds; squeue must still list a job that long after it
@@ -37,8 +39,9 @@ SMALL_CONFIG = {
 # One SLURM job each, with the 18 per-scene jobs in two groups of 3 scenes (two run at once on
 # the two-CPU test node; the shipped profile groups 10 scenes).
 SCENES_PER_GROUP = 3
+# runs_summary, like the plots, is a local rule: it runs in the submitting Snakemake, not on SLURM.
 EXPECTED_JOBS = ["demo_data", "sqa_convert", "scenes_scene", "scenes_scene", "pack_lmdb", "train",
-                 "infer", "train_run", "train_run", "infer_run", "infer_run", "runs_summary"]
+                 "infer", "train_run", "train_run", "infer_run", "infer_run"]
 
 
 def _unavailable() -> str | None:
@@ -65,16 +68,15 @@ def cluster():
 
 def test_profile_is_complete():
     """What the README promises: one place for partition and account, GPUs for the GPU rules,
-    runtime/memory/CPUs for every rule, the per-scene rules grouped."""
+    the per-scene rules grouped, and nothing that is the rules' own (memory, time, CPUs)."""
     profile = yaml.safe_load(PROFILE.read_text())
     assert profile["executor"] == "slurm"
-    assert {"slurm_partition", "slurm_account"} <= set(profile["default-resources"])
+    assert set(profile["default-resources"]) == {"slurm_partition", "slurm_account"}
     rules = profile["set-resources"]
-    for rule in ("train", "infer"):
+    for rule in ("train", "infer", "train_blind", "infer_blind", "train_run", "infer_run"):
         assert rules[rule]["gpu"] >= 1
-        assert rules[rule]["cpus_per_task"] == profile["set-threads"][rule]
-    for rule in ("demo_data", "scene", "pack_lmdb", "sqa_convert", "train", "infer"):
-        assert rules[rule]["runtime"] > 0
+    own = {"mem_mb", "runtime", "cpus_per_task"}
+    assert not [(rule, own & set(res)) for rule, res in rules.items() if own & set(res)]
     assert profile["groups"] == {"scene": "scenes"}
     # without a slot each, a group job would ask for the CPUs and memory of all its scenes
     assert rules["scene"]["scene_slots"] == 1 and "scene_slots=1" in profile["resources"]
@@ -94,28 +96,37 @@ def test_profile_names_only_known_rules():
     assert named <= known, sorted(named - known)
 
 
+def _job_block(text: str, rule: str) -> str:
+    """A dry run's lines about one job of `rule`, up to the next job."""
+    block = text[text.index(f"rule {rule}:"):]
+    return block[: block.index("\nrule ", 1) if "\nrule " in block[1:] else 2000]
+
+
 def test_profile_resources_reach_a_dry_run(tmp_path):
-    """Snakemake accepts the profile and applies it: train asks for a GPU and its memory."""
+    """Snakemake accepts the profile and applies it: the GPU rules ask for a GPU, and every
+    job's memory and time limit come from its rule (clipbert.smk.JOB_RESOURCES at the demo's
+    scale), not from the profile."""
     (tmp_path / "small.yaml").write_text(yaml.safe_dump(SMALL_CONFIG))
     out = subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
          "--workflow-profile", str(PROFILE.parent), "-n",
          "--configfile", str(tmp_path / "small.yaml"), "--", "results/test_acc.json",
-         "results/blind/test_acc.json"],
+         "results/blind/test_acc.json", "plots"],
         capture_output=True, text=True, env=cli_env(), timeout=120,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     text = out.stdout + out.stderr
-    train = text[text.index("rule train:"):]
-    train = train[: train.index("Shell command") if "Shell command" in train else 2000]
-    profile = yaml.safe_load(PROFILE.read_text())
-    assert "gpu=1" in train
-    assert f"mem_mb={profile['set-resources']['train']['mem_mb']}" in train
     assert "Group job scenes" in text
-    blind = text[text.index("rule train_blind:"):]
-    blind = blind[: blind.index("Shell command") if "Shell command" in blind else 2000]
-    assert "gpu=1" in blind
-    assert f"mem_mb={profile['set-resources']['train_blind']['mem_mb']}" in blind
+    demo = JOB_RESOURCES["demo"]
+    for rule, table in (("train", "train"), ("train_blind", "train_blind"),
+                        ("infer", "infer"), ("pack_lmdb", "pack_lmdb"),
+                        ("plot_data", "plot"), ("sqa_convert", "sqa_convert")):
+        job = _job_block(text, rule)
+        mem_mb, runtime = demo[table]
+        assert f"mem_mb={mem_mb}," in job and f"runtime={runtime}" in job, (rule, job)
+        assert ("gpu=1" in job) == rule.startswith(("train", "infer")), (rule, job)
+    mem_mb, runtime = demo["scene"]
+    assert f"mem_mb={mem_mb}," in text and f"runtime={runtime}, scene_slots=1" in text
 
 
 def _test_profile(cluster: slurm_cluster.Cluster, dest: Path) -> Path:
@@ -125,7 +136,7 @@ def _test_profile(cluster: slurm_cluster.Cluster, dest: Path) -> Path:
                                  first_status_check=FIRST_STATUS_CHECK)
     profile = yaml.safe_load((dest / "config.yaml").read_text())
     for rule in ("train_run", "infer_run"):
-        profile["set-threads"][rule] = profile["set-resources"][rule]["cpus_per_task"] = 1
+        profile["set-threads"][rule] = 1
     (dest / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
     return dest
 
@@ -154,10 +165,6 @@ def _job_windows(cluster: slurm_cluster.Cluster, rule: str) -> list[tuple[str, s
     rows = [line.split("|") for line in out.stdout.splitlines()]
     return sorted((start.strip(), end.strip()) for comment, start, end in rows
                   if comment.strip().removeprefix("rule_").split("_wildcards")[0] == rule)
-
-
-def _test_profile_resources(profile: Path) -> dict:
-    return yaml.safe_load((profile / "config.yaml").read_text())["set-resources"]
 
 
 @pytest.mark.slow
@@ -200,7 +207,7 @@ def test_demo_workflow_on_slurm(cluster, tmp_path):
     assert start1 < end0 and start0 < end1, _job_windows(cluster, "train_run")
     assert {state for _, state, *_ in jobs} == {"COMPLETED"}, jobs
     # A group runs its scenes one after another: one CPU, one scene's memory, not their sums.
-    per_scene = _test_profile_resources(profile)["scene"]["mem_mb"]
+    per_scene = JOB_RESOURCES["demo"]["scene"][0]  # the rule's mem_mb at the demo's scale
     for name, _, cpus, memory in jobs:
         if name == "scenes_scene":  # the executor's name: the group, then its rules
             assert (cpus, memory) == (1, f"{per_scene}M"), jobs

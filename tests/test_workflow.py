@@ -236,9 +236,9 @@ def rule_names() -> set[str]:
 
 
 def rerun_table() -> list[tuple[str, set[str]]]:
-    """The README's table "What a rerun does, and why": each row's change, and the jobs (the
-    rule names in backquotes) that it says run again."""
-    text = (REPO / "README.md").read_text().split("What a rerun does, and why", 1)[1]
+    """docs/reruns.md's table "What a rerun does, and why": each row's change, and the jobs
+    (the rule names in backquotes) that it says run again."""
+    text = (REPO / "docs/reruns.md").read_text().split("What a rerun does, and why", 1)[1]
     lines = text[text.index("| rerun |"):].splitlines()[2:]
     rules = rule_names()
     rows = []
@@ -302,7 +302,7 @@ MODEL = {"train": "results/model.pt", "train_blind": "results/blind/model.pt"}
 
 @pytest.mark.slow
 def test_every_rerun_row_holds(tmp_path):
-    """The README's rerun table and this test are one list: each row's change is made in a
+    """docs/reruns.md's rerun table and this test are one list: each row's change is made in a
     finished demo run, a dry run lists exactly the jobs the row names, and the rerun gives what
     its training column says. The final weights are kept (not the best on val, which can be an
     early step that an edited question does not reach yet), so every change shows in them."""

@@ -313,7 +313,7 @@ def _add_video(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--preset", choices=("faithful", "improved"), default="faithful",
                    help="faithful: SQA3D's encode (OpenCV's resize, no antialiasing, its "
                    "writer's bit rate); improved: antialiased resize from a downscaled decode, "
-                   "at the bit rate of the README's curve")
+                   "at the bit rate of docs/video.md's curve")
     e.set_defaults(func=_video_encode)
     q = s.add_parser("probe", help="print size, fps, codec and frame count as JSON",
                      description="Print an mp4's width, height, fps, codec and frame count as "

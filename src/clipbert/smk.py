@@ -514,3 +514,50 @@ def _display(path: str | os.PathLike) -> str:
         return str(p.relative_to(Path.cwd()))
     except ValueError:
         return str(p)
+
+
+# ---- each rule's memory and time limit -------------------------------------------------------
+
+# (mem_mb, runtime in minutes) of each rule's job at two scales, so that any executor (a local
+# run under `--resources mem_mb=N`, SLURM, another cluster plugin) gets them from the rule, not
+# from one profile. `demo`: the embedded demo (synthetic scans, preset `tiny`, CPU), from its
+# benchmark files (logs/benchmarks/*.tsv, max_rss and s: scene 125 MB / 3.3 s, the others under
+# 80 MB; train's peak RSS 1.5 GB) with 2-10x headroom for another machine. `full`: 707 ScanNet
+# scenes with `faithful`/`improved` on one GPU, from the rehearsal's benchmark files (scene:
+# 94 MiB, 1.31 s; pack_lmdb: 90 MB of pages) and, for the GPU rules, the FLOP-counted estimate
+# (~28 min at 35 % MFU) with a two-day limit for slower GPUs (a rerun resumes from its state).
+# docs/performance.md has the table and the commands.
+JOB_RESOURCES: dict[str, dict[str, tuple[int, int]]] = {
+    "demo": {
+        "demo_data": (1000, 10),
+        "scene": (500, 5),
+        "pack_lmdb": (1000, 10),
+        "sqa_convert": (1000, 10),
+        "train": (4000, 60),
+        "infer": (3000, 30),
+        "plot": (1500, 10),
+    },
+    "full": {
+        "demo_data": (1000, 10),
+        "scene": (1000, 5),
+        "pack_lmdb": (4000, 60),
+        "sqa_convert": (4000, 15),
+        "train": (64000, 2880),
+        "infer": (32000, 240),
+        "plot": (4000, 30),
+    },
+}
+# The blind baseline reads no video: a BERT pass per question (minutes on a GPU).
+JOB_RESOURCES["full"] |= {"train_blind": (16000, 240), "infer_blind": (8000, 60)}
+JOB_RESOURCES["demo"] |= {"train_blind": (3000, 30), "infer_blind": (2000, 15)}
+# Every run of `runs` is a training and a scoring like the default target's.
+for _scale in JOB_RESOURCES.values():
+    _scale |= {"train_run": _scale["train"], "infer_run": _scale["infer"]}
+
+
+def job_resources(rule: str, *, demo: bool) -> dict[str, int]:
+    """`mem_mb` and `runtime` (minutes) of `rule`'s job: `demo` for the embedded demo's scale
+    (its data or the `tiny` preset), otherwise full ScanNet's. A rule missing from the table is
+    a bug here, not a setting: it fails loudly."""
+    mem_mb, runtime = JOB_RESOURCES["demo" if demo else "full"][rule]
+    return {"mem_mb": mem_mb, "runtime": runtime}

@@ -69,7 +69,7 @@ def encoder_key(preset: str) -> str:
             f"libswscale {'.'.join(map(str, libs['libswscale']))} {frames}")
 
 
-# `improved`'s bit rate in bits per pixel per frame (x fps x W x H), from the curve in the README
+# `improved`'s bit rate in bits per pixel per frame (x fps x W x H), from the curve in docs/video.md
 # (benchmarks/bench_video.py): at 1.5 `mpeg4` reaches its finest default quantiser on detailed
 # 224x224 frames, so more bytes buy nothing; below it PSNR falls ~1 dB per 0.25.
 IMPROVED_BPP = 1.5
