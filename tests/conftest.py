@@ -59,3 +59,19 @@ def job_stats(output: str) -> dict[str, int]:
             break
         counts[m.group(1)] = int(m.group(2))
     return counts
+
+
+@pytest.fixture(scope="module")
+def mp4s(tmp_path_factory) -> list[Path]:
+    """Three small scene videos (3, 5 and 4 frames, 32 px), for the LMDB and fault tests."""
+    from test_video import make_scene
+
+    from clipbert import video
+
+    root = tmp_path_factory.mktemp("mp4")
+    paths = []
+    for i, n in enumerate((3, 5, 4)):
+        scene = make_scene(root / "frames" / f"scene000{i}_00", n=n, extras=False)
+        paths.append(root / "videos" / f"scene000{i}_00.mp4")
+        video.encode_video(scene, paths[-1], size=(32, 32))
+    return paths

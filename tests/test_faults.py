@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from conftest import cli_env
 from PIL import Image
-from test_video import make_scene, write_coded
+from test_video import write_coded
 
 from clipbert import video, vislmdb
 from clipbert.errors import ClipbertError, MachineError
@@ -81,18 +81,6 @@ def fill(folder: Path, leave: int = 0) -> Path:
                 assert e.errno == errno.ENOSPC
                 break
     return filler
-
-
-@pytest.fixture(scope="module")
-def mp4s(tmp_path_factory) -> list[Path]:
-    """Three small scene videos (3 to 5 frames, 32 px)."""
-    root = tmp_path_factory.mktemp("mp4")
-    paths = []
-    for i, n in enumerate((3, 5, 4)):
-        scene = make_scene(root / "frames" / f"scene000{i}_00", n=n, extras=False)
-        paths.append(root / "videos" / f"scene000{i}_00.mp4")
-        video.encode_video(scene, paths[-1], size=(32, 32))
-    return paths
 
 
 # ---- not a video --------------------------------------------------------------------------------

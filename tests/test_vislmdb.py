@@ -8,22 +8,9 @@ from pathlib import Path
 
 import lmdb
 import pytest
-from test_video import make_scene
 
-from clipbert import video, vislmdb
+from clipbert import vislmdb
 from clipbert.errors import ClipbertError
-
-
-@pytest.fixture(scope="module")
-def mp4s(tmp_path_factory) -> list[Path]:
-    root = tmp_path_factory.mktemp("mp4")
-    paths = []
-    for i, n in enumerate((3, 5, 4)):
-        scene = make_scene(root / "frames" / f"scene000{i}_00", n=n, extras=False)
-        out = root / "videos" / f"scene000{i}_00.mp4"
-        video.encode_video(scene, out, size=(32, 32))
-        paths.append(out)
-    return paths
 
 
 def test_round_trip_via_cli(tmp_path: Path, mp4s: list[Path], cli) -> None:
