@@ -224,14 +224,17 @@ def checkout_on_this_env(root: Path) -> Path:
         pytest.skip(f"no snakemake beside the running interpreter ({bin_dir}): ./run would "
                     "build a virtual environment")
     root.mkdir()
-    pyproject = (REPO / "pyproject.toml").read_bytes()
-    (root / "pyproject.toml").write_bytes(pyproject)
+    inputs = b""  # what ./run's stamp hashes: pyproject.toml, then the lock
+    for name in ("pyproject.toml", "envs/requirements.lock"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes((REPO / name).read_bytes())
+        inputs += (REPO / name).read_bytes()
     (root / "run").write_bytes((REPO / "run").read_bytes())
     (root / "run").chmod(0o755)
     venv = root / ".venv"
     venv.mkdir()
     (venv / "bin").symlink_to(bin_dir)
-    (venv / f".installed-{hashlib.sha256(pyproject).hexdigest()[:16]}").touch()
+    (venv / f".installed-{hashlib.sha256(inputs).hexdigest()[:16]}").touch()
     return root / "run"
 
 
