@@ -525,7 +525,8 @@ def _display(path: str | os.PathLike) -> str:
 # 80 MB; train's peak RSS 1.5 GB) with 2-10x headroom for another machine. `full`: 707 ScanNet
 # scenes with `faithful`/`improved` on one GPU, from the rehearsal's benchmark files (scene:
 # 94 MiB, 1.31 s; pack_lmdb: 90 MB of pages) and, for the GPU rules, the FLOP-counted estimate
-# (~28 min at 35 % MFU) with a two-day limit for slower GPUs (a rerun resumes from its state).
+# (~28 min for `improved`, ~6.8 h for `faithful` in fp32, at 35 % MFU) with a two-day limit for
+# slower GPUs (a rerun resumes from its state).
 # docs/performance.md has the table and the commands.
 JOB_RESOURCES: dict[str, dict[str, tuple[int, int]]] = {
     "demo": {
