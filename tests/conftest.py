@@ -19,6 +19,32 @@ SHARED_SQA = SHARED / "data" / "sqa3d"
 os.environ["SLURM_CONF"] = os.devnull
 
 
+# Test processes (pytest-xdist's `-n auto`, pyproject.toml's addopts): one per CPU this process
+# may use, at most four, whose ~3 GB each (an end-to-end run, a training) fit a 24 GB machine.
+# PYTEST_XDIST_AUTO_NUM_WORKERS or `-n N` choose another count, `-n 0` runs in this process.
+MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    if "PYTEST_XDIST_AUTO_NUM_WORKERS" in os.environ:
+        return None  # pytest-xdist's own hook reads it
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cpus or 1, MAX_WORKERS))
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering by fixture
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest tests first (`@pytest.mark.slow(seconds=N)`, measured on two busy cores),
+    the rest in their order: started last, a ten-minute test would leave the other workers
+    idle for most of it (`--dist loadgroup` hands out the tests in this order, each
+    `xdist_group` as one unit before them)."""
+    def seconds(item: pytest.Item) -> float:
+        mark = item.get_closest_marker("slow")
+        return mark.kwargs.get("seconds", 0) if mark else 0
+
+    items.sort(key=lambda item: -seconds(item))
+
+
 def cli_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")]).rstrip(

@@ -175,6 +175,8 @@ def _cases() -> list:
     cases = []
     for line in lines:
         marks = [pytest.mark.slow] if _slow(line) else []
+        if _needs_model(line):  # one test process trains workspace_with_model's model
+            marks.append(pytest.mark.xdist_group("workspace_with_model"))
         cases.append(pytest.param(line, marks=marks, id=line[9:80]))
     return cases
 

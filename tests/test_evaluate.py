@@ -198,6 +198,7 @@ def test_infer_refuses_a_model_with_non_finite_weights(setup: dict, tmp_path: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["diverged.pt"]
 
 
+@pytest.mark.slow
 def test_cli_infer_and_bad_model_file(setup: dict, tmp_path: Path, capsys) -> None:
     from clipbert.cli import main
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from test_readme import promised
 from test_workflow import DETAILS, SMALL, resnet_weights, snakemake
 
@@ -19,6 +20,7 @@ def _error_lines(stderr: str) -> list[str]:
             if not x.startswith(("Using workflow specific profile", "Config file "))]
 
 
+@pytest.mark.slow
 def test_a_half_weight_file_stops_the_run_before_any_job(tmp_path: Path) -> None:
     """weights.* files are checked at the start as infer.model is: a file cut to half its size
     stops `snakemake -n` (a real run stops in the same check, before any job), naming it, and

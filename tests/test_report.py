@@ -459,6 +459,7 @@ def test_every_figure_has_a_plot_command():
     assert sorted(seen) == sorted(report.FIGURES)
 
 
+@pytest.mark.slow
 def test_the_benchmarks_plot_waits_for_every_result(tmp_path):
     """benchmarks.png lists every rule that ran, so its job comes after the blind baseline's
     too; when only evaluating it pulls in no training."""
@@ -480,6 +481,7 @@ def test_the_benchmarks_plot_waits_for_every_result(tmp_path):
     assert not {"train", "train_blind", "infer_blind"} & set(job_stats(proc.stdout))
 
 
+@pytest.mark.slow
 def test_the_benchmarks_plot_reads_this_runs_files_only(tmp_path):
     """The files the benchmarks plot reads (rules/report.smk run_benchmarks) are those of the
     jobs this config runs: an evaluation-only run on 6 demo scenes reads no train file and no
@@ -512,7 +514,7 @@ def test_the_benchmarks_plot_reads_this_runs_files_only(tmp_path):
 
 # ---- the Snakemake report on the demo -------------------------------------------------------
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=80)
 def test_snakemake_report_has_every_plot(tmp_path):
     snakemake(tmp_path, config=SMALL)  # the default target: test accuracy and every plot
     for name in PLOTS:

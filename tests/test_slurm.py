@@ -167,7 +167,7 @@ def _job_windows(cluster: slurm_cluster.Cluster, rule: str) -> list[tuple[str, s
                   if comment.strip().removeprefix("rule_").split("_wildcards")[0] == rule)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=130)
 def test_demo_workflow_on_slurm(cluster, tmp_path):
     assert slurm_cluster.MIN_JOB_AGE >= max(3 * FIRST_STATUS_CHECK, TIME_LIMIT)
     profile = _test_profile(cluster, tmp_path / "profile")

@@ -341,7 +341,7 @@ def _wait_for_checkpoint(proc: subprocess.Popen, last: Path, after_step: int,
     pytest.fail("no checkpoint in time")
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=40)
 def test_killed_run_resumes_bit_identically(ds, tmp_path: Path) -> None:
     """SIGKILL at random points after checkpoints, rerun: the same weights, bit for bit, and the
     same metrics rows as an uninterrupted run (dropout on, so RNG state matters)."""
@@ -513,6 +513,7 @@ def test_a_diverged_run_stops_naming_the_step_and_writes_no_model(ds, tmp_path: 
     assert not (tmp_path / "state" / "last.pt").exists()
 
 
+@pytest.mark.slow
 def test_a_diverged_run_is_one_line_and_exit_status_1(ds, tmp_path: Path) -> None:
     """`lr: 1e30` from the command line: exit status 1, the one line on stderr, no model."""
     args = cli_train_args(ds, tmp_path, {"epochs": 1, "lr": 1e30, "select_best": False})
@@ -581,6 +582,7 @@ def test_blind_baseline_trains_and_answers_without_video(ds, tmp_path: Path) -> 
     assert not (tmp_path / "m.pt").exists()
 
 
+@pytest.mark.slow
 def test_state_of_another_run_is_set_aside(ds, tmp_path: Path, capsys) -> None:
     """A resumable state is resumed only by the same run: changed questions or videos start
     training over, the log naming what changed; the same inputs resume (a finished run then
@@ -804,6 +806,7 @@ def test_a_new_model_variant_is_one_class(ds, tmp_path: Path, monkeypatch) -> No
     assert acc["n_questions"] == 16
 
 
+@pytest.mark.slow
 def test_training_files_can_be_named(ds, tmp_path: Path) -> None:
     """`clipbert train --train T --answers A [--val V]`: the files the workflow names, wherever
     they are; the same run as from their folder (so it resumes that run's state)."""

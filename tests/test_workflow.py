@@ -51,12 +51,14 @@ def snakemake(workdir: Path, *args: str, config: dict | None = None,
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
+    """A finished small demo, read by the tests of xdist_group "run_dir" (one test process)."""
     wd = tmp_path_factory.mktemp("workflow")
     snakemake(wd, "results/test_acc.json", "results/blind/test_acc.json", config=SMALL)
     return wd
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("run_dir")
 def test_end_to_end(run_dir):
     acc = json.loads((run_dir / "results/test_acc.json").read_text())
     for key in ("overall", "per_type", "n_questions", "n_unknown", "ceiling",
@@ -83,12 +85,14 @@ def test_end_to_end(run_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("run_dir")
 def test_nothing_left_to_do(run_dir):
     proc = snakemake(run_dir, "-n", "results/test_acc.json", config=SMALL)
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("run_dir")
 def test_a_new_libavcodec_re_encodes_every_scene(run_dir, tmp_path):
     """The `scene` rule's `encoder` param holds libavcodec's version (clipbert.video.encoder_key):
     with PyAV reporting another one, the dry run lists every scene job, for that param."""
@@ -110,6 +114,7 @@ def test_a_new_libavcodec_re_encodes_every_scene(run_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("run_dir")
 def test_rerun_one_stage(run_dir):
     """Forcing one scene's frames reruns that scene's job only (its index, frames and video,
     one job since issue 23). Its video comes out byte-identical, and Snakemake compares the
@@ -135,6 +140,7 @@ def test_rerun_one_stage(run_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("run_dir")
 def test_a_lost_model_is_remade_with_the_same_bytes(run_dir):
     """The default target asks for results/model.pt by name: once it is gone (a retrain that
     failed after Snakemake deleted it) a plain run plans its training again, and that training
@@ -197,6 +203,7 @@ def test_misspelt_override_stops_the_dry_run(tmp_path):
     assert "Traceback" not in out and not (tmp_path / "work").exists()
 
 
+@pytest.mark.slow
 def test_real_data_inputs_are_named_before_any_job(tmp_path):
     """A real-data config names its missing inputs before any job runs, and plans its work in
     its own folder: nothing of the demo's is reused."""
@@ -300,7 +307,7 @@ def _edit_a_question(wd: Path, n: int) -> None:
 MODEL = {"train": "results/model.pt", "train_blind": "results/blind/model.pt"}
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=400)
 def test_every_rerun_row_holds(tmp_path):
     """docs/reruns.md's rerun table and this test are one list: each row's change is made in a
     finished demo run, a dry run lists exactly the jobs the row names, and the rerun gives what
@@ -440,6 +447,7 @@ def test_only_a_dead_snakemakes_lock_is_removed(tmp_path, monkeypatch, capsys):
         f"note: removed the lock of a Snakemake that was killed (pid {dead.pid})\n")
 
 
+@pytest.mark.slow
 def test_old_work_folders_are_redone(tmp_path):
     """A work folder made before one job per scene (its records name the rules `sens_index`,
     `frames` and `encode_video`, the last without the `preset` and `encoder` params of the
@@ -474,6 +482,7 @@ def test_old_work_folders_are_redone(tmp_path):
 # ---- evaluation only (infer.model) -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_eval_only_dag_has_no_training(tmp_path):
     """With infer.model the DAG holds no train job, and no blind one unless blind_model names
     a checkpoint (which is then scored, not trained)."""
@@ -511,6 +520,7 @@ def test_eval_only_checkpoint_errors_name_the_key(tmp_path):
             "writes" in proc.stderr), proc.stderr
 
 
+@pytest.mark.slow
 def test_released_videos_and_checkpoint_need_nothing_else(tmp_path):
     """The SQA3D release (sqa_task/ with the test split's files only, <scene>.mp4 videos), a
     checkpoint and a vocabulary: no scans, no scene lists, no train or val files; only the test
@@ -559,6 +569,7 @@ def test_released_videos_and_checkpoint_need_nothing_else(tmp_path):
             "image (piped jpeg sequence)" in proc.stderr), proc.stderr
 
 
+@pytest.mark.slow
 def test_a_bad_checkpoint_stops_the_run_before_any_job(tmp_path):
     """A text file, a json file and a file of another preset given as infer.model each stop
     `snakemake -n` and a real run at the start, with one line (no traceback) saying what is
@@ -599,7 +610,7 @@ def test_a_bad_checkpoint_stops_the_run_before_any_job(tmp_path):
     assert not (tmp_path / "work").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=45)
 def test_eval_only_scores_an_upstream_file_of_a_trained_model(tmp_path):
     """A demo model trained in this process and saved as upstream's trainer saves one (upstream
     key names, fp16, detector heads and pixel_mean, a DDP prefix), scored by the default target
@@ -681,6 +692,7 @@ def resnet_weights(path: Path, config: dict) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_pretrained_weights_are_inputs_of_training(tmp_path):
     """A weight file is an input of the training job (a changed file reruns it), not a
     parameter; the blind baseline, which has no CNN, does not take a CNN-only one."""
@@ -703,7 +715,7 @@ ONE_THREAD_RUNS = ("--set-threads", "train_run=1", "infer_run=1")
 RUNS_BASE = {"train": {"overrides": {"epochs": 10}}}
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=650)
 def test_demo_runs_video_beats_blind_by_the_paired_interval(tmp_path):
     """`snakemake runs` on the default demo (10 epochs): three seeds of the video model and of
     the blind baseline (the default target's two models). Every seed of the video
