@@ -179,17 +179,23 @@ def test_a_failure_of_the_machine_is_named_not_called_a_bug(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["logs"]
 
 
+def exported(tmp_path: Path, fs: Path, mp4s: list[Path]) -> tuple[Path, Path, dict[str, str]]:
+    """An LMDB of `mp4s` in `tmp_path`, exported by `clipbert lmdb export` onto the small file
+    system `fs`: (the LMDB, the export, what the export holds)."""
+    db = tmp_path / "vis_db"
+    vislmdb.pack_lmdb(db, mp4s)
+    out = fs / "export"
+    assert clipbert("lmdb", "export", db, out).returncode == 0
+    return db, out, tree(out)
+
+
 def test_a_full_disk_in_a_stage_keeps_the_last_output(
     tmp_path: Path, tmpfs: Callable[[int], Path], mp4s: list[Path]
 ) -> None:
     """`clipbert lmdb export` onto a disk that fills: one line naming the output folder, exit 1,
     no temporary, the last export whole; with space again a plain rerun writes the same bytes."""
     fs = tmpfs(1 << 20)
-    db = tmp_path / "vis_db"
-    vislmdb.pack_lmdb(db, mp4s)
-    out = fs / "export"
-    assert clipbert("lmdb", "export", db, out).returncode == 0
-    last = tree(out)
+    db, out, last = exported(tmp_path, fs, mp4s)
     filler = fill(fs, leave=4096)
     proc = clipbert("lmdb", "export", db, out)
     assert (proc.returncode, proc.stderr) == (1, f"error: {out}: no space left on device\n")
@@ -236,11 +242,7 @@ def test_a_read_only_file_system_is_named(
     tmp_path: Path, tmpfs: Callable[[int], Path], mp4s: list[Path]
 ) -> None:
     fs = tmpfs(1 << 20)
-    db = tmp_path / "vis_db"
-    vislmdb.pack_lmdb(db, mp4s)
-    out = fs / "export"
-    assert clipbert("lmdb", "export", db, out).returncode == 0
-    last = tree(out)
+    db, out, last = exported(tmp_path, fs, mp4s)
     subprocess.run(["mount", "-o", "remount,ro", str(fs)], check=True)
     proc = clipbert("lmdb", "export", db, out)
     assert (proc.returncode, proc.stderr) == (1, f"error: {out}: read-only file system\n")
