@@ -150,6 +150,48 @@ def test_held_signals_land_after_the_block() -> None:
     assert steps[-1] == "SIGINT held too"
 
 
+def test_a_worker_ending_with_the_stop_does_not_replace_it(monkeypatch) -> None:
+    """A SIGTERM to the process group ends the DataLoader workers too, and their SIGCHLD reaches
+    torch's handler while `Terminated` unwinds: the stop stays `Terminated` (one line, exit 143),
+    not torch's "DataLoader worker ... is killed by signal" (seen once in the rerun table's
+    test). A worker that dies without a SIGTERM to this process is still torch's error. The
+    workers are `sleep`s registered with torch as DataLoader workers, under torch's own handler."""
+    import torch
+    from torch.utils.data._utils import signal_handling
+
+    old = signal.getsignal(signal.SIGCHLD)
+    monkeypatch.setattr(signal_handling, "_SIGCHLD_handler_set", False)  # install it here
+    workers: list[subprocess.Popen] = []
+
+    def worker() -> subprocess.Popen:
+        workers.append(subprocess.Popen(["sleep", "60"]))
+        torch._C._set_worker_pids(id(workers[-1]), (workers[-1].pid,))
+        return workers[-1]
+
+    def end(w: subprocess.Popen) -> None:
+        """SIGTERM, and its end awaited without reaping it (torch's handler looks it up)."""
+        w.send_signal(signal.SIGTERM)
+        os.waitid(os.P_PID, w.pid, os.WEXITED | os.WNOWAIT)
+
+    try:
+        signal_handling._set_SIGCHLD_handler()
+        with pytest.raises(RuntimeError, match="is killed by signal: Terminated"):
+            with signals.sigterm_unwinds():
+                end(worker())
+        torch._C._remove_worker_pids(id(workers[-1]))
+        with pytest.raises(signals.Terminated), signals.sigterm_unwinds():
+            try:
+                signal.raise_signal(signal.SIGTERM)
+            finally:  # unwinding: the worker's end arrives
+                end(worker())
+    finally:
+        torch._C._remove_worker_pids(id(workers[-1]))
+        for w in workers:
+            w.kill()
+            w.wait()
+        signal.signal(signal.SIGCHLD, old)
+
+
 @pytest.mark.parametrize("kind", ["dir", "path"])
 def test_a_stop_while_renaming_into_place_lands_after_it(tmp_path: Path, kind: str) -> None:
     """SIGTERM during the swap: the new output is complete, the old one gone, no temporary."""

@@ -7,6 +7,12 @@ raised in the main thread; `held()` keeps SIGINT and SIGTERM back for the few st
 finish together (renaming an output into place, removing a temporary).
 
 DataLoader workers are unaffected: torch installs its own C-level SIGTERM handler in each worker.
+A SIGTERM to the whole process group (`kill -- -PGID`, SLURM's scancel and time limit) ends them
+too; torch's SIGCHLD handler in the main process would then raise "DataLoader worker ... is
+killed by signal: Terminated" while `Terminated` unwinds, replacing the one-line stop with a
+traceback. Once SIGTERM has arrived the process is stopping, and a child's end is part of the
+stop: SIGCHLD is let pass from then on (not given back when `sigterm_unwinds()` exits, since a
+worker may die after the unwinding is done).
 """
 
 from __future__ import annotations
@@ -34,7 +40,13 @@ class Terminated(BaseException):
         return 128 + self.signum
 
 
+def _let_pass(signum: int, frame: FrameType | None) -> None:
+    """SIGCHLD while stopping: a child (a DataLoader worker) ended with the stop."""
+
+
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    if hasattr(signal, "SIGCHLD"):  # not on Windows
+        signal.signal(signal.SIGCHLD, _let_pass)
     raise Terminated(signum)
 
 
