@@ -36,8 +36,9 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The longest tests first (`@pytest.mark.slow(seconds=N)`, measured on two busy cores),
     the rest in their order: started last, a ten-minute test would leave the other workers
-    idle for most of it (`--dist loadgroup` hands out the tests in this order, each
-    `xdist_group` as one unit before them)."""
+    idle for most of it. `--dist loadgroup` hands out the tests one at a time in this order
+    (no test has an `xdist_group`, so each is a group of its own); `--dist load` would send
+    each process a run of a quarter of its share at once, both longest tests to the first."""
     def seconds(item: pytest.Item) -> float:
         mark = item.get_closest_marker("slow")
         return mark.kwargs.get("seconds", 0) if mark else 0

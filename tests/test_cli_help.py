@@ -175,8 +175,6 @@ def _cases() -> list:
     cases = []
     for line in lines:
         marks = [pytest.mark.slow] if _slow(line) else []
-        if _needs_model(line):  # one test process trains workspace_with_model's model
-            marks.append(pytest.mark.xdist_group("workspace_with_model"))
         cases.append(pytest.param(line, marks=marks, id=line[9:80]))
     return cases
 
@@ -195,7 +193,7 @@ def test_examples_are_found():
     assert not missing, f"docs/cli.md's command-line block has no line for {missing}"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per test process (test_workflow.run_dir says why)
 def workspace(tmp_path_factory) -> Path:
     """The paths the examples name, as the workflow writes them for the demo (small)."""
     root = tmp_path_factory.mktemp("ws")
@@ -209,7 +207,7 @@ def workspace(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per test process (test_workflow.run_dir says why)
 def workspace_with_model(workspace, tmp_path_factory) -> Path:
     """The workspace plus what the workflow's training and inference write: `results/model.pt`
     (the tiny preset, one epoch; its resumable state kept elsewhere, so that the examples' own
