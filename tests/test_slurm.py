@@ -226,9 +226,10 @@ def checkout_on_this_env(root: Path) -> Path:
     root.mkdir()
     inputs = b""  # what ./run's stamp hashes: pyproject.toml, then the lock
     for name in ("pyproject.toml", "envs/requirements.lock"):
+        data = (REPO / name).read_bytes()
         (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes((REPO / name).read_bytes())
-        inputs += (REPO / name).read_bytes()
+        (root / name).write_bytes(data)
+        inputs += data
     (root / "run").write_bytes((REPO / "run").read_bytes())
     (root / "run").chmod(0o755)
     venv = root / ".venv"
